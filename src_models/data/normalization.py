@@ -1,0 +1,76 @@
+"""Per-volume robust intensity normalisation: percentile clip, then z-score.
+
+The *scheme* (percentiles) is stored in every checkpoint; each volume, at training and at
+inference, is normalised with statistics computed on itself with that scheme, so a volume
+predicted after training goes through exactly the transform it went through during training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from src_models.errors import SemisegError
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Statistics of one volume: clip to [low, high], then (x - mean) / std (per channel)."""
+
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        """Normalise ``image`` of shape (C, ...) to float32."""
+        out = np.empty(image.shape, dtype=np.float32)
+        for c in range(image.shape[0]):
+            clipped = np.clip(image[c].astype(np.float32), self.low[c], self.high[c])
+            out[c] = (clipped - self.mean[c]) / self.std[c]
+        return out
+
+    def invert(self, normalised: np.ndarray) -> np.ndarray:
+        """Map normalised intensities back to (clipped) original intensities."""
+        out = np.empty(normalised.shape, dtype=np.float32)
+        for c in range(normalised.shape[0]):
+            out[c] = normalised[c] * self.std[c] + self.mean[c]
+        return out
+
+    def to_dict(self) -> dict:
+        return {k: list(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Normalization:
+        return cls(**{k: tuple(float(x) for x in d[k]) for k in ("low", "high", "mean", "std")})
+
+
+def fit_normalization(
+    image: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5)
+) -> Normalization:
+    """Compute clip bounds and z-score statistics of ``image`` (C, ...) per channel.
+
+    Raises SemisegError for NaN/inf intensities or a constant channel.
+    """
+    lows, highs, means, stds = [], [], [], []
+    for c in range(image.shape[0]):
+        channel = np.asarray(image[c], dtype=np.float32)
+        if not np.all(np.isfinite(channel)):
+            raise SemisegError(
+                "the image contains NaN or infinite intensities: fill or mask them "
+                "(e.g. numpy.nan_to_num) before segmenting"
+            )
+        lo, hi = np.percentile(channel, percentiles)
+        clipped = np.clip(channel, lo, hi)
+        mean, std = float(clipped.mean()), float(clipped.std())
+        if hi <= lo or std < 1e-8:
+            raise SemisegError(
+                f"image channel {c} is constant (or empty): there is nothing to segment; "
+                "check that the right file or layer was chosen"
+            )
+        lows.append(float(lo))
+        highs.append(float(hi))
+        means.append(mean)
+        stds.append(std)
+    return Normalization(tuple(lows), tuple(highs), tuple(means), tuple(stds))

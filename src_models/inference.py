@@ -1,0 +1,180 @@
+"""Whole-volume prediction, slice by slice, with bounded memory.
+
+One function, :func:`predict_volume`, serves the CLI, the plugin and the benchmarks. The
+volume is normalised with the model's scheme, cut along the model's axis, and processed in
+slabs of ``slab_size`` slices and batches of ``batch_size``; each slice is padded to a
+multiple of the network divisor (or tiled with overlap when larger than ``tile_size``) and
+cropped back. Results can be written into caller-provided arrays (e.g. zarr arrays) slab by
+slab, so neither the probabilities nor the maps need to fit in memory at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, MutableMapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from src_models.data.normalization import fit_normalization
+from src_models.data.volumes import MIN_SLICE_SIZE, as_channels_first, from_slices, to_slices
+from src_models.errors import SemisegError
+from src_models.methods.base import Method
+from src_models.training.checkpoint import ModelBundle
+
+DIVISOR = 16
+
+
+@dataclass
+class VolumePrediction:
+    """labels: uint8/uint16 (Z, Y, X); probabilities: float32 (K, Z, Y, X) or None;
+    maps: name -> float32 (Z, Y, X)."""
+
+    labels: np.ndarray
+    probabilities: np.ndarray | None
+    maps: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _pad_to(x: torch.Tensor, height: int, width: int, value: float) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    return F.pad(x, (0, width - w, 0, height - h), value=value)
+
+
+def _round_up(n: int, d: int = DIVISOR) -> int:
+    return -(-n // d) * d
+
+
+def _predict_padded(method: Method, x: torch.Tensor, fill: float, names: Sequence[str]):
+    """Predict (B, C, H, W) of any size by padding to the divisor; crop back."""
+    h, w = x.shape[-2:]
+    xp = _pad_to(x, _round_up(h), _round_up(w), fill)
+    pred = method.predict(xp)
+    probs = pred.probs[..., :h, :w]
+    maps = {k: pred.maps[k][..., :h, :w] for k in names}
+    return probs, maps
+
+
+def _tile_starts(size: int, tile: int, overlap: float) -> list[int]:
+    if size <= tile:
+        return [0]
+    step = max(1, int(tile * (1 - overlap)))
+    starts = list(range(0, size - tile + 1, step))
+    if starts[-1] != size - tile:
+        starts.append(size - tile)
+    return starts
+
+
+def predict_slices(
+    method: Method,
+    x: torch.Tensor,
+    fill: float,
+    names: Sequence[str],
+    tile_size: int = 512,
+    overlap: float = 0.25,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Probabilities (B, K, H, W) and maps (B, H, W) of a normalised batch (B, C, H, W);
+    slices larger than ``tile_size`` are tiled with ``overlap`` and averaged."""
+    h, w = x.shape[-2:]
+    if h <= tile_size and w <= tile_size:
+        return _predict_padded(method, x, fill, names)
+    probs = torch.zeros(x.shape[0], method.num_classes, h, w, device=x.device)
+    maps = {k: torch.zeros(x.shape[0], h, w, device=x.device) for k in names}
+    count = torch.zeros(1, 1, h, w, device=x.device)
+    for y0 in _tile_starts(h, tile_size, overlap):
+        for x0 in _tile_starts(w, tile_size, overlap):
+            tile = x[..., y0 : y0 + tile_size, x0 : x0 + tile_size]
+            p, m = _predict_padded(method, tile, fill, names)
+            th, tw = tile.shape[-2:]
+            probs[..., y0 : y0 + th, x0 : x0 + tw] += p
+            for k in names:
+                maps[k][..., y0 : y0 + th, x0 : x0 + tw] += m[k]
+            count[..., y0 : y0 + th, x0 : x0 + tw] += 1
+    return probs / count, {k: v / count[:, 0] for k, v in maps.items()}
+
+
+def predict_volume(
+    bundle: ModelBundle,
+    image: np.ndarray,
+    maps: Sequence[str] = ("confidence",),
+    *,
+    batch_size: int = 16,
+    slab_size: int = 64,
+    tile_size: int = 512,
+    return_probabilities: bool = False,
+    out: MutableMapping[str, object] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> VolumePrediction:
+    """Predict a whole volume.
+
+    Args:
+        bundle: a trained model (its axis and normalisation scheme are used).
+        image: raw intensities (Z, Y, X) or (C, Z, Y, X), not normalised.
+        maps: names of maps to return; each must be in ``bundle.method.map_names``.
+        batch_size: slices per forward pass. slab_size: slices converted at a time.
+        out: optional arrays to fill instead of allocating: keys ``labels`` (Z, Y, X),
+            ``probabilities`` (K, Z, Y, X) and map names (Z, Y, X), e.g. zarr arrays.
+        progress: called with (slices done, slices total).
+    Returns:
+        VolumePrediction whose arrays are the ``out`` arrays when given.
+    """
+    method = bundle.method
+    unknown = [m for m in maps if m not in method.map_names]
+    if unknown:
+        raise SemisegError(
+            f"method {method.name!r} has no map(s) {unknown}: available maps are "
+            f"{', '.join(method.map_names)}"
+        )
+    img = as_channels_first(np.asarray(image))
+    if img.shape[0] != method.in_channels:
+        raise SemisegError(
+            f"the model expects {method.in_channels} channel(s), the image has {img.shape[0]}"
+        )
+    axis = bundle.axis
+    in_plane = [s for k, s in enumerate(img.shape[1:]) if k != axis]
+    if min(in_plane) < MIN_SLICE_SIZE:
+        raise SemisegError(
+            f"slices along axis {axis} are {in_plane[0]}x{in_plane[1]} pixels, smaller than "
+            f"the minimum {MIN_SLICE_SIZE}x{MIN_SLICE_SIZE}"
+        )
+    norm = fit_normalization(img, bundle.percentiles)
+    fill = min((norm.low[c] - norm.mean[c]) / norm.std[c] for c in range(img.shape[0]))
+    spatial = img.shape[1:]
+    n_slices = spatial[axis]
+    k = method.num_classes
+    out = dict(out or {})
+    label_dtype = np.uint8 if k <= 256 else np.uint16
+    labels = out.get("labels")
+    if labels is None:
+        labels = np.zeros(spatial, dtype=label_dtype)
+    probs_out = out.get("probabilities")
+    if probs_out is None and return_probabilities:
+        probs_out = np.zeros((k, *spatial), dtype=np.float32)
+    maps_out = {m: out.get(m) if out.get(m) is not None else np.zeros(spatial, np.float32)
+                for m in maps}
+    method.eval()
+    device = method.device
+    for s0 in range(0, n_slices, slab_size):
+        s1 = min(n_slices, s0 + slab_size)
+        index = [slice(None)] * 4
+        index[axis + 1] = slice(s0, s1)
+        slab = np.ascontiguousarray(to_slices(norm.apply(img[tuple(index)]), axis))
+        slab_probs, slab_maps = [], {m: [] for m in maps}
+        for b0 in range(0, slab.shape[0], batch_size):
+            x = torch.from_numpy(slab[b0 : b0 + batch_size]).to(device)
+            with torch.no_grad(), method.autocast():
+                p, mp = predict_slices(method, x, fill, maps, tile_size)
+            slab_probs.append(p.float().cpu().numpy())
+            for m in maps:
+                slab_maps[m].append(mp[m].float().cpu().numpy())
+        sp = np.concatenate(slab_probs)  # (n, K, H, W)
+        index3 = [slice(None)] * 3
+        index3[axis] = slice(s0, s1)
+        labels[tuple(index3)] = from_slices(sp.argmax(axis=1).astype(label_dtype), axis)
+        if probs_out is not None:
+            probs_out[(slice(None), *index3)] = from_slices(sp, axis)
+        for m in maps:
+            maps_out[m][tuple(index3)] = from_slices(np.concatenate(slab_maps[m]), axis)
+        if progress is not None:
+            progress(s1, n_slices)
+    return VolumePrediction(labels, probs_out, maps_out)

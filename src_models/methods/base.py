@@ -1,0 +1,265 @@
+"""The method interface every training method implements, and the registry by name.
+
+A method owns its networks and optimisers. The trainer calls :meth:`Method.train_step`
+once per iteration with a :class:`SliceSampler` (the method draws the labeled and unlabeled
+batches it needs), and :meth:`Method.predict` at inference. Hyperparameters are a typed
+dataclass per method (``Config``), whose fields carry a one-line help text: the CLI
+(``--set key=value``), the plugin's "advanced" panel and the checkpoint JSON are all generated
+from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, get_type_hints
+
+import torch
+from torch import nn
+
+from src_models.data.sampler import SliceSampler
+from src_models.device import autocast
+from src_models.errors import SemisegError
+
+
+def param(default: Any, help: str, choices: tuple | None = None) -> Any:
+    """A config field with its help text (and allowed values) in the field metadata."""
+    meta = {"help": help}
+    if choices is not None:
+        meta["choices"] = tuple(choices)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class Prediction:
+    """probs: float (B, K, H, W) softmax; maps: name -> float (B, H, W) per-pixel maps."""
+
+    probs: torch.Tensor
+    maps: dict[str, torch.Tensor]
+
+
+def confidence_map(probs: torch.Tensor) -> torch.Tensor:
+    """Max class probability (B, H, W): 1/K (unsure) .. 1 (certain)."""
+    return probs.max(dim=1).values
+
+
+def poly_lr(iteration: int, total: int, power: float = 0.9) -> float:
+    """Poly decay factor (1 - it/total)^power used by UniMatch/CrossMatch/CPS."""
+    return (1 - min(iteration, total) / max(total, 1)) ** power
+
+
+class Method:
+    """Base class. Subclasses set ``name``, ``description``, ``Config`` and ``map_names`` and
+    implement :meth:`build`, :meth:`train_step` and :meth:`predict`.
+
+    Attributes:
+        networks: name -> module; everything in it is saved in checkpoints.
+        optimizers: name -> optimiser; saved in checkpoints so a run can resume.
+        base_lrs: the learning rate each optimiser's schedule scales.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    Config: ClassVar[type] = object
+    #: names of the per-pixel maps :meth:`predict` returns (besides the probabilities)
+    map_names: ClassVar[tuple[str, ...]] = ("confidence",)
+    #: fraction of labeled slices held out for model selection (0: none)
+    holdout_fraction: ClassVar[float] = 0.0
+
+    def __init__(self, config: Any, in_channels: int, num_classes: int,
+                 device: torch.device | str = "cpu") -> None:
+        self.config = config
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.device = torch.device(device)
+        self.networks: dict[str, nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.extra_state: dict[str, Any] = {}
+        self.build()
+        for net in self.networks.values():
+            net.to(self.device)
+        self.base_lrs = {k: [g["lr"] for g in o.param_groups] for k, o in self.optimizers.items()}
+
+    # -- to implement -------------------------------------------------------------------
+    def build(self) -> None:
+        """Create ``self.networks`` and ``self.optimizers``."""
+        raise NotImplementedError
+
+    def train_step(self, data: SliceSampler, iteration: int, total: int) -> dict[str, float]:
+        """One iteration: draw batches from ``data``, backward, step the optimisers.
+
+        Returns named scalars for the log; must contain ``loss`` (the total minimised).
+        """
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(self, image: torch.Tensor) -> Prediction:
+        """Class probabilities and maps for a normalised batch (B, C, H, W)."""
+        raise NotImplementedError
+
+    # -- shared behaviour ---------------------------------------------------------------
+    def lr_factor(self, iteration: int, total: int) -> float:
+        """Multiplier of the base learning rates at ``iteration`` (default: poly 0.9)."""
+        return poly_lr(iteration, total)
+
+    def set_lr(self, iteration: int, total: int) -> float:
+        """Apply :meth:`lr_factor`; returns the first optimiser's current lr (for logs)."""
+        factor = self.lr_factor(iteration, total)
+        first = None
+        for key, opt in self.optimizers.items():
+            for g, base in zip(opt.param_groups, self.base_lrs[key], strict=True):
+                g["lr"] = base * factor
+                first = g["lr"] if first is None else first
+        return float(first or 0.0)
+
+    def autocast(self):
+        return autocast(self.device)
+
+    def train(self) -> None:
+        for net in self.networks.values():
+            net.train()
+
+    def eval(self) -> None:
+        for net in self.networks.values():
+            net.eval()
+
+    def finish(self, data: SliceSampler) -> None:
+        """Called once when training ends (e.g. to restore a selected checkpoint)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors and plain values only, so it loads with ``torch.load(weights_only=True)``."""
+        return {
+            "networks": {k: v.state_dict() for k, v in self.networks.items()},
+            "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
+            "extra": self.extra_state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any], with_optimizers: bool = True) -> None:
+        missing = set(self.networks) - set(state["networks"])
+        if missing:
+            raise SemisegError(
+                f"checkpoint lacks network(s) {sorted(missing)} of method {self.name!r}: "
+                "it was saved by another method or version; retrain or pick the right model"
+            )
+        for k, net in self.networks.items():
+            net.load_state_dict(state["networks"][k])
+        if with_optimizers:
+            for k, opt in self.optimizers.items():
+                if k in state.get("optimizers", {}):
+                    opt.load_state_dict(state["optimizers"][k])
+        self.load_extra_state_dict(state.get("extra", {}))
+
+    def extra_state_dict(self) -> dict[str, Any]:
+        """Method state besides networks/optimisers (tensors and plain values only)."""
+        return dict(self.extra_state)
+
+    def load_extra_state_dict(self, state: dict[str, Any]) -> None:
+        self.extra_state = dict(state)
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for n in self.networks.values() for p in n.parameters())
+
+
+# -- registry ---------------------------------------------------------------------------
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator adding a method to the registry under ``cls.name``."""
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type[Method]:
+    from src_models import methods as _  # noqa: F401  (imports every method module)
+
+    if name not in METHODS:
+        raise SemisegError(f"unknown method {name!r}: choose one of {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+def method_names() -> list[str]:
+    from src_models import methods as _  # noqa: F401
+
+    return list(METHODS)
+
+
+# -- configs ----------------------------------------------------------------------------
+@dataclass
+class ParamInfo:
+    """Description of one hyperparameter, for the CLI and the GUI."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    choices: tuple | None = None
+
+
+def config_params(config_cls: type) -> list[ParamInfo]:
+    hints = get_type_hints(config_cls)
+    out = []
+    for f in dataclasses.fields(config_cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        out.append(ParamInfo(f.name, hints[f.name], default, f.metadata.get("help", ""),
+                             f.metadata.get("choices")))
+    return out
+
+
+def _coerce(info: ParamInfo, value: Any) -> Any:
+    kind = info.type
+    try:
+        if kind is bool:
+            if isinstance(value, str):
+                low = value.strip().lower()
+                if low not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                    raise ValueError(value)
+                value = low in ("1", "true", "yes", "on")
+            else:
+                value = bool(value)
+        elif kind is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            value = int(float(value)) if isinstance(value, str) else int(value)
+        elif kind is float:
+            value = float(value)
+            if not math.isfinite(value):
+                raise ValueError(value)
+        elif kind is str:
+            value = str(value)
+        elif isinstance(value, str):  # tuples / lists of numbers: "16,32,64"
+            value = tuple(float(v) if "." in v or "e" in v else int(v)
+                          for v in value.replace("(", "").replace(")", "").split(",") if v)
+        else:
+            value = tuple(value)
+    except (TypeError, ValueError):
+        raise SemisegError(
+            f"parameter {info.name!r} expects {getattr(kind, '__name__', kind)}, got {value!r}"
+        ) from None
+    if info.choices is not None and value not in info.choices:
+        raise SemisegError(
+            f"parameter {info.name!r} must be one of {', '.join(map(str, info.choices))}, "
+            f"got {value!r}"
+        )
+    return value
+
+
+def make_config(config_cls: type, values: dict[str, Any] | None = None) -> Any:
+    """Build a config from strings or values, with clear errors for unknown keys/bad values."""
+    params = {p.name: p for p in config_params(config_cls)}
+    kwargs = {}
+    for key, value in (values or {}).items():
+        if key not in params:
+            raise SemisegError(
+                f"unknown parameter {key!r} for this method: valid ones are "
+                f"{', '.join(params)}"
+            )
+        kwargs[key] = _coerce(params[key], value)
+    return config_cls(**kwargs)
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}

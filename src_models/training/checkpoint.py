@@ -1,0 +1,187 @@
+"""Model bundles and their checkpoints.
+
+A checkpoint is a folder (the run directory) with two files written atomically:
+
+- ``model.json``: everything needed to predict later, human-readable: method name and
+  hyperparameters, class count, input channels, normalisation scheme, slicing axis, training
+  patch size, iteration reached, package versions, format version.
+- ``model.pt``: tensors only (network weights, optimiser states, RNG states), saved with
+  ``torch.save`` and loaded with ``torch.load(weights_only=True)``: no arbitrary pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from src_models import __version__
+from src_models.errors import SemisegError
+from src_models.methods.base import Method, config_to_dict, get_method, make_config
+
+FORMAT = "napari-semiseg-model"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.pt"
+META_FILE = "model.json"
+
+
+@dataclass
+class ModelBundle:
+    """A method instance plus what inference needs to reproduce the training transform."""
+
+    method: Method
+    axis: int = 0
+    patch_size: int = 128
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    iteration: int = 0
+    class_names: list[str] = field(default_factory=list)
+    trainer_state: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return self.method.num_classes
+
+    def metadata(self) -> dict[str, Any]:
+        m = self.method
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "method": m.name,
+            "config": config_to_dict(m.config),
+            "num_classes": m.num_classes,
+            "class_names": self.class_names or [str(i) for i in range(m.num_classes)],
+            "in_channels": m.in_channels,
+            "normalization": {"scheme": "percentile-clip-zscore-per-volume",
+                              "percentiles": list(self.percentiles)},
+            "axis": self.axis,
+            "patch_size": self.patch_size,
+            "iteration": self.iteration,
+            "info": self.info,
+            "versions": {
+                "napari_semiseg": __version__,
+                "torch": torch.__version__,
+                "numpy": np.__version__,
+                "python": platform.python_version(),
+            },
+        }
+
+
+def create_model(
+    method: str,
+    params: dict[str, Any] | None,
+    in_channels: int,
+    num_classes: int,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    **bundle_fields: Any,
+) -> ModelBundle:
+    """A freshly initialised method (weights seeded by ``seed``) wrapped in a bundle."""
+    cls = get_method(method)
+    config = make_config(cls.Config, params)
+    torch.manual_seed(seed)
+    return ModelBundle(cls(config, in_channels, num_classes, device), **bundle_fields)
+
+
+def atomic_write_bytes(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename onto ``path``; no partial file on failure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_model(bundle: ModelBundle, run_dir: str | os.PathLike) -> Path:
+    """Write ``model.pt`` and ``model.json`` into ``run_dir`` atomically; returns the dir."""
+    run_dir = Path(run_dir)
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "method": bundle.method.name,
+        "state": bundle.method.state_dict(),
+        "trainer": bundle.trainer_state,
+    }
+    atomic_write_bytes(run_dir / WEIGHTS_FILE, lambda tmp: torch.save(payload, tmp))
+    text = json.dumps(bundle.metadata(), indent=2)
+    atomic_write_bytes(run_dir / META_FILE, lambda tmp: Path(tmp).write_text(text))
+    return run_dir
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``model.json`` of a run directory (or of the folder holding ``model.pt``)."""
+    run_dir = Path(path)
+    if run_dir.is_file():
+        run_dir = run_dir.parent
+    meta_path = run_dir / META_FILE
+    if not meta_path.exists():
+        raise SemisegError(
+            f"no model found at {path}: expected a run directory holding {META_FILE} and "
+            f"{WEIGHTS_FILE} (written by 'semiseg train --out')"
+        )
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SemisegError(f"cannot read {meta_path}: {exc}; the model folder is damaged") from None
+    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+        raise SemisegError(
+            f"{meta_path} is not a napari-semiseg model of format version {FORMAT_VERSION} "
+            f"(found {meta.get('format')!r} v{meta.get('format_version')}): retrain with this version"
+        )
+    return meta
+
+
+def load_model(
+    path: str | os.PathLike, device: torch.device | str = "cpu", expect_method: str | None = None
+) -> ModelBundle:
+    """Rebuild a bundle from a run directory, loading tensors only (``weights_only=True``)."""
+    meta = read_metadata(path)
+    if expect_method is not None and meta["method"] != expect_method:
+        raise SemisegError(
+            f"the model at {path} was trained with method {meta['method']!r}, not "
+            f"{expect_method!r}: choose that method or another model"
+        )
+    run_dir = Path(path) if Path(path).is_dir() else Path(path).parent
+    try:
+        payload = torch.load(run_dir / WEIGHTS_FILE, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise SemisegError(f"{run_dir / WEIGHTS_FILE} is missing: the model folder is incomplete") from None
+    except Exception as exc:  # truncated file, unpickling refused, ...
+        raise SemisegError(
+            f"cannot load weights from {run_dir / WEIGHTS_FILE} ({type(exc).__name__}): "
+            "the file is damaged or not a napari-semiseg model; retrain or copy it again"
+        ) from None
+    if payload.get("method") != meta["method"]:
+        raise SemisegError(f"{run_dir}: model.pt and model.json disagree on the method; retrain")
+    cls = get_method(meta["method"])
+    config = make_config(cls.Config, meta["config"])
+    method = cls(config, meta["in_channels"], meta["num_classes"], device)
+    try:
+        method.load_state_dict(payload["state"])
+    except RuntimeError as exc:
+        raise SemisegError(
+            f"the weights in {run_dir} do not fit method {meta['method']!r} with its saved "
+            f"parameters ({str(exc).splitlines()[0]}): the model is from another version"
+        ) from None
+    return ModelBundle(
+        method,
+        axis=int(meta["axis"]),
+        patch_size=int(meta["patch_size"]),
+        percentiles=tuple(meta["normalization"]["percentiles"]),
+        iteration=int(meta["iteration"]),
+        class_names=list(meta.get("class_names", [])),
+        trainer_state=payload.get("trainer", {}),
+        info=dict(meta.get("info", {})),
+    )

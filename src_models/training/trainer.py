@@ -1,0 +1,166 @@
+"""The training loop shared by every method.
+
+Budget in iterations or wall-clock minutes; the method's own lr schedule applied each
+iteration; seeded and reproducible on the CPU; a :class:`Progress` event per iteration to a
+callback; cooperative pause/resume/stop via :class:`TrainingControl`; periodic and final
+checkpoints written atomically; resumable; a NaN/inf loss stops the run with a clear message
+and restores the last good weights (whose checkpoint stays on disk).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from src_models.data.sampler import SliceSampler
+from src_models.errors import NonFiniteLossError, SemisegError
+from src_models.training.checkpoint import ModelBundle, save_model
+from src_models.training.control import TrainingControl
+
+LOG_FILE = "train_log.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    """How long and how to train (the method's own hyperparameters live in its Config)."""
+
+    iterations: int = 2000  #: iteration budget (the total, counting from 0)
+    minutes: float | None = None  #: wall-clock budget; when set it replaces ``iterations``
+    batch_size: int = 8
+    patch_size: int = 128
+    seed: int = 0
+    device: str = "auto"
+    checkpoint_every: int = 250  #: iterations between checkpoints (0: only at the end)
+
+
+@dataclass
+class Progress:
+    """One training event. ``total`` is an estimate when the budget is in minutes."""
+
+    iteration: int
+    total: int
+    elapsed: float
+    eta: float
+    lr: float
+    logs: dict[str, float] = field(default_factory=dict)
+    done: bool = False
+    message: str = ""
+
+
+def _estimate_total(config: TrainConfig, done: int, start: int, elapsed: float) -> int:
+    if config.minutes is None:
+        return config.iterations
+    if done - start < 3 or elapsed <= 0:
+        return max(done + 1, config.iterations if config.iterations else done + 1)
+    rate = (done - start) / elapsed
+    return max(done + 1, start + int(rate * config.minutes * 60))
+
+
+def train(
+    bundle: ModelBundle,
+    data: SliceSampler,
+    config: TrainConfig,
+    out_dir: str | Path | None = None,
+    callback: Callable[[Progress], None] | None = None,
+    control: TrainingControl | None = None,
+) -> ModelBundle:
+    """Train ``bundle.method`` from ``bundle.iteration`` up to the budget.
+
+    Resuming: pass a bundle loaded with :func:`load_model`; its iteration, optimiser states
+    and RNG states continue where they stopped. Stopping early (``control.stop()``) saves a
+    checkpoint and returns normally with ``bundle.iteration`` < total.
+
+    Raises:
+        NonFiniteLossError: a loss became NaN/inf; the last good weights are restored.
+    """
+    method = bundle.method
+    control = control or TrainingControl()
+    out = Path(out_dir) if out_dir is not None else None
+    state = bundle.trainer_state
+    if state.get("torch_rng") is not None:
+        torch.set_rng_state(state["torch_rng"])
+        if "sampler" in state:
+            data.load_state_dict(state["sampler"])
+    else:
+        torch.manual_seed(config.seed)
+    start = bundle.iteration
+    it = start
+    total = _estimate_total(config, it, start, 0.0)
+    log_file = None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        log_file = (out / LOG_FILE).open("a")
+        (out / "train_config.json").write_text(json.dumps(asdict(config), indent=2))
+    last_good = copy.deepcopy(method.state_dict())
+    t0 = time.perf_counter()
+    paused = 0.0
+    lr = 0.0
+
+    def checkpoint() -> None:
+        nonlocal last_good
+        bundle.iteration = it
+        bundle.trainer_state = {"torch_rng": torch.get_rng_state(), "sampler": data.state_dict()}
+        last_good = copy.deepcopy(method.state_dict())
+        if out is not None:
+            save_model(bundle, out)
+
+    def emit(logs: dict, done: bool = False, message: str = "") -> None:
+        elapsed = time.perf_counter() - t0 - paused
+        rate = (it - start) / elapsed if elapsed > 0 and it > start else 0.0
+        eta = (total - it) / rate if rate > 0 else float("nan")
+        if config.minutes is not None:
+            eta = max(0.0, config.minutes * 60 - elapsed)
+        event = Progress(it, total, elapsed, eta, lr, logs, done, message)
+        if log_file is not None and logs and not done:
+            log_file.write(json.dumps({"iteration": it, "lr": lr, "elapsed": round(elapsed, 3),
+                                       **logs}) + "\n")
+        if callback is not None:
+            callback(event)
+
+    method.train()
+    logs: dict[str, float] = {}
+    try:
+        while it < total:
+            if control.paused:
+                paused += control.wait_while_paused()
+            if control.stop_requested:
+                break
+            lr = method.set_lr(it, total)
+            logs = method.train_step(data, it, total)
+            if not all(math.isfinite(v) for v in logs.values()):
+                bad = ", ".join(k for k, v in logs.items() if not math.isfinite(v))
+                method.load_state_dict(last_good)
+                raise NonFiniteLossError(
+                    f"training diverged at iteration {it + 1}: {bad} became NaN/inf. The last "
+                    "good weights are kept; lower the learning rate (--set lr=...) or check "
+                    "the image for extreme intensities"
+                )
+            it += 1
+            elapsed = time.perf_counter() - t0 - paused
+            total = _estimate_total(config, it, start, elapsed)
+            if config.minutes is not None and elapsed >= config.minutes * 60:
+                total = it
+            emit(logs)
+            if config.checkpoint_every and it % config.checkpoint_every == 0 and it < total:
+                checkpoint()
+        method.finish(data)
+        checkpoint()
+        stopped = it < total
+        emit(logs, done=True, message="stopped" if stopped else "finished")
+    except torch.cuda.OutOfMemoryError:
+        method.load_state_dict(last_good)
+        raise SemisegError(
+            "out of GPU memory: lower --batch-size or --patch, or train on the CPU"
+        ) from None
+    finally:
+        if log_file is not None:
+            log_file.close()
+        method.eval()
+    return bundle

@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny synthetic volumes (fast, always available) and the hippocampus data
+(skipped cleanly when ../shared/data/hippocampus is absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+ROOT = Path(__file__).resolve().parents[1]
+HIPPOCAMPUS = Path(os.environ.get("SEMISEG_HIPPOCAMPUS", ROOT.parent / "shared/data/hippocampus"))
+EXAMPLE_DIR = ROOT / "examples" / "data"
+
+
+def synthetic_volume(shape=(12, 40, 36), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A noisy volume with two blob classes (1: bright disc, 2: dark square) on a mid-grey
+    background; returns (image float32 (Z, Y, X), labels uint8 (Z, Y, X))."""
+    rng = np.random.default_rng(seed)
+    z, h, w = shape
+    yy, xx = np.mgrid[:h, :w]
+    labels = np.zeros(shape, np.uint8)
+    for k in range(z):
+        cy, cx = h / 3 + 2 * np.sin(k / 3), w / 3 + 2 * np.cos(k / 4)
+        labels[k][(yy - cy) ** 2 + (xx - cx) ** 2 < (min(h, w) / 6) ** 2] = 1
+        labels[k, int(h * 0.6) : int(h * 0.85), int(w * 0.55) : int(w * 0.85)] = 2
+    image = np.where(labels == 1, 200.0, np.where(labels == 2, 40.0, 110.0))
+    image = image + rng.normal(0, 15, shape)
+    return image.astype(np.float32), labels
+
+
+@pytest.fixture
+def tiny_volume() -> tuple[np.ndarray, np.ndarray]:
+    return synthetic_volume()
+
+
+@pytest.fixture
+def hippocampus() -> Path:
+    if not (HIPPOCAMPUS / "splits.json").exists():
+        pytest.skip("hippocampus data not found (../shared/data/hippocampus)")
+    return HIPPOCAMPUS
