@@ -1,0 +1,487 @@
+"""Reading and writing volumes: NIfTI, TIFF, zarr and ``.npy`` (no Qt, no napari).
+
+Array layout
+    NIfTI arrays keep the file's voxel order (i, j, k) so that ``meta.affine`` maps array
+    indices to world coordinates directly; a 4D NIfTI (i, j, k, c) is returned channels-first
+    (c, i, j, k) and written back channels-last. TIFF arrays follow the file's axes with a
+    channel axis moved first (C, Z, Y, X). zarr and ``.npy`` arrays are returned as stored.
+
+Spacing (``ImageMeta.spacing``, one value per spatial axis, in array order)
+    NIfTI: the header zooms (mm). TIFF: ImageJ ``spacing`` (Z) and the X/Y resolution tags,
+    in the file's unit (this tool writes ``unit=mm``); 1 where absent. zarr: the ``spacing``
+    attribute. ``.npy``: 1 (the format has no metadata).
+
+zarr layout
+    This tool writes a directory store with the array at the root and the attributes
+    ``affine`` (4x4 list, absent when unknown), ``spacing`` (list) and ``semiseg``
+    (``{"labels": bool}``). When reading, a group is accepted too: its array ``data`` is used,
+    else its first array in sorted key order; attributes are read from the array, then the
+    group.
+
+Writes are atomic: the file (or zarr directory) is written under a temporary name in the
+destination folder and renamed onto the target; on failure the temporary is removed and an
+existing target is left untouched. Label masks are written with an integer dtype (uint8 when
+the maximum is below 256, else uint16, else int32) and, for NIfTI, with the same affine and
+qform/sform codes as the source header, so they open aligned with the image in ITK-SNAP or
+3D Slicer.
+
+Every user-fixable problem (missing file, unsupported extension, unreadable or truncated file,
+non-integer labels, an output folder that cannot be created) raises :class:`SemisegError`
+with a one-line message naming the file and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from src_models.errors import SemisegError
+
+SUPPORTED = (".nii", ".nii.gz", ".tif", ".tiff", ".zarr", ".npy")
+_NIFTI = (".nii", ".nii.gz")
+_TIFF = (".tif", ".tiff")
+_IMAGEJ_DTYPES = (np.uint8, np.uint16, np.float32)
+
+
+@dataclass
+class ImageMeta:
+    """Geometry of a volume: where its voxels are in the world and how big they are."""
+
+    affine: np.ndarray | None = None  # 4x4 voxel -> world (NIfTI); None when unknown
+    spacing: tuple[float, ...] = (1.0, 1.0, 1.0)  # voxel size per spatial axis (array order)
+    source: str | None = None  # path it came from
+    header: object | None = None  # the nibabel header when read from NIfTI (kept for writing)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _one_line(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return " ".join(text.split())
+
+
+def volume_format(path: str | os.PathLike) -> str:
+    """The format of ``path`` by its extension (lower case), one of :data:`SUPPORTED`."""
+    name = Path(str(path).rstrip("/\\")).name.lower()
+    for ext in sorted(SUPPORTED, key=len, reverse=True):
+        if name.endswith(ext) and len(name) > len(ext):
+            return ext
+    raise SemisegError(
+        f"unsupported file type for {path}: use one of {', '.join(SUPPORTED)} "
+        "(e.g. convert it to .nii.gz)"
+    )
+
+
+def map_path(out_path: str | os.PathLike, name: str) -> Path:
+    """Path of the map ``name`` written beside ``out_path``.
+
+    ``map_path("out/pred.nii.gz", "confidence") -> out/pred_confidence.nii.gz``.
+    """
+    out_path = Path(str(out_path).rstrip("/\\"))
+    ext = volume_format(out_path)
+    base = out_path.name[: -len(ext)]
+    return out_path.with_name(f"{base}_{name}{out_path.name[-len(ext) :]}")
+
+
+def _spatial_ndim(array: np.ndarray) -> int:
+    return min(array.ndim, 3)
+
+
+def _default_spacing(ndim: int) -> tuple[float, ...]:
+    return (1.0,) * ndim
+
+
+def _check_exists(path: Path) -> None:
+    if not path.exists():
+        raise SemisegError(f"file not found: {path}; check the path and the file name")
+
+
+def _label_dtype(max_value: int) -> np.dtype:
+    if max_value < 256:
+        return np.dtype(np.uint8)
+    if max_value < 65536:
+        return np.dtype(np.uint16)
+    return np.dtype(np.int32)
+
+
+def _as_labels(array: np.ndarray, source: str) -> np.ndarray:
+    """Integer class ids in the smallest fitting dtype; SemisegError otherwise."""
+    array = np.asarray(array)
+    if array.dtype == bool:
+        return array.astype(np.uint8)
+    if np.issubdtype(array.dtype, np.floating):
+        finite = np.isfinite(array)
+        if not finite.all():
+            raise SemisegError(
+                f"labels in {source} contain NaN or infinite values; labels must be integer "
+                "class ids (0 = background)"
+            )
+        frac = array != np.round(array)
+        if frac.any():
+            example = float(array[frac].flat[0])
+            raise SemisegError(
+                f"labels in {source} are not integers (e.g. {example:g}); labels must be "
+                "integer class ids (0 = background): save the mask with an integer dtype"
+            )
+    elif not np.issubdtype(array.dtype, np.integer):
+        raise SemisegError(
+            f"labels in {source} have dtype {array.dtype}; labels must be integer class ids"
+        )
+    if array.size == 0:
+        return array.astype(np.uint8)
+    lo, hi = array.min(), array.max()
+    if lo < 0:
+        raise SemisegError(
+            f"labels in {source} contain negative values ({lo:g}); labels must be class ids "
+            "0..K (0 = background)"
+        )
+    if hi > np.iinfo(np.int32).max:
+        raise SemisegError(f"labels in {source} exceed {np.iinfo(np.int32).max}; too many ids")
+    dtype = _label_dtype(int(hi))
+    return array if array.dtype == dtype else array.astype(dtype)
+
+
+def _spacing_from_meta(meta: ImageMeta | None, ndim: int) -> tuple[float, ...]:
+    if meta is None or meta.spacing is None:
+        return _default_spacing(ndim)
+    spacing = tuple(float(s) for s in meta.spacing)
+    if len(spacing) >= ndim:
+        return spacing[-ndim:] if ndim else ()
+    return (1.0,) * (ndim - len(spacing)) + spacing
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, ImageMeta]:
+    """Read an image volume and its geometry; see the module docstring for layouts."""
+    path = Path(path).expanduser()
+    fmt = volume_format(path)
+    _check_exists(path)
+    try:
+        if fmt in _NIFTI:
+            return _read_nifti(path)
+        if fmt in _TIFF:
+            return _read_tiff(path)
+        if fmt == ".zarr":
+            return _read_zarr(path)
+        return _read_npy(path)
+    except SemisegError:
+        raise
+    except Exception as exc:  # nibabel, gzip, zlib, tifffile, zarr all raise their own types
+        raise SemisegError(
+            f"cannot read {path} ({_one_line(exc)}); the file may be truncated or corrupt: "
+            "re-export or re-download it"
+        ) from exc
+
+
+def read_labels(path: str | os.PathLike) -> tuple[np.ndarray, ImageMeta]:
+    """Read a label volume as integer class ids (uint8/uint16/int32).
+
+    Float files whose values are whole numbers are accepted (many NIfTI masks are stored as
+    float32); fractions, NaN or negative values raise :class:`SemisegError`.
+    """
+    array, meta = read_volume(path)
+    return _as_labels(array, str(path)), meta
+
+
+def _read_nifti(path: Path) -> tuple[np.ndarray, ImageMeta]:
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    header = img.header
+    # Reading the data object keeps integer dtypes when no scaling is stored and forces the
+    # full (de)compression now, so truncated files fail here.
+    array = np.asanyarray(img.dataobj)
+    array = np.asarray(array)
+    ndim = min(array.ndim, 3)
+    zooms = tuple(float(z) for z in header.get_zooms()[:ndim])
+    if array.ndim == 4:
+        array = np.moveaxis(array, -1, 0)
+    elif array.ndim > 4:
+        raise SemisegError(
+            f"{path} has {array.ndim} dimensions; expected a 2D/3D volume or 3D + channels"
+        )
+    meta = ImageMeta(
+        affine=np.asarray(img.affine, dtype=np.float64),
+        spacing=zooms,
+        source=str(path),
+        header=header.copy(),
+    )
+    return array, meta
+
+
+def _read_tiff(path: Path) -> tuple[np.ndarray, ImageMeta]:
+    import tifffile
+
+    with tifffile.TiffFile(str(path)) as tf:
+        series = tf.series[0]
+        axes = series.axes.upper()
+        array = series.asarray()
+        spacing = {ax: 1.0 for ax in "ZYX"}
+        affine = None
+        page = tf.pages[0]
+        for ax, tag in (("X", "XResolution"), ("Y", "YResolution")):
+            if tag in page.tags:
+                num, den = page.tags[tag].value
+                if num > 0 and den > 0 and (num, den) != (1, 1):
+                    spacing[ax] = den / num
+        ij = tf.imagej_metadata or {}
+        if "spacing" in ij:
+            spacing["Z"] = float(ij["spacing"])
+        props = ij.get("Properties") or {}
+        if "semiseg_affine" in props:
+            affine = np.asarray(json.loads(props["semiseg_affine"]), dtype=np.float64)
+        shaped = tf.shaped_metadata[0] if tf.is_shaped and tf.shaped_metadata else {}
+        if "spacing" in shaped:
+            spatial_axes = [a for a in axes if a in "ZYX"]
+            for ax, s in zip(spatial_axes, shaped["spacing"], strict=False):
+                spacing[ax] = float(s)
+        if shaped.get("affine") is not None:
+            affine = np.asarray(shaped["affine"], dtype=np.float64)
+    # Move a channel (or sample) axis first, drop other singleton axes tifffile reports.
+    for ch in ("C", "S"):
+        if ch in axes and axes.index(ch) != 0:
+            i = axes.index(ch)
+            array = np.moveaxis(array, i, 0)
+            axes = ch + axes[:i] + axes[i + 1 :]
+    space = tuple(spacing[a] for a in axes if a in "ZYX") or _default_spacing(_spatial_ndim(array))
+    if len(space) != _spatial_ndim(array) and len(space) > _spatial_ndim(array):
+        space = space[-_spatial_ndim(array) :]
+    return array, ImageMeta(affine=affine, spacing=space, source=str(path))
+
+
+def _zarr_array(root):
+    import zarr
+
+    if isinstance(root, zarr.Array):
+        return root, None
+    keys = sorted(root.array_keys())
+    if not keys:
+        raise SemisegError(f"no array found in the zarr store {root}; store one under 'data'")
+    return root["data" if "data" in keys else keys[0]], root
+
+
+def _read_zarr(path: Path) -> tuple[np.ndarray, ImageMeta]:
+    import zarr
+
+    root = zarr.open(store=str(path), mode="r")
+    arr, group = _zarr_array(root)
+    attrs = dict(group.attrs) if group is not None else {}
+    attrs.update(dict(arr.attrs))
+    array = np.asarray(arr[...])
+    ndim = _spatial_ndim(array)
+    spacing = attrs.get("spacing")
+    spacing = tuple(float(s) for s in spacing) if spacing else _default_spacing(ndim)
+    affine = attrs.get("affine")
+    affine = np.asarray(affine, dtype=np.float64) if affine is not None else None
+    return array, ImageMeta(affine=affine, spacing=spacing, source=str(path))
+
+
+def _read_npy(path: Path) -> tuple[np.ndarray, ImageMeta]:
+    try:
+        array = np.load(str(path), allow_pickle=False)
+    except ValueError as exc:
+        if "pickle" in str(exc).lower():
+            raise SemisegError(
+                f"{path} holds Python objects, not a numeric array; save it with "
+                "np.save(path, array.astype(np.float32)) or another numeric dtype"
+            ) from exc
+        raise
+    if not isinstance(array, np.ndarray):
+        raise SemisegError(f"{path} is not a single .npy array; save one array per file")
+    return array, ImageMeta(spacing=_default_spacing(_spatial_ndim(array)), source=str(path))
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def write_volume(
+    path: str | os.PathLike,
+    array: np.ndarray,
+    meta: ImageMeta | None = None,
+    *,
+    labels: bool = False,
+) -> Path:
+    """Write ``array`` atomically to ``path`` (format from the extension); returns the path.
+
+    ``labels=True`` writes integer class ids (uint8/uint16/int32); otherwise floating arrays
+    are written as float32 and other dtypes as given. ``meta`` supplies the affine, spacing
+    and (NIfTI) the source header so the output is aligned with the source image.
+    """
+    path = Path(str(path).rstrip("/\\")).expanduser()
+    fmt = volume_format(path)
+    array = np.asarray(array)
+    if labels:
+        array = _as_labels(array, f"the mask for {path}")
+    elif array.dtype == bool:
+        array = array.astype(np.uint8)
+    elif np.issubdtype(array.dtype, np.floating) and array.dtype != np.float32:
+        array = array.astype(np.float32)
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SemisegError(
+            f"cannot create the output folder {parent} ({_one_line(exc)}); choose a writable "
+            "location"
+        ) from exc
+    if path.is_dir() and fmt != ".zarr":
+        raise SemisegError(f"{path} is a folder; choose a file name for the output")
+    try:
+        if fmt == ".zarr":
+            _atomic_dir(path, lambda tmp: _write_zarr(tmp, array, meta, labels))
+        else:
+            writer = {
+                ".nii": _write_nifti,
+                ".nii.gz": _write_nifti,
+                ".tif": _write_tiff,
+                ".tiff": _write_tiff,
+                ".npy": _write_npy,
+            }[fmt]
+            _atomic_file(path, fmt, lambda tmp: writer(tmp, array, meta, labels))
+    except OSError as exc:
+        raise SemisegError(
+            f"cannot write {path} ({_one_line(exc)}); check free disk space and permissions"
+        ) from exc
+    return path
+
+
+def _atomic_file(path: Path, fmt: str, write) -> None:
+    # Keep the real extension last: nibabel picks gzip from the suffix.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{fmt}", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _atomic_dir(path: Path, write) -> None:
+    """Write a directory under a temporary name, then swap it in; the old one is removed
+    only after the new one is in place (restored if the swap fails)."""
+    if path.exists() and not path.is_dir():
+        raise SemisegError(f"{path} exists and is not a zarr folder; remove it or pick a name")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    old = None
+    try:
+        write(tmp)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(path, old)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if old is not None:
+                os.replace(old, path)
+                old = None
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_nifti(tmp: Path, array: np.ndarray, meta: ImageMeta | None, labels: bool) -> None:
+    import nibabel as nib
+
+    data = np.moveaxis(array, 0, -1) if array.ndim == 4 else array
+    if data.dtype in (np.int64, np.uint64, np.uint32):
+        # 64-bit integers are not read by many NIfTI tools: use int32 when the values fit.
+        info = np.iinfo(np.int32)
+        if data.size and (data.min() < info.min or data.max() > info.max):
+            data = data.astype(np.float64)
+        else:
+            data = data.astype(np.int32)
+    ndim = min(array.ndim, 3)
+    header = getattr(meta, "header", None)
+    affine = getattr(meta, "affine", None)
+    if affine is None:
+        spacing = _spacing_from_meta(meta, ndim)
+        affine = np.diag([*spacing, *([1.0] * (4 - len(spacing)))])
+    affine = np.asarray(affine, dtype=np.float64)
+    if isinstance(header, nib.Nifti1Header):
+        hdr = header.copy()
+        qform_code, sform_code = int(hdr["qform_code"]), int(hdr["sform_code"])
+        qform = hdr.get_qform() if qform_code > 0 else affine
+        img = nib.Nifti1Image(data, affine, header=hdr)
+        # Same geometry and codes as the source, so viewers align the mask with the image.
+        img.set_sform(affine, code=sform_code)
+        img.set_qform(qform, code=qform_code)
+    else:
+        img = nib.Nifti1Image(data, affine)
+        img.set_sform(affine, code=1)
+        img.set_qform(affine, code=1)
+    out = img.header
+    out.set_data_dtype(data.dtype)
+    out.set_slope_inter(1.0, 0.0)
+    out["cal_min"], out["cal_max"] = 0.0, 0.0
+    if labels:
+        out.set_intent("label")
+    else:
+        out.set_intent("none")
+    img.to_filename(str(tmp))
+
+
+def _write_tiff(tmp: Path, array: np.ndarray, meta: ImageMeta | None, labels: bool) -> None:
+    import tifffile
+
+    ndim = _spatial_ndim(array) if array.ndim <= 3 else 3
+    spacing = _spacing_from_meta(meta, ndim)
+    affine = getattr(meta, "affine", None)
+    axes = {2: "YX", 3: "ZYX", 4: "CZYX"}.get(array.ndim)
+    if axes is None:
+        raise SemisegError(f"cannot write a {array.ndim}D array to {tmp.name}: expected 2D-4D")
+    sy, sx = spacing[-2], spacing[-1]
+    if array.dtype.type in _IMAGEJ_DTYPES:
+        # ImageJ hyperstack order is (T)ZCYX: channels after Z.
+        data = np.moveaxis(array, 0, 1) if array.ndim == 4 else array
+        ij_axes = "ZCYX" if array.ndim == 4 else axes
+        metadata: dict = {"axes": ij_axes, "unit": "mm"}
+        if ndim == 3:
+            metadata["spacing"] = float(spacing[0])
+        if affine is not None:
+            metadata["Properties"] = {
+                "semiseg_affine": json.dumps(np.asarray(affine, float).tolist())
+            }
+        tifffile.imwrite(
+            str(tmp), data, imagej=True, resolution=(1.0 / sx, 1.0 / sy), metadata=metadata
+        )
+    else:
+        metadata = {"axes": axes, "spacing": [float(s) for s in spacing]}
+        if affine is not None:
+            metadata["affine"] = np.asarray(affine, float).tolist()
+        tifffile.imwrite(str(tmp), array, resolution=(1.0 / sx, 1.0 / sy), metadata=metadata)
+
+
+def _write_zarr(tmp: Path, array: np.ndarray, meta: ImageMeta | None, labels: bool) -> None:
+    import zarr
+
+    # mkdtemp created the folder; the store must be created inside it.
+    arr = zarr.open_array(store=str(tmp), mode="w", shape=array.shape, dtype=array.dtype)
+    arr[...] = array
+    attrs: dict = {
+        "spacing": [float(s) for s in _spacing_from_meta(meta, _spatial_ndim(array))],
+        "semiseg": {"labels": bool(labels)},
+    }
+    affine = getattr(meta, "affine", None)
+    if affine is not None:
+        attrs["affine"] = np.asarray(affine, dtype=float).tolist()
+    arr.attrs.update(attrs)
+
+
+def _write_npy(tmp: Path, array: np.ndarray, meta: ImageMeta | None, labels: bool) -> None:
+    with open(tmp, "wb") as f:
+        np.save(f, array, allow_pickle=False)
