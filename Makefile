@@ -1,0 +1,55 @@
+# Two commands do all the set-up on a fresh Debian machine with Python 3.11:
+#   make demo   - create .venv, train on the bundled hippocampus volume (3 labeled slices),
+#                 write masks + maps to out/, print Dice against the ground truth
+#   make test   - install system + test dependencies, run ruff and the whole test suite
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SEMISEG := $(VENV)/bin/semiseg
+DEMO_METHOD ?= crossmatch
+DEMO_ITERS ?= 300
+EXAMPLE := examples/data/hippocampus_003
+SYSTEM_PACKAGES := xvfb xauth libgl1 libegl1 libgl1-mesa-dri libxkbcommon-x11-0 libxcb-cursor0 \
+	libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 \
+	libxcb-shape0 libxcb-xinerama0 libxcb-xfixes0 libdbus-1-3 libfontconfig1
+
+.PHONY: demo test venv system-deps lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# the CPU build of torch first, so nothing resolves a multi-GB CUDA build
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+system-deps:
+	@if ! command -v xvfb-run >/dev/null 2>&1 || ! ldconfig -p | grep -q libxkbcommon-x11; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
+	fi
+
+demo: venv
+	$(SEMISEG) train --image $(EXAMPLE)_image.nii.gz --labels $(EXAMPLE)_labels.nii.gz \
+		--labeled-slices 10,16,22 --method $(DEMO_METHOD) --iterations $(DEMO_ITERS) \
+		--patch 64 --batch-size 8 --out out/demo_run
+	$(SEMISEG) predict --model out/demo_run --image $(EXAMPLE)_image.nii.gz \
+		--out out/demo_prediction.nii.gz --maps confidence,discrepancy
+	$(SEMISEG) evaluate --pred out/demo_prediction.nii.gz --truth $(EXAMPLE)_labels.nii.gz
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: venv system-deps lint
+	xvfb-run -a $(PY) -m pytest -q -p no:cacheprovider --durations=15
+
+bench: venv
+	$(PY) benchmarks/speed.py
+	$(PY) benchmarks/accuracy.py --method supervised
+
+clean:
+	rm -rf $(VENV) out build *.egg-info

@@ -1,0 +1,191 @@
+"""Trainer: learning, reproducibility, stop/resume, NaN handling, checkpoints; inference."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from src_models.data import SliceSampler, make_volumes
+from src_models.errors import NonFiniteLossError, SemisegError
+from src_models.inference import predict_volume
+from src_models.training import TrainConfig, TrainingControl, load_model, save_model, train
+from src_models.training.checkpoint import create_model, read_metadata
+
+TINY = {"channels": "4,8,16,32,64"}
+
+
+def _setup(tiny_volume, seed=0, method="supervised", params=TINY):
+    image, labels = tiny_volume
+    sparse = np.zeros_like(labels)
+    sparse[[2, 6, 9]] = labels[[2, 6, 9]]
+    vols, k = make_volumes([image], [sparse])
+    sampler = SliceSampler(vols, patch_size=32, batch_size=4, seed=seed)
+    bundle = create_model(method, params, 1, k, "cpu", seed=seed, patch_size=32)
+    return bundle, sampler
+
+
+def _weights(bundle):
+    return {k: v.clone() for k, v in bundle.method.networks["net"].state_dict().items()}
+
+
+def test_supervised_learns_the_tiny_volume(tiny_volume):
+    image, labels = tiny_volume
+    bundle, sampler = _setup(tiny_volume, params={**TINY, "lr": 0.05})
+    before = predict_volume(bundle, image).labels
+    train(bundle, sampler, TrainConfig(iterations=100, checkpoint_every=0))
+    after = predict_volume(bundle, image, maps=["confidence"])
+    dice = [2 * ((after.labels == c) & (labels == c)).sum()
+            / ((after.labels == c).sum() + (labels == c).sum()) for c in (1, 2)]
+    dice_before = [2 * ((before == c) & (labels == c)).sum()
+                   / max(1, (before == c).sum() + (labels == c).sum()) for c in (1, 2)]
+    assert min(dice) > 0.8 > max(dice_before)
+    conf = after.maps["confidence"]
+    assert conf.shape == image.shape and conf.dtype == np.float32
+    assert 0.3 <= conf.min() and conf.max() <= 1.0
+
+
+def test_training_is_reproducible_and_resume_continues_exactly(tiny_volume, tmp_path):
+    full, s_full = _setup(tiny_volume)
+    train(full, s_full, TrainConfig(iterations=6, checkpoint_every=0))
+
+    part, s_part = _setup(tiny_volume)
+    control = TrainingControl()
+    events = []
+
+    def stop_at_3(p):
+        events.append(p)
+        if p.iteration == 3:
+            control.stop()
+
+    train(part, s_part, TrainConfig(iterations=6, checkpoint_every=0), out_dir=tmp_path,
+          callback=stop_at_3, control=control)
+    assert part.iteration == 3 and events[-1].done and events[-1].message == "stopped"
+    resumed = load_model(tmp_path)
+    assert resumed.iteration == 3
+    _, s_new = _setup(tiny_volume)
+    its = []
+    train(resumed, s_new, TrainConfig(iterations=6, checkpoint_every=0), out_dir=tmp_path,
+          callback=lambda p: its.append(p.iteration))
+    assert its[0] == 4 and resumed.iteration == 6
+    for k, v in _weights(full).items():
+        torch.testing.assert_close(_weights(resumed)[k], v)
+    log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in log] == [1, 2, 3, 4, 5, 6]
+
+
+def test_progress_events_pause_and_time_budget(tiny_volume):
+    bundle, sampler = _setup(tiny_volume)
+    events = []
+    control = TrainingControl()
+    control.pause()
+    import threading
+
+    threading.Timer(0.3, control.resume).start()
+    train(bundle, sampler, TrainConfig(iterations=0, minutes=0.02, checkpoint_every=0),
+          callback=events.append, control=control)
+    assert events[-1].done and events[-1].message == "finished"
+    assert events[-1].iteration >= 2
+    assert all(e.lr > 0 for e in events[:-1]) and "loss" in events[0].logs
+    assert events[-1].elapsed < 5
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_volume, tmp_path):
+    bundle, sampler = _setup(tiny_volume)
+    train(bundle, sampler, TrainConfig(iterations=2, checkpoint_every=0), out_dir=tmp_path)
+    good = _weights(bundle)
+    original = bundle.method.train_step
+    calls = {"n": 0}
+
+    def poisoned(data, it, total):
+        calls["n"] += 1
+        logs = original(data, it, total)
+        if calls["n"] == 2:
+            for p in bundle.method.net.parameters():
+                p.data.fill_(float("nan"))
+            logs["loss"] = float("nan")
+        return logs
+
+    bundle.method.train_step = poisoned
+    with pytest.raises(NonFiniteLossError, match="NaN"):
+        train(bundle, sampler, TrainConfig(iterations=10, checkpoint_every=0), out_dir=tmp_path)
+    # in memory: the weights at the start of this run; on disk: the last good checkpoint
+    assert all(torch.isfinite(v).all() for v in _weights(bundle).values())
+    on_disk = load_model(tmp_path)
+    assert on_disk.iteration == 2
+    for k, v in good.items():
+        torch.testing.assert_close(_weights(on_disk)[k], v)
+
+
+def test_checkpoint_metadata_and_safe_loading(tiny_volume, tmp_path):
+    bundle, _ = _setup(tiny_volume)
+    save_model(bundle, tmp_path)
+    meta = read_metadata(tmp_path)
+    for key in ("method", "config", "num_classes", "normalization", "axis", "patch_size",
+                "versions", "in_channels"):
+        assert key in meta
+    assert meta["config"]["channels"] == [4, 8, 16, 32, 64]
+    assert not list(tmp_path.glob("*.tmp"))
+    # a truncated weights file is reported, not unpickled
+    data = (tmp_path / "model.pt").read_bytes()
+    (tmp_path / "model.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(SemisegError, match="damaged"):
+        load_model(tmp_path)
+    with pytest.raises(SemisegError, match="no model"):
+        load_model(tmp_path / "nowhere")
+
+
+def test_checkpoint_from_another_method_or_version_is_refused(tiny_volume, tmp_path):
+    bundle, _ = _setup(tiny_volume)
+    save_model(bundle, tmp_path)
+    with pytest.raises(SemisegError, match="trained with method"):
+        load_model(tmp_path, expect_method="crossmatch")
+    meta = json.loads((tmp_path / "model.json").read_text())
+    meta["format_version"] = 99
+    (tmp_path / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(SemisegError, match="format version"):
+        load_model(tmp_path)
+
+
+@pytest.mark.parametrize("axis", [0, 2])
+def test_slab_processing_equals_whole_volume(tiny_volume, axis):
+    image, labels = tiny_volume
+    vols, k = make_volumes([image], [labels], axis=axis)
+    bundle = create_model("supervised", TINY, 1, k, seed=1, axis=axis)
+    bundle.method.eval()
+    whole = predict_volume(bundle, image, ["confidence"], slab_size=1000, batch_size=64,
+                           return_probabilities=True)
+    slabs = predict_volume(bundle, image, ["confidence"], slab_size=5, batch_size=2,
+                           return_probabilities=True)
+    assert whole.labels.shape == image.shape and whole.labels.dtype == np.uint8
+    assert whole.probabilities.shape == (k, *image.shape)
+    np.testing.assert_allclose(whole.probabilities.sum(0), 1, atol=1e-5)
+    np.testing.assert_array_equal(whole.labels, slabs.labels)
+    np.testing.assert_allclose(whole.probabilities, slabs.probabilities, atol=1e-5)
+    # writing into caller-provided arrays (e.g. zarr) gives the same result
+    out = {"labels": np.zeros(image.shape, np.uint8), "confidence": np.zeros(image.shape, "f4")}
+    predict_volume(bundle, image, ["confidence"], slab_size=4, out=out)
+    np.testing.assert_array_equal(out["labels"], whole.labels)
+
+
+def test_tiled_inference_matches_shape_and_agrees_mostly(tiny_volume):
+    image, labels = tiny_volume
+    vols, k = make_volumes([image], [labels])
+    bundle = create_model("supervised", TINY, 1, k, seed=1)
+    sampler = SliceSampler(vols, patch_size=32, batch_size=4)
+    train(bundle, sampler, TrainConfig(iterations=30, checkpoint_every=0))
+    full = predict_volume(bundle, image, tile_size=512)
+    tiled = predict_volume(bundle, image, tile_size=32)
+    assert tiled.labels.shape == image.shape
+    assert (tiled.labels == full.labels).mean() > 0.9
+
+
+def test_prediction_bad_input(tiny_volume):
+    image, _ = tiny_volume
+    bundle = create_model("supervised", TINY, 1, 3)
+    with pytest.raises(SemisegError, match="no map"):
+        predict_volume(bundle, image, ["discrepancy"])
+    with pytest.raises(SemisegError, match="channel"):
+        predict_volume(bundle, np.stack([image, image]))
+    with pytest.raises(SemisegError, match="NaN"):
+        predict_volume(bundle, np.where(image > 150, np.inf, image))
