@@ -200,10 +200,12 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, ImageMeta]:
     header = img.header
     # Reading the data object keeps integer dtypes when no scaling is stored and forces the
     # full (de)compression now, so truncated files fail here.
-    array = np.asanyarray(img.dataobj)
-    array = np.asarray(array)
+    array = np.asarray(np.asanyarray(img.dataobj))
+    if array.dtype == np.float64 and header.get_data_dtype() != np.float64:
+        array = array.astype(np.float32)  # nibabel scales in float64; halve the memory
     ndim = min(array.ndim, 3)
-    zooms = tuple(float(z) for z in header.get_zooms()[:ndim])
+    # Zooms are float32 in the header: report their shortest decimal form (0.8, not 0.800..01).
+    zooms = tuple(float(str(np.float32(z))) for z in header.get_zooms()[:ndim])
     if array.ndim == 4:
         array = np.moveaxis(array, -1, 0)
     elif array.ndim > 4:
