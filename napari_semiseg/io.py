@@ -255,9 +255,8 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, ImageMeta]:
             i = axes.index(ch)
             array = np.moveaxis(array, i, 0)
             axes = ch + axes[:i] + axes[i + 1 :]
-    space = tuple(spacing[a] for a in axes if a in "ZYX") or _default_spacing(_spatial_ndim(array))
-    if len(space) != _spatial_ndim(array) and len(space) > _spatial_ndim(array):
-        space = space[-_spatial_ndim(array) :]
+    space = tuple(spacing[a] for a in axes if a in "ZYX")
+    space = space or _default_spacing(_spatial_ndim(array))
     return array, ImageMeta(affine=affine, spacing=space, source=str(path))
 
 
