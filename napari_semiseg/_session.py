@@ -1,0 +1,433 @@
+"""The plugin's state and background work, free of Qt and napari.
+
+Both docks of a viewer share one :class:`Session`: the current model bundle, the slicing
+axis, the slices accepted during review and the loss history. The long-running work lives
+here as plain functions and generators that a dock hands to napari's ``create_worker``:
+
+- :func:`training_events` is a generator: it validates and slices the volume, builds (or
+  continues) the model, runs :func:`src_models.training.train` in a helper thread whose
+  callback only queues events, and yields :class:`TrainingUpdate` batches at most every
+  ``UPDATE_PERIOD`` seconds (so a fast tiny model never floods the GUI thread). Every
+  ``preview_every`` iterations the callback also predicts the slice the viewer shows (its
+  index is read from :attr:`Session.preview_index`, written by the GUI thread) and queues
+  it as a :class:`Preview`. The generator returns the trained bundle.
+- :func:`predict_layers` predicts the whole volume with every map the method offers.
+
+Nothing here touches a widget; the docks update layers from the worker's signals on the GUI
+thread.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from src_models.data.sampler import SliceSampler
+from src_models.data.volumes import Volume, as_channels_first, make_volumes
+from src_models.device import select_device
+from src_models.errors import SemisegError
+from src_models.inference import VolumePrediction, predict_slices, predict_volume
+from src_models.methods.base import get_method, make_config
+from src_models.training.checkpoint import ModelBundle, create_model
+from src_models.training.control import TrainingControl
+from src_models.training.trainer import Progress, TrainConfig, train
+
+#: seconds between two batches of events handed to the GUI thread
+UPDATE_PERIOD = 0.05
+
+AXIS_NAMES = ("Z", "Y", "X")
+
+
+# -- labels helpers -------------------------------------------------------------------------
+def labeled_slices(labels: np.ndarray, axis: int) -> list[int]:
+    """Indices along ``axis`` of the slices holding at least one nonzero label."""
+    labels = np.asarray(labels)
+    others = tuple(a for a in range(labels.ndim) if a != axis)
+    return [int(i) for i in np.flatnonzero(np.any(labels != 0, axis=others))]
+
+
+def detect_axis(labels: np.ndarray) -> int:
+    """The axis the user painted along: the one whose labeled slices are the smallest
+    fraction of its length (fully painted slices light up every slice of the other axes).
+    Returns 0 when nothing is labeled."""
+    labels = np.asarray(labels)
+    if labels.ndim != 3 or not np.any(labels):
+        return 0
+    fractions = [len(labeled_slices(labels, a)) / labels.shape[a] for a in range(3)]
+    return int(np.argmin(fractions))
+
+
+def class_count(labels: np.ndarray) -> int:
+    """Classes including background (at least 2), from the largest label value."""
+    labels = np.asarray(labels)
+    top = int(labels.max()) if labels.size else 0
+    return max(2, top + 1)
+
+
+def image_channels_first(data: Any, rgb: bool = False, labels_ndim: int = 3) -> np.ndarray:
+    """A napari image layer's data as (C, Z, Y, X): RGB(A) channels last are moved first,
+    an extra leading axis (napari's channel-stacked or 4D data) is taken as channels."""
+    image = np.asarray(data)
+    if rgb:
+        image = np.moveaxis(image, -1, 0)
+    return as_channels_first(image, labels_ndim)
+
+
+def slice_score(volume: np.ndarray, axis: int) -> np.ndarray:
+    """Mean of a (Z, Y, X) map over each slice along ``axis`` -> (N,)."""
+    others = tuple(a for a in range(3) if a != axis)
+    return np.asarray(volume, dtype=np.float64).mean(axis=others)
+
+
+def rank_slices(score_map: np.ndarray, axis: int, exclude: set[int] | list[int]) -> list[int]:
+    """Slices along ``axis`` sorted by decreasing mean of ``score_map`` (e.g. discrepancy),
+    leaving out ``exclude`` (labeled ones); ties keep slice order."""
+    score = slice_score(score_map, axis)
+    skip = set(exclude)
+    order = sorted(range(score.shape[0]), key=lambda i: (-score[i], i))
+    return [i for i in order if i not in skip]
+
+
+def format_seconds(seconds: float) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+# -- requests and events --------------------------------------------------------------------
+@dataclass
+class TrainRequest:
+    """What the training dock asks for. ``params`` are the method's hyperparameters as the
+    form gives them (strings or values; :func:`make_config` coerces and validates them)."""
+
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+    iterations: int = 2000  #: budget in iterations (ignored when ``minutes`` is set)
+    minutes: float | None = None  #: wall-clock budget
+    batch_size: int = 8
+    patch_size: int = 128
+    seed: int = 0
+    device: str = "auto"
+    preview_every: int = 50  #: iterations between live previews (0: off)
+    checkpoint_every: int = 250
+
+    def train_config(self, start: int = 0) -> TrainConfig:
+        """The trainer config; a continued run counts its budget from ``start``."""
+        iterations = start + (1 if self.minutes is not None else self.iterations)
+        return TrainConfig(
+            iterations=iterations,
+            minutes=self.minutes,
+            batch_size=self.batch_size,
+            patch_size=self.patch_size,
+            seed=self.seed,
+            device=self.device,
+            checkpoint_every=self.checkpoint_every,
+        )
+
+    def validate(self) -> Any:
+        """Check everything cheap to check on the GUI thread; returns the method config."""
+        cls = get_method(self.method)
+        config = make_config(cls.Config, self.params)
+        if self.minutes is None and self.iterations < 1:
+            raise SemisegError("the iteration budget must be at least 1")
+        if self.minutes is not None and not self.minutes > 0:
+            raise SemisegError("the time budget must be more than 0 minutes")
+        if self.batch_size < 1:
+            raise SemisegError("the batch size must be at least 1")
+        if self.patch_size < 16 or self.patch_size % 16:
+            raise SemisegError(f"patch size {self.patch_size} must be a multiple of 16 (>= 16)")
+        select_device(self.device)
+        return config
+
+
+@dataclass
+class Preview:
+    """A predicted slice: labels (H, W) uint8 at ``index`` along ``axis``."""
+
+    axis: int
+    index: int
+    labels: np.ndarray
+    iteration: int
+
+
+@dataclass
+class TrainingUpdate:
+    """What the worker yields: the latest progress, every iteration's logs since the last
+    update (for the loss curve) and the newest preview, if any."""
+
+    progress: Progress
+    history: list[tuple[int, dict[str, float]]]
+    preview: Preview | None = None
+
+
+@dataclass
+class TrainingJob:
+    """Everything the worker needs, gathered on the GUI thread."""
+
+    image: Any  #: (Z, Y, X), (C, Z, Y, X) or RGB (Z, Y, X, C) raw intensities, read lazily
+    labels: np.ndarray  #: (Z, Y, X) integer, a copy (the user may paint during training)
+    axis: int
+    labeled: list[int]
+    request: TrainRequest
+    run_dir: Path
+    control: TrainingControl = field(default_factory=TrainingControl)
+    rgb: bool = False  #: channels last (napari RGB image)
+    bundle: ModelBundle | None = None  #: continue this model instead of creating one
+    preview_index: Callable[[], int | None] = lambda: None
+    info: dict[str, Any] = field(default_factory=dict)
+    finished: threading.Event = field(default_factory=threading.Event)
+
+
+class LossHistory:
+    """Per-term series (iteration, value) of the training logs, for the loss curve."""
+
+    def __init__(self) -> None:
+        self.series: dict[str, tuple[list[int], list[float]]] = {}
+
+    def extend(self, rows: list[tuple[int, dict[str, float]]]) -> None:
+        for it, logs in rows:
+            for key, value in logs.items():
+                xs, ys = self.series.setdefault(key, ([], []))
+                xs.append(int(it))
+                ys.append(float(value))
+
+    def clear(self) -> None:
+        self.series.clear()
+
+    def __len__(self) -> int:
+        return max((len(xs) for xs, _ in self.series.values()), default=0)
+
+
+_SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def session_for(viewer: Any) -> Session:
+    """The one session of ``viewer`` (created on first use, dropped with the viewer)."""
+    if viewer not in _SESSIONS:
+        _SESSIONS[viewer] = Session()
+    return _SESSIONS[viewer]
+
+
+class Session:
+    """State shared by the training and review docks of one viewer (no Qt).
+
+    Attributes:
+        bundle: the current model (trained, stopped, loaded) or None.
+        axis: the slicing axis of the current model / labels.
+        accepted: slices accepted in review; counted as labeled even if all background.
+        preview_index: the slice index along ``axis`` the viewer shows (GUI thread writes,
+            the training thread reads; a plain int assignment is atomic in CPython).
+        busy: what runs in the background ("" when idle): "training" or "predicting".
+    """
+
+    def __init__(self) -> None:
+        self.bundle: ModelBundle | None = None
+        self.axis: int = 0
+        self.accepted: set[int] = set()
+        self.preview_index: int | None = None
+        self.history = LossHistory()
+        self.busy: str = ""
+        self.image_name: str = ""
+        self.labels_name: str = ""
+        self.run_dir: Path | None = None
+        self._listeners: list[Callable[[str], None]] = []
+        #: set by the training dock: continue training the current model for n iterations
+        self.continue_training: Callable[[int], bool] | None = None
+
+    # Plain callbacks instead of Qt signals keep the session testable without a GUI.
+    def connect(self, listener: Callable[[str], None]) -> None:
+        self._listeners.append(listener)
+
+    def disconnect(self, listener: Callable[[str], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def notify(self, what: str) -> None:
+        """Tell the docks that ``what`` changed: "model", "busy" or "labels"."""
+        for listener in list(self._listeners):
+            listener(what)
+
+    def new_run_dir(self) -> Path:
+        self.run_dir = Path(tempfile.mkdtemp(prefix="semiseg-run-"))
+        return self.run_dir
+
+    def labeled(self, labels: np.ndarray, axis: int) -> list[int]:
+        """Detected labeled slices plus the accepted ones (only when the axis matches)."""
+        found = set(labeled_slices(labels, axis))
+        if axis == self.axis:
+            found |= {s for s in self.accepted if 0 <= s < np.shape(labels)[axis]}
+        return sorted(found)
+
+
+# -- background work (runs in a worker thread; touches no Qt) -------------------------------
+def _predict_slice(bundle: ModelBundle, volume: Volume, index: int) -> np.ndarray:
+    """Labels (H, W) of one normalised slice, leaving the method in training mode and the
+    global torch RNG untouched (so a preview never changes the training run)."""
+    method = bundle.method
+    rng = torch.get_rng_state()
+    method.eval()
+    try:
+        x = torch.from_numpy(volume.slices[index : index + 1]).to(method.device)
+        with torch.no_grad(), method.autocast():
+            probs, _ = predict_slices(method, x, volume.background, ())
+        return probs[0].argmax(dim=0).to(torch.uint8).cpu().numpy()
+    finally:
+        method.train()
+        torch.set_rng_state(rng)
+
+
+def _friendly(exc: BaseException) -> BaseException:
+    """Turn memory errors into a SemisegError naming the fix; keep the rest."""
+    text = str(exc).lower()
+    if isinstance(exc, MemoryError) or "out of memory" in text or "can't allocate" in text:
+        return SemisegError(
+            "out of memory: lower the batch size or the patch size, or pick a smaller network "
+            "in the advanced parameters"
+        )
+    return exc
+
+
+def training_events(job: TrainingJob) -> Generator[TrainingUpdate, None, ModelBundle]:
+    """Train as described by ``job``; yields :class:`TrainingUpdate` and returns the bundle.
+
+    The trainer runs in a helper thread (its callback can only queue, not yield); this
+    generator relays the queue, so the napari worker that iterates it stays responsive to
+    the GUI. ``job.control`` pauses, resumes and stops the trainer; ``job.finished`` is set
+    when everything has ended (also on error).
+    """
+    try:
+        req = job.request
+        volumes, num_classes = make_volumes(
+            [image_channels_first(job.image, job.rgb)],
+            [job.labels],
+            job.axis,
+            [job.labeled],
+            num_classes=None if job.bundle is None else job.bundle.num_classes,
+        )
+        volume = volumes[0]
+        if job.bundle is None:
+            device = select_device(req.device)
+            bundle = create_model(
+                req.method,
+                req.params,
+                volume.slices.shape[1],
+                num_classes,
+                device,
+                req.seed,
+                axis=job.axis,
+                patch_size=req.patch_size,
+            )
+        else:
+            bundle = job.bundle
+            if bundle.axis != job.axis:
+                raise SemisegError(
+                    f"the model was trained on slices along axis {bundle.axis}, the labels are "
+                    f"set to axis {job.axis}: set the axis back to {bundle.axis} or train anew"
+                )
+            if bundle.method.in_channels != volume.slices.shape[1]:
+                raise SemisegError(
+                    f"the model expects {bundle.method.in_channels} channel(s), the image has "
+                    f"{volume.slices.shape[1]}: pick the image it was trained on or train anew"
+                )
+        bundle.info.update(job.info)
+        bundle.info["labeled_slices"] = list(volume.labeled)
+        sampler = SliceSampler(
+            volumes,
+            req.patch_size,
+            req.batch_size,
+            bundle.method.device,
+            req.seed,
+            holdout_fraction=type(bundle.method).holdout_fraction,
+        )
+        config = req.train_config(start=bundle.iteration)
+        events: queue.SimpleQueue = queue.SimpleQueue()
+        outcome: dict[str, Any] = {}
+        done = object()
+
+        def callback(progress: Progress) -> None:
+            events.put(progress)
+            every = req.preview_every
+            if every and (progress.iteration % every == 0 or progress.done):
+                index = job.preview_index()
+                n = volume.slices.shape[0]
+                index = n // 2 if index is None else min(max(int(index), 0), n - 1)
+                labels = _predict_slice(bundle, volume, index)
+                events.put(Preview(job.axis, index, labels, progress.iteration))
+
+        def run() -> None:
+            try:
+                outcome["bundle"] = train(
+                    bundle, sampler, config, job.run_dir, callback, job.control
+                )
+            except BaseException as exc:  # noqa: BLE001  (re-raised in the generator)
+                outcome["error"] = exc
+            finally:
+                events.put(done)
+
+        trainer = threading.Thread(target=run, name="semiseg-train", daemon=True)
+        trainer.start()
+        finished = False
+        while not finished:
+            batch = [events.get()]
+            deadline = time.monotonic() + UPDATE_PERIOD
+            while batch[-1] is not done and time.monotonic() < deadline:
+                try:
+                    batch.append(events.get(timeout=max(0.0, deadline - time.monotonic())))
+                except queue.Empty:
+                    break
+            finished = batch[-1] is done
+            progress = [e for e in batch if isinstance(e, Progress)]
+            previews = [e for e in batch if isinstance(e, Preview)]
+            if progress:
+                yield TrainingUpdate(
+                    progress[-1],
+                    [(p.iteration, dict(p.logs)) for p in progress if p.logs and not p.done],
+                    previews[-1] if previews else None,
+                )
+        trainer.join()
+        if "error" in outcome:
+            raise _friendly(outcome["error"])
+        return outcome["bundle"]
+    except (MemoryError, RuntimeError) as exc:
+        raise _friendly(exc) from None
+    finally:
+        job.finished.set()
+
+
+def predict_layers(bundle: ModelBundle, image: Any, rgb: bool = False) -> VolumePrediction:
+    """Labels and every map of the method for a whole volume (worker side)."""
+    try:
+        return predict_volume(
+            bundle, image_channels_first(image, rgb), maps=tuple(bundle.method.map_names)
+        )
+    except (MemoryError, RuntimeError) as exc:
+        raise _friendly(exc) from None
+
+
+def display_maps(prediction: VolumePrediction) -> dict[str, tuple[np.ndarray, str]]:
+    """Name -> (array, layer type) of the layers to show for a prediction: ``pseudo`` becomes
+    the uint8 ``pseudo-labels`` Labels layer (-1, left out, -> 0), every other map an Image."""
+    out: dict[str, tuple[np.ndarray, str]] = {}
+    for name, array in prediction.maps.items():
+        if name == "pseudo":
+            ids = np.where(array < 0, 0, np.rint(array)).astype(np.uint8)
+            out["pseudo-labels"] = (ids, "labels")
+        else:
+            out[name] = (np.asarray(array, dtype=np.float32), "image")
+    return out
