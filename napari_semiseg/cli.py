@@ -24,7 +24,7 @@ EXIT_INTERRUPTED = 130
 
 
 def _parse_slices(text: str | None, n_images: int) -> list[list[int] | None] | None:
-    """"3,17,30" (every image) or "3,17;5,9" (one group per image, ';'-separated)."""
+    """ "3,17,30" (every image) or "3,17;5,9" (one group per image, ';'-separated)."""
     if text is None:
         return None
     groups = [g for g in text.split(";")]
@@ -120,28 +120,51 @@ def cmd_train(args: argparse.Namespace) -> int:
     chosen = _parse_slices(args.labeled_slices, len(args.labels))
     if chosen is not None:
         chosen = chosen + [None] * (len(images) - len(chosen))
-    volumes, num_classes = make_volumes(images, labels, axis=args.axis, labeled_slices=chosen,
-                                        num_classes=args.classes)
+    volumes, num_classes = make_volumes(
+        images, labels, axis=args.axis, labeled_slices=chosen, num_classes=args.classes
+    )
     n_lab = sum(len(v.labeled) for v in volumes)
     n_unl = sum(len(v.unlabeled) for v in volumes)
-    print(f"{len(volumes)} volume(s), axis {args.axis}: {n_lab} labeled slice(s), "
-          f"{n_unl} unlabeled, {num_classes} classes; method {args.method} on {device}")
-    sampler = SliceSampler(volumes, patch_size=args.patch, batch_size=args.batch_size,
-                           device=device, seed=args.seed,
-                           holdout_fraction=method_cls.holdout_fraction)
+    print(
+        f"{len(volumes)} volume(s), axis {args.axis}: {n_lab} labeled slice(s), "
+        f"{n_unl} unlabeled, {num_classes} classes; method {args.method} on {device}"
+    )
+    sampler = SliceSampler(
+        volumes,
+        patch_size=args.patch,
+        batch_size=args.batch_size,
+        device=device,
+        seed=args.seed,
+        holdout_fraction=method_cls.holdout_fraction,
+    )
     out = Path(args.out)
     if args.resume:
         bundle = load_model(out, device=device, expect_method=args.method)
         print(f"resuming from iteration {bundle.iteration}")
     else:
-        bundle = create_model(args.method, params, volumes[0].slices.shape[1], num_classes,
-                              device, seed=args.seed, axis=args.axis, patch_size=args.patch,
-                              info={"spacing": list(spacing or ())})
-    iterations = args.iterations if args.iterations is not None else (
-        1000 if args.minutes is None else 0)
-    config = TrainConfig(iterations=iterations, minutes=args.minutes, batch_size=args.batch_size,
-                         patch_size=args.patch, seed=args.seed, device=str(device),
-                         checkpoint_every=args.checkpoint_every)
+        bundle = create_model(
+            args.method,
+            params,
+            volumes[0].slices.shape[1],
+            num_classes,
+            device,
+            seed=args.seed,
+            axis=args.axis,
+            patch_size=args.patch,
+            info={"spacing": list(spacing or ())},
+        )
+    iterations = (
+        args.iterations if args.iterations is not None else (1000 if args.minutes is None else 0)
+    )
+    config = TrainConfig(
+        iterations=iterations,
+        minutes=args.minutes,
+        batch_size=args.batch_size,
+        patch_size=args.patch,
+        seed=args.seed,
+        device=str(device),
+        checkpoint_every=args.checkpoint_every,
+    )
     control = TrainingControl()
     printer = _ProgressPrinter(every=max(1, args.log_every))
 
@@ -155,16 +178,25 @@ def cmd_train(args: argparse.Namespace) -> int:
         train(bundle, sampler, config, out_dir=out, callback=printer, control=control)
     finally:
         signal.signal(signal.SIGINT, previous)
-    final = {"method": args.method, "params": config_to_dict(bundle.method.config),
-             "train": asdict(config),
-             "data": {"images": [str(p) for p in args.image], "labels": [str(p) for p in args.labels],
-                      "unlabeled": [str(p) for p in args.unlabeled or []],
-                      "labeled_slices": [v.labeled for v in volumes], "axis": args.axis,
-                      "num_classes": num_classes}}
+    final = {
+        "method": args.method,
+        "params": config_to_dict(bundle.method.config),
+        "train": asdict(config),
+        "data": {
+            "images": [str(p) for p in args.image],
+            "labels": [str(p) for p in args.labels],
+            "unlabeled": [str(p) for p in args.unlabeled or []],
+            "labeled_slices": [v.labeled for v in volumes],
+            "axis": args.axis,
+            "num_classes": num_classes,
+        },
+    }
     (out / "config.json").write_text(json.dumps(final, indent=2))
     if control.stop_requested:
-        print(f"stopped at iteration {bundle.iteration}: checkpoint in {out} "
-              "(continue with the same command and --resume)")
+        print(
+            f"stopped at iteration {bundle.iteration}: checkpoint in {out} "
+            "(continue with the same command and --resume)"
+        )
         return EXIT_INTERRUPTED
     print(f"model written to {out} (iteration {bundle.iteration})")
     return 0
@@ -209,32 +241,29 @@ def _remove(path: Path) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from napari_semiseg.io import read_labels
-    from src_models.metrics import evaluate
+    from src_models.metrics import evaluate, json_ready
 
     pred, _ = read_labels(args.pred)
     truth, meta = read_labels(args.truth)
     result = evaluate(pred, truth, num_classes=args.classes, spacing=meta.spacing)
     if args.json:
-        print(json.dumps(result, indent=2, default=_json_default))
+        print(json.dumps(json_ready(result), indent=2))
         return 0
     print(f"{'class':>6} {'dice':>7} {'jaccard':>8} {'hd95':>8} {'asd':>8}  (distances in mm)")
     for cls, row in result["per_class"].items():
-        print(f"{cls:>6} {row['dice']:7.4f} {row['jaccard']:8.4f} {_fmt(row['hd95']):>8} "
-              f"{_fmt(row['asd']):>8}")
+        print(
+            f"{cls:>6} {row['dice']:7.4f} {row['jaccard']:8.4f} {_fmt(row['hd95']):>8} "
+            f"{_fmt(row['asd']):>8}"
+        )
     m = result["mean"]
-    print(f"{'mean':>6} {m['dice']:7.4f} {m['jaccard']:8.4f} {_fmt(m['hd95']):>8} "
-          f"{_fmt(m['asd']):>8}")
+    print(
+        f"{'mean':>6} {m['dice']:7.4f} {m['jaccard']:8.4f} {_fmt(m['hd95']):>8} {_fmt(m['asd']):>8}"
+    )
     return 0
 
 
 def _fmt(v) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    raise TypeError(type(o))
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
@@ -276,8 +305,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", help="auto|cpu|cuda|mps")
     t.add_argument("--classes", type=int, help="class count incl. background (default max+1)")
-    t.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="method hyperparameters (see 'semiseg methods')")
+    t.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="method hyperparameters (see 'semiseg methods')",
+    )
     t.add_argument("--checkpoint-every", type=int, default=250)
     t.add_argument("--log-every", type=int, default=50)
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -287,8 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="run directory written by 'train'")
     p.add_argument("--image", required=True)
     p.add_argument("--out", required=True, help="OUT.(nii.gz|nii|zarr|tif|npy)")
-    p.add_argument("--maps", default="", help="comma-separated maps, e.g. confidence,discrepancy;"
-                   " each written beside OUT as OUT-stem_<map>.<ext>")
+    p.add_argument(
+        "--maps",
+        default="",
+        help="comma-separated maps, e.g. confidence,discrepancy;"
+        " each written beside OUT as OUT-stem_<map>.<ext>",
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)
@@ -324,8 +362,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # never a traceback in the user's face
         if args.debug:
             raise
-        print(f"semiseg: internal error: {type(exc).__name__}: {exc} "
-              "(rerun with --debug for details and report it)", file=sys.stderr)
+        print(
+            f"semiseg: internal error: {type(exc).__name__}: {exc} "
+            "(rerun with --debug for details and report it)",
+            file=sys.stderr,
+        )
         return 1
 
 

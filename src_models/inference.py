@@ -150,8 +150,9 @@ def predict_volume(
     probs_out = out.get("probabilities")
     if probs_out is None and return_probabilities:
         probs_out = np.zeros((k, *spatial), dtype=np.float32)
-    maps_out = {m: out.get(m) if out.get(m) is not None else np.zeros(spatial, np.float32)
-                for m in maps}
+    maps_out = {
+        m: out.get(m) if out.get(m) is not None else np.zeros(spatial, np.float32) for m in maps
+    }
     method.eval()
     device = method.device
     for s0 in range(0, n_slices, slab_size):

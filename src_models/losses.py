@@ -55,8 +55,9 @@ def masked_cross_entropy(
     return (ce * m).sum() / m.sum().clamp_min(1e-8) if m.sum() > 0 else ce.sum() * 0.0
 
 
-def ce_dice_loss(logits: torch.Tensor, target: torch.Tensor,
-                 mask: torch.Tensor | None = None) -> torch.Tensor:
+def ce_dice_loss(
+    logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """(CE + Dice) / 2 on softmax probabilities: the supervised loss of every method."""
     probs = logits.softmax(dim=1)
     return 0.5 * (masked_cross_entropy(logits, target, mask) + dice_loss(probs, target, mask))

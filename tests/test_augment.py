@@ -24,8 +24,9 @@ def _batch(n=16, size=32):
 
 def test_weak_geometric_keeps_image_and_labels_aligned():
     image, label = _batch()
-    out, out_label = weak_geometric(image, label, generator=torch.Generator().manual_seed(3),
-                                    p_rot90_flip=0.5, p_rotate=1.0)
+    out, out_label = weak_geometric(
+        image, label, generator=torch.Generator().manual_seed(3), p_rot90_flip=0.5, p_rotate=1.0
+    )
     assert out.shape == image.shape and out_label.dtype == torch.int64
     assert set(out_label.unique().tolist()) <= {0, 1, 2}
     # the image value encodes the class: after augmentation it must still agree
@@ -37,8 +38,9 @@ def test_weak_geometric_keeps_image_and_labels_aligned():
 
 def test_rot90_flip_is_an_exact_permutation():
     image, label = _batch()
-    out, out_label = weak_geometric(image, label, generator=torch.Generator().manual_seed(1),
-                                    p_rot90_flip=1.0)
+    out, out_label = weak_geometric(
+        image, label, generator=torch.Generator().manual_seed(1), p_rot90_flip=1.0
+    )
     for i in range(image.shape[0]):
         assert sorted(out_label[i].flatten().tolist()) == sorted(label[i].flatten().tolist())
 

@@ -52,8 +52,9 @@ def test_normalisation_round_trip_and_statistics(tiny_volume):
     z = norm.apply(image[None])
     assert abs(float(z.mean())) < 1e-4 and abs(float(z.std()) - 1) < 1e-3
     back = norm.invert(z)[0]
-    np.testing.assert_allclose(back, np.clip(image, norm.low[0], norm.high[0]), rtol=1e-4,
-                               atol=1e-3)
+    np.testing.assert_allclose(
+        back, np.clip(image, norm.low[0], norm.high[0]), rtol=1e-4, atol=1e-3
+    )
     assert norm.from_dict(norm.to_dict()) == norm
 
 
@@ -77,8 +78,12 @@ def test_sampler_batches_shapes_pad_and_holdout(tiny_volume):
     assert hb.image.shape[0] == 1
     # same seed -> same batches (reproducible)
     s2 = SliceSampler(vols, patch_size=48, batch_size=5, seed=1, holdout_fraction=0.25)
-    torch.testing.assert_close(s2.labeled().image, SliceSampler(
-        vols, patch_size=48, batch_size=5, seed=1, holdout_fraction=0.25).labeled().image)
+    torch.testing.assert_close(
+        s2.labeled().image,
+        SliceSampler(vols, patch_size=48, batch_size=5, seed=1, holdout_fraction=0.25)
+        .labeled()
+        .image,
+    )
 
 
 @pytest.mark.parametrize(

@@ -34,10 +34,12 @@ def test_masked_cross_entropy_hand_computed():
     logits = torch.tensor([[[[2.0, 0.0]], [[0.0, 0.0]]]])
     target = torch.tensor([[[0, 1]]])
     ce0 = -math.log(math.exp(2) / (math.exp(2) + 1))
-    assert math.isclose(masked_cross_entropy(logits, target, torch.tensor([[[1.0, 0.0]]])).item(),
-                        ce0, rel_tol=1e-6)
+    assert math.isclose(
+        masked_cross_entropy(logits, target, torch.tensor([[[1.0, 0.0]]])).item(), ce0, rel_tol=1e-6
+    )
     both = (ce0 + math.log(2)) / 2
     assert math.isclose(masked_cross_entropy(logits, target).item(), both, rel_tol=1e-6)
     ce_dice = ce_dice_loss(logits, target).item()
-    assert math.isclose(ce_dice, 0.5 * (both + dice_loss(logits.softmax(1), target).item()),
-                        rel_tol=1e-6)
+    assert math.isclose(
+        ce_dice, 0.5 * (both + dice_loss(logits.softmax(1), target).item()), rel_tol=1e-6
+    )

@@ -35,10 +35,18 @@ def test_supervised_learns_the_tiny_volume(tiny_volume):
     before = predict_volume(bundle, image).labels
     train(bundle, sampler, TrainConfig(iterations=100, checkpoint_every=0))
     after = predict_volume(bundle, image, maps=["confidence"])
-    dice = [2 * ((after.labels == c) & (labels == c)).sum()
-            / ((after.labels == c).sum() + (labels == c).sum()) for c in (1, 2)]
-    dice_before = [2 * ((before == c) & (labels == c)).sum()
-                   / max(1, (before == c).sum() + (labels == c).sum()) for c in (1, 2)]
+    dice = [
+        2
+        * ((after.labels == c) & (labels == c)).sum()
+        / ((after.labels == c).sum() + (labels == c).sum())
+        for c in (1, 2)
+    ]
+    dice_before = [
+        2
+        * ((before == c) & (labels == c)).sum()
+        / max(1, (before == c).sum() + (labels == c).sum())
+        for c in (1, 2)
+    ]
     assert min(dice) > 0.8 > max(dice_before)
     conf = after.maps["confidence"]
     assert conf.shape == image.shape and conf.dtype == np.float32
@@ -58,15 +66,26 @@ def test_training_is_reproducible_and_resume_continues_exactly(tiny_volume, tmp_
         if p.iteration == 3:
             control.stop()
 
-    train(part, s_part, TrainConfig(iterations=6, checkpoint_every=0), out_dir=tmp_path,
-          callback=stop_at_3, control=control)
+    train(
+        part,
+        s_part,
+        TrainConfig(iterations=6, checkpoint_every=0),
+        out_dir=tmp_path,
+        callback=stop_at_3,
+        control=control,
+    )
     assert part.iteration == 3 and events[-1].done and events[-1].message == "stopped"
     resumed = load_model(tmp_path)
     assert resumed.iteration == 3
     _, s_new = _setup(tiny_volume)
     its = []
-    train(resumed, s_new, TrainConfig(iterations=6, checkpoint_every=0), out_dir=tmp_path,
-          callback=lambda p: its.append(p.iteration))
+    train(
+        resumed,
+        s_new,
+        TrainConfig(iterations=6, checkpoint_every=0),
+        out_dir=tmp_path,
+        callback=lambda p: its.append(p.iteration),
+    )
     assert its[0] == 4 and resumed.iteration == 6
     for k, v in _weights(full).items():
         torch.testing.assert_close(_weights(resumed)[k], v)
@@ -82,8 +101,13 @@ def test_progress_events_pause_and_time_budget(tiny_volume):
     import threading
 
     threading.Timer(0.3, control.resume).start()
-    train(bundle, sampler, TrainConfig(iterations=0, minutes=0.02, checkpoint_every=0),
-          callback=events.append, control=control)
+    train(
+        bundle,
+        sampler,
+        TrainConfig(iterations=0, minutes=0.02, checkpoint_every=0),
+        callback=events.append,
+        control=control,
+    )
     assert events[-1].done and events[-1].message == "finished"
     assert events[-1].iteration >= 2
     assert all(e.lr > 0 for e in events[:-1]) and "loss" in events[0].logs
@@ -121,8 +145,16 @@ def test_checkpoint_metadata_and_safe_loading(tiny_volume, tmp_path):
     bundle, _ = _setup(tiny_volume)
     save_model(bundle, tmp_path)
     meta = read_metadata(tmp_path)
-    for key in ("method", "config", "num_classes", "normalization", "axis", "patch_size",
-                "versions", "in_channels"):
+    for key in (
+        "method",
+        "config",
+        "num_classes",
+        "normalization",
+        "axis",
+        "patch_size",
+        "versions",
+        "in_channels",
+    ):
         assert key in meta
     assert meta["config"]["channels"] == [4, 8, 16, 32, 64]
     assert not list(tmp_path.glob("*.tmp"))
@@ -153,10 +185,12 @@ def test_slab_processing_equals_whole_volume(tiny_volume, axis):
     vols, k = make_volumes([image], [labels], axis=axis)
     bundle = create_model("supervised", TINY, 1, k, seed=1, axis=axis)
     bundle.method.eval()
-    whole = predict_volume(bundle, image, ["confidence"], slab_size=1000, batch_size=64,
-                           return_probabilities=True)
-    slabs = predict_volume(bundle, image, ["confidence"], slab_size=5, batch_size=2,
-                           return_probabilities=True)
+    whole = predict_volume(
+        bundle, image, ["confidence"], slab_size=1000, batch_size=64, return_probabilities=True
+    )
+    slabs = predict_volume(
+        bundle, image, ["confidence"], slab_size=5, batch_size=2, return_probabilities=True
+    )
     assert whole.labels.shape == image.shape and whole.labels.dtype == np.uint8
     assert whole.probabilities.shape == (k, *image.shape)
     np.testing.assert_allclose(whole.probabilities.sum(0), 1, atol=1e-5)

@@ -156,7 +156,9 @@ def make_volumes(
                 f"smaller than the minimum {MIN_SLICE_SIZE}x{MIN_SLICE_SIZE}: choose another axis"
             )
         checked.append((img, lbl))
-    max_label = max((int(lbl.max()) for _, lbl in checked if lbl is not None and lbl.size), default=0)
+    max_label = max(
+        (int(lbl.max()) for _, lbl in checked if lbl is not None and lbl.size), default=0
+    )
     if num_classes is None:
         num_classes = max(2, max_label + 1)
     elif max_label >= num_classes:

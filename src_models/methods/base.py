@@ -69,8 +69,9 @@ class Method:
     #: fraction of labeled slices held out for model selection (0: none)
     holdout_fraction: ClassVar[float] = 0.0
 
-    def __init__(self, config: Any, in_channels: int, num_classes: int,
-                 device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, config: Any, in_channels: int, num_classes: int, device: torch.device | str = "cpu"
+    ) -> None:
         self.config = config
         self.in_channels = in_channels
         self.num_classes = num_classes
@@ -204,8 +205,15 @@ def config_params(config_cls: type) -> list[ParamInfo]:
     out = []
     for f in dataclasses.fields(config_cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        out.append(ParamInfo(f.name, hints[f.name], default, f.metadata.get("help", ""),
-                             f.metadata.get("choices")))
+        out.append(
+            ParamInfo(
+                f.name,
+                hints[f.name],
+                default,
+                f.metadata.get("help", ""),
+                f.metadata.get("choices"),
+            )
+        )
     return out
 
 
@@ -231,8 +239,11 @@ def _coerce(info: ParamInfo, value: Any) -> Any:
         elif kind is str:
             value = str(value)
         elif isinstance(value, str):  # tuples / lists of numbers: "16,32,64"
-            value = tuple(float(v) if "." in v or "e" in v else int(v)
-                          for v in value.replace("(", "").replace(")", "").split(",") if v)
+            value = tuple(
+                float(v) if "." in v or "e" in v else int(v)
+                for v in value.replace("(", "").replace(")", "").split(",")
+                if v
+            )
         else:
             value = tuple(value)
     except (TypeError, ValueError):
@@ -254,12 +265,13 @@ def make_config(config_cls: type, values: dict[str, Any] | None = None) -> Any:
     for key, value in (values or {}).items():
         if key not in params:
             raise SemisegError(
-                f"unknown parameter {key!r} for this method: valid ones are "
-                f"{', '.join(params)}"
+                f"unknown parameter {key!r} for this method: valid ones are {', '.join(params)}"
             )
         kwargs[key] = _coerce(params[key], value)
     return config_cls(**kwargs)
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+    return {
+        k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()
+    }

@@ -30,8 +30,13 @@ def make_unet(config, in_channels: int, num_classes: int) -> UNet:
 
 
 def make_sgd(params, config) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                           weight_decay=config.weight_decay, nesterov=True)
+    return torch.optim.SGD(
+        params,
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        nesterov=True,
+    )
 
 
 @register

@@ -39,8 +39,9 @@ class UpBlock(nn.Module):
         self.conv = ConvBlock(cskip * 2, cout, 0.0)
 
     def forward(self, deep: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        deep = F.interpolate(self.project(deep), size=skip.shape[-2:], mode="bilinear",
-                             align_corners=True)
+        deep = F.interpolate(
+            self.project(deep), size=skip.shape[-2:], mode="bilinear", align_corners=True
+        )
         return self.conv(torch.cat([skip, deep], dim=1))
 
 

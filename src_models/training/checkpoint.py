@@ -59,8 +59,10 @@ class ModelBundle:
             "num_classes": m.num_classes,
             "class_names": self.class_names or [str(i) for i in range(m.num_classes)],
             "in_channels": m.in_channels,
-            "normalization": {"scheme": "percentile-clip-zscore-per-volume",
-                              "percentiles": list(self.percentiles)},
+            "normalization": {
+                "scheme": "percentile-clip-zscore-per-volume",
+                "percentiles": list(self.percentiles),
+            },
             "axis": self.axis,
             "patch_size": self.patch_size,
             "iteration": self.iteration,
@@ -157,7 +159,9 @@ def load_model(
     try:
         payload = torch.load(run_dir / WEIGHTS_FILE, map_location=device, weights_only=True)
     except FileNotFoundError:
-        raise SemisegError(f"{run_dir / WEIGHTS_FILE} is missing: the model folder is incomplete") from None
+        raise SemisegError(
+            f"{run_dir / WEIGHTS_FILE} is missing: the model folder is incomplete"
+        ) from None
     except Exception as exc:  # truncated file, unpickling refused, ...
         raise SemisegError(
             f"cannot load weights from {run_dir / WEIGHTS_FILE} ({type(exc).__name__}): "

@@ -119,8 +119,9 @@ def train(
             eta = max(0.0, config.minutes * 60 - elapsed)
         event = Progress(it, total, elapsed, eta, lr, logs, done, message)
         if log_file is not None and logs and not done:
-            log_file.write(json.dumps({"iteration": it, "lr": lr, "elapsed": round(elapsed, 3),
-                                       **logs}) + "\n")
+            log_file.write(
+                json.dumps({"iteration": it, "lr": lr, "elapsed": round(elapsed, 3), **logs}) + "\n"
+            )
         if callback is not None:
             callback(event)
 

@@ -1,0 +1,273 @@
+"""`semiseg` end to end on a tiny volume, and its one-line errors for bad input."""
+
+import json
+import re
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_semiseg.cli import main
+from src_models.methods.base import METHODS, method_names
+
+AFFINE = np.diag([0.8, 0.8, 2.0, 1.0])
+AFFINE[:3, 3] = [10, -5, 3]
+
+
+@pytest.fixture
+def files(tmp_path, tiny_volume):
+    image, labels = tiny_volume
+    sparse = np.zeros_like(labels)
+    sparse[[3, 8]] = labels[[3, 8]]
+    paths = {}
+    for name, arr in [("image", image), ("labels", sparse), ("truth", labels)]:
+        paths[name] = tmp_path / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(arr, AFFINE), paths[name])
+    return paths
+
+
+def tiny_params(name):
+    """Tiny-network settings for each method, from its config fields."""
+    fields = {p for p in METHODS[name].Config.__dataclass_fields__}
+    out = []
+    for key, value in [
+        ("channels", "4,8,16,32,64"),
+        ("base_width", "4"),
+        ("width", "4"),
+        ("resunet_width", "4"),
+        ("inference_samples", "2"),
+        ("discrepancy_samples", "2"),
+        ("K", "2"),
+    ]:
+        if key in fields:
+            out.append(f"{key}={value}")
+    return out
+
+
+def run(*args):
+    return main([str(a) for a in args])
+
+
+@pytest.mark.parametrize("method", method_names())
+def test_train_predict_evaluate_end_to_end(method, files, tmp_path, capsys):
+    run_dir = tmp_path / f"run_{method}"
+    maps = ",".join(m for m in METHODS[method].map_names if m != "pseudo")
+    code = run(
+        "train",
+        "--image",
+        files["image"],
+        "--labels",
+        files["labels"],
+        "--method",
+        method,
+        "--out",
+        run_dir,
+        "--iterations",
+        4,
+        "--patch",
+        32,
+        "--batch-size",
+        2,
+        "--set",
+        *tiny_params(method),
+    )
+    assert code == 0, capsys.readouterr().err
+    for name in ("model.pt", "model.json", "train_log.jsonl", "config.json"):
+        assert (run_dir / name).exists()
+    log = [json.loads(x) for x in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 4 and all("loss" in r for r in log)
+    out = tmp_path / f"pred_{method}.nii.gz"
+    assert (
+        run("predict", "--model", run_dir, "--image", files["image"], "--out", out, "--maps", maps)
+        == 0
+    )
+    pred = nib.load(out)
+    np.testing.assert_allclose(pred.affine, AFFINE)
+    assert pred.get_data_dtype().kind in "iu" and pred.shape == (12, 40, 36)
+    for m in maps.split(","):
+        mp = nib.load(tmp_path / f"pred_{method}_{m}.nii.gz")
+        data = np.asanyarray(mp.dataobj)
+        assert data.shape == (12, 40, 36) and np.isfinite(data).all()
+    capsys.readouterr()
+    assert run("evaluate", "--pred", out, "--truth", files["truth"], "--json") == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["per_class"]) == {"1", "2"}
+
+
+def test_methods_lists_every_registered_method(capsys):
+    assert run("methods") == 0
+    out = capsys.readouterr().out
+    for name in method_names():
+        assert f"{name}:" in out
+
+
+def test_npy_and_zarr_outputs(files, tmp_path):
+    run_dir = tmp_path / "run"
+    assert (
+        run(
+            "train",
+            "--image",
+            files["image"],
+            "--labels",
+            files["labels"],
+            "--out",
+            run_dir,
+            "--iterations",
+            2,
+            "--patch",
+            32,
+            "--batch-size",
+            2,
+            "--set",
+            "channels=4,8,16,32,64",
+        )
+        == 0
+    )
+    for ext in (".npy", ".zarr", ".tif"):
+        out = tmp_path / f"p{ext}"
+        assert (
+            run(
+                "predict",
+                "--model",
+                run_dir,
+                "--image",
+                files["image"],
+                "--out",
+                out,
+                "--maps",
+                "confidence",
+            )
+            == 0
+        )
+        assert out.exists() and (tmp_path / f"p_confidence{ext}").exists()
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("shape", "must match"),
+        ("nolabel", "no labeled slice"),
+        ("fraction", "non-integer|not integers"),
+        ("classes", "classes"),
+        ("nan", "NaN"),
+        ("constant", "constant"),
+        ("axis", "axis"),
+        ("small", "smaller than the minimum"),
+        ("missing", "not found|does not exist|no such"),
+        ("truncated", "truncated|corrupt|cannot read|damaged|unreadable"),
+        ("method", "unknown method"),
+        ("param", "unknown parameter"),
+    ],
+)
+def test_bad_input_is_one_line_error_without_partial_output(
+    case, message, files, tmp_path, capsys, tiny_volume
+):
+    image, labels = tiny_volume
+    img, lbl = files["image"], files["labels"]
+    extra = []
+
+    def save(name, arr):
+        path = tmp_path / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(arr, AFFINE), path)
+        return path
+
+    if case == "shape":
+        lbl = save("l2", labels[:, :-1])
+    elif case == "nolabel":
+        lbl = save("l2", np.zeros_like(labels))
+    elif case == "fraction":
+        lbl = save("l2", labels.astype(np.float32) * 0.5)
+    elif case == "classes":
+        extra = ["--classes", "2"]
+    elif case == "nan":
+        img = save("i2", np.where(labels > 0, np.nan, image).astype(np.float32))
+    elif case == "constant":
+        img = save("i2", np.ones_like(image))
+    elif case == "axis":
+        extra = ["--axis", "5"]
+    elif case == "small":
+        img, lbl = save("i2", image[:, :5, :5]), save("l2", labels[:, :5, :5])
+    elif case == "missing":
+        img = tmp_path / "nope.nii.gz"
+    elif case == "truncated":
+        data = files["image"].read_bytes()
+        img = tmp_path / "trunc.nii.gz"
+        img.write_bytes(data[: len(data) // 2])
+    elif case == "method":
+        extra = ["--method", "nonexistent"]
+    elif case == "param":
+        extra = ["--set", "bogus=1"]
+    run_dir = tmp_path / "run_bad"
+    code = run(
+        "train",
+        "--image",
+        img,
+        "--labels",
+        lbl,
+        "--out",
+        run_dir,
+        "--iterations",
+        2,
+        "--patch",
+        32,
+        *extra,
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("semiseg: error:") and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
+
+    assert re.search(message, err, re.IGNORECASE), err
+    assert not (run_dir / "model.pt").exists()
+
+
+def test_predict_errors_leave_no_partial_output(files, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert (
+        run(
+            "train",
+            "--image",
+            files["image"],
+            "--labels",
+            files["labels"],
+            "--out",
+            run_dir,
+            "--iterations",
+            2,
+            "--patch",
+            32,
+            "--batch-size",
+            2,
+            "--set",
+            "channels=4,8,16,32,64",
+        )
+        == 0
+    )
+    out = tmp_path / "pred.nii.gz"
+    # an unknown map is refused before anything is written
+    assert (
+        run(
+            "predict",
+            "--model",
+            run_dir,
+            "--image",
+            files["image"],
+            "--out",
+            out,
+            "--maps",
+            "confidence,nonsense",
+        )
+        == 2
+    )
+    assert not out.exists() and not list(tmp_path.glob("pred*"))
+    assert (
+        run("predict", "--model", tmp_path / "missing", "--image", files["image"], "--out", out)
+        == 2
+    )
+    assert (
+        run(
+            "predict", "--model", run_dir, "--image", files["image"], "--out", tmp_path / "pred.xyz"
+        )
+        == 2
+    )
+    assert "Traceback" not in capsys.readouterr().err
