@@ -144,7 +144,7 @@ def current_index(viewer, layer: Layer, axis: int) -> int:
 def go_to_slice(viewer, layer: Layer, axis: int, index: int) -> None:
     """Show slice ``index`` along data ``axis`` of ``layer``, with ``axis`` as the slider."""
     lead = layer.ndim - 3
-    point = np.asarray(layer.world_to_data(viewer.dims.point), dtype=float)
+    point = np.array(layer.world_to_data(viewer.dims.point), dtype=float)
     point[lead + axis] = index
     world = np.asarray(layer.data_to_world(point), dtype=float)
     world_axis = viewer.dims.ndim - 3 + axis

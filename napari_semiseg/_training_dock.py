@@ -86,6 +86,7 @@ class TrainingDock(QWidget):
         self._closed = False
         self._watched_labels: Labels | None = None
         self._window_filtered: QObject | None = None
+        self._docked = False
         self._info_timer = QTimer(self)
         self._info_timer.setSingleShot(True)
         self._info_timer.setInterval(250)
@@ -361,8 +362,6 @@ class TrainingDock(QWidget):
         if not resume:
             self.session.history.clear()
         self.loss_plot.set_history(self.session.history)
-        self.session.busy = "training"
-        self.session.notify("busy")
         self.worker = create_worker(
             training_events,
             job,
@@ -377,6 +376,8 @@ class TrainingDock(QWidget):
         start = job.bundle.iteration if job.bundle is not None else 0
         verb = "continuing" if resume else "starting"
         self.status.setText(f"{verb} {job.request.method} from iteration {start}…")
+        self.session.busy = "training"
+        self.session.notify("busy")
         self.worker.start()
         return True
 
@@ -454,7 +455,7 @@ class TrainingDock(QWidget):
         layer = add_or_update(
             self.viewer, f"{image.name} preview", data, "labels", image, opacity=0.6
         )
-        translate = np.asarray(image.translate[-3:], dtype=float)
+        translate = np.array(image.translate[-3:], dtype=float)
         translate[preview.axis] += preview.index * float(image.scale[-3 + preview.axis])
         layer.translate = tuple(translate)
         layer.metadata["preview_index"] = preview.index
@@ -623,8 +624,10 @@ class TrainingDock(QWidget):
         # napari removes a closed dock by un-parenting its widget, and closing the main
         # window does not close child widgets: watch both.
         kind = event.type()
-        if kind == QEvent.Type.ParentChange and self.parent() is None:
-            if self._window_filtered is not None:
+        if kind == QEvent.Type.ParentChange:
+            if self.parent() is not None:
+                self._docked = True
+            elif self._docked:
                 self.shutdown()
         elif kind == QEvent.Type.Show and not self._closed:
             window = self.window()

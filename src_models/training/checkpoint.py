@@ -140,7 +140,8 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise SemisegError(
             f"{meta_path} is not a napari-semiseg model of format version {FORMAT_VERSION} "
-            f"(found {meta.get('format')!r} v{meta.get('format_version')}): retrain with this version"
+            f"(found {meta.get('format')!r} v{meta.get('format_version')}): "
+            "retrain with this version"
         )
     return meta
 
