@@ -46,45 +46,49 @@ class LayerCombo(QComboBox):
         return [ly for ly in self.viewer.layers if isinstance(ly, self.layer_type)]
 
     def _refresh(self, *_: Any) -> None:
-        current = self.layer()
+        current = self.currentText()
         layers = self._layers()
         for layer in self._connected:
             layer.events.name.disconnect(self._refresh)
         self._connected = layers
         for layer in layers:
             layer.events.name.connect(self._refresh)
+        names = [layer.name for layer in layers]
         self.blockSignals(True)
         self.clear()
-        for layer in layers:
-            self.addItem(layer.name, layer)
-        if current in layers:
-            self.setCurrentIndex(layers.index(current))
+        self.addItems(names)
+        if current in names:
+            self.setCurrentIndex(names.index(current))
         elif layers:
             self.setCurrentIndex(self._default_index(layers))
         self.blockSignals(False)
-        if self.layer() is not current:
+        if self.currentText() != current:
             self.layerChanged.emit(self.layer())
 
-    def _default_index(self, layers: list[Layer]) -> int:
-        """Prefer layers that are not our own outputs (prediction, preview, maps)."""
-        for i, layer in enumerate(layers):
-            if not layer.metadata.get("semiseg_output"):
-                return i
+    @staticmethod
+    def _default_index(layers: list[Layer]) -> int:
+        """Prefer visible layers that are not our own outputs (prediction, preview, maps)."""
+        for wanted in (lambda ly: ly.visible, lambda ly: True):
+            for i, layer in enumerate(layers):
+                if not layer.metadata.get("semiseg_output") and wanted(layer):
+                    return i
         return 0
 
     def layer(self) -> Layer | None:
-        data = self.currentData()
-        return data if isinstance(data, Layer) and data in self.viewer.layers else None
+        """The chosen layer. Layers are matched by name (unique in a viewer): napari hands
+        plugins proxies of the viewer, so the same layer can come as different objects."""
+        name = self.currentText()
+        if not name or name not in self.viewer.layers:
+            return None
+        layer = self.viewer.layers[name]
+        return layer if isinstance(layer, self.layer_type) else None
 
     def set_layer(self, layer: Layer | str | None) -> None:
-        if isinstance(layer, str):
-            layer = self.viewer.layers[layer] if layer in self.viewer.layers else None
         if layer is None:
             return
-        for i in range(self.count()):
-            if self.itemData(i) is layer:
-                self.setCurrentIndex(i)
-                return
+        index = self.findText(layer if isinstance(layer, str) else layer.name)
+        if index >= 0:
+            self.setCurrentIndex(index)
 
 
 # -- geometry -----------------------------------------------------------------------------

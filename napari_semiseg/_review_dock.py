@@ -233,7 +233,7 @@ class ReviewDock(QWidget):
         return True
 
     def _show_prediction(self, image: Image, pred: VolumePrediction) -> None:
-        if self._closed or image not in self.viewer.layers:
+        if self._closed or image.name not in self.viewer.layers:
             return
         name = image.name
         add_or_update(

@@ -218,7 +218,10 @@ _SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def session_for(viewer: Any) -> Session:
-    """The one session of ``viewer`` (created on first use, dropped with the viewer)."""
+    """The one session of ``viewer`` (created on first use, dropped with the viewer).
+
+    napari gives each plugin widget its own proxy of the viewer: key on the viewer itself."""
+    viewer = getattr(viewer, "__wrapped__", viewer)
     if viewer not in _SESSIONS:
         _SESSIONS[viewer] = Session()
     return _SESSIONS[viewer]

@@ -39,11 +39,12 @@ def test_manifest_validates_and_is_discovered():
     assert [s.key for s in contrib.sample_data] == ["hippocampus"]
 
 
-def test_docks_open_from_the_plugins_menu(make_napari_viewer):
+def test_sample_data_and_docks_from_the_plugins_menu(make_napari_viewer):
     from napari_semiseg._review_dock import ReviewDock
     from napari_semiseg._training_dock import TrainingDock
 
     viewer = make_napari_viewer()
+    check_sample_data_has_three_annotated_slices(viewer)
     _, train = viewer.window.add_plugin_dock_widget("napari-semiseg", "Training")
     _, review = viewer.window.add_plugin_dock_widget("napari-semiseg", "Review and correct")
     assert isinstance(train, TrainingDock) and isinstance(review, ReviewDock)
@@ -51,10 +52,17 @@ def test_docks_open_from_the_plugins_menu(make_napari_viewer):
     assert [train.method_combo.itemText(i) for i in range(train.method_combo.count())] == (
         method_names()
     )
+    # the docks pick the sample's image and its sparse labels, and see the 3 slices
+    assert train.image_combo.layer().name == "hippocampus_003"
+    train.labels_combo.set_layer("labels")
+    assert train.axis_combo.currentIndex() == 0
+    assert train.data_info.text().startswith("3 labeled slice(s) of 34 along axis 0")
+    assert "3 classes" in train.data_info.text()
+    train.shutdown()
+    review.shutdown()
 
 
-def test_sample_data_has_three_annotated_slices(make_napari_viewer):
-    viewer = make_napari_viewer()
+def check_sample_data_has_three_annotated_slices(viewer):
     viewer.open_sample("napari-semiseg", "hippocampus")
     names = [layer.name for layer in viewer.layers]
     assert names == ["hippocampus_003", "ground truth", "labels"]

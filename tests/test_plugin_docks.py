@@ -1,0 +1,376 @@
+"""The training and review docks in a real napari viewer (pytest-qt, run under xvfb).
+
+Tiny settings everywhere: U-Net widths 4..64 through the parameter form, patch 32, batch 2,
+a handful of iterations, on a 12x40x36 synthetic volume with three labeled slices.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import synthetic_volume
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from napari.utils.notifications import notification_manager  # noqa: E402
+
+from napari_semiseg._review_dock import ReviewDock  # noqa: E402
+from napari_semiseg._training_dock import TrainingDock  # noqa: E402
+from src_models.errors import SemisegError  # noqa: E402
+from src_models.inference import predict_volume  # noqa: E402
+from src_models.methods.base import (  # noqa: E402
+    config_params,
+    get_method,
+    make_config,
+    method_names,
+)
+from src_models.training.checkpoint import load_model  # noqa: E402
+
+LABELED = (2, 6, 9)
+TINY = (4, 8, 16, 32, 64)
+TIMEOUT = 60_000
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def errors():
+    """Error notifications shown during the test."""
+    seen: list[str] = []
+
+    def record(notification):
+        if str(notification.severity).lower().endswith("error"):
+            seen.append(str(notification.message))
+
+    notification_manager.notification_ready.connect(record)
+    yield seen
+    notification_manager.notification_ready.disconnect(record)
+
+
+@pytest.fixture
+def docks(make_napari_viewer):
+    viewer = make_napari_viewer()
+    image, truth = synthetic_volume()
+    labels = np.zeros_like(truth)
+    labels[list(LABELED)] = truth[list(LABELED)]
+    viewer.add_image(image, name="vol")
+    viewer.add_labels(labels, name="labels")
+    train, review = TrainingDock(viewer), ReviewDock(viewer)
+    viewer.window.add_dock_widget(train, name="Training")
+    viewer.window.add_dock_widget(review, name="Review")
+    yield viewer, train, review, truth
+    train.shutdown()
+    review.shutdown()
+
+
+def tiny(
+    dock: TrainingDock, method: str = "supervised", iterations: int = 4, preview_every: int = 2
+) -> None:
+    dock.method_combo.setCurrentText(method)
+    if "channels" in dock.params.names:
+        dock.params.set_values({"channels": TINY})
+    dock.iterations.setValue(iterations)
+    dock.batch_size.setValue(2)
+    dock.patch_size.setValue(32)
+    dock.preview_every.setValue(preview_every)
+    dock.device_combo.setCurrentText("cpu")
+
+
+def wait_idle(qtbot, *docks_) -> None:
+    qtbot.waitUntil(
+        lambda: all(d.worker is None for d in docks_) and not docks_[0].session.busy,
+        timeout=TIMEOUT,
+    )
+
+
+def train_now(qtbot, dock: TrainingDock, **kw) -> None:
+    tiny(dock, **kw)
+    assert dock.start_training()
+    assert not dock.train_button.isEnabled() and dock.stop_button.isEnabled()
+    wait_idle(qtbot, dock)
+
+
+def test_dock_builds_for_every_method_round_trips_params_and_rejects_bad_input(
+    docks, qtbot, errors, monkeypatch
+):
+    """One viewer for the checks that need no successful training run."""
+    check_dock_builds_for_every_registered_method(docks)
+    check_parameters_round_trip_to_the_trainer_config(docks)
+    check_bad_input_notifies_and_starts_no_thread(docks, errors)
+    check_training_error_is_notified_and_controls_come_back(docks, qtbot, errors, monkeypatch)
+
+
+def check_dock_builds_for_every_registered_method(docks):
+    _, train, _, _ = docks
+    for name in method_names():
+        train.method_combo.setCurrentText(name)
+        cls = get_method(name)
+        assert train.method_description.text() == cls.description
+        assert train.params.names == [p.name for p in config_params(cls.Config)]
+        # the untouched form gives the method's defaults
+        assert make_config(cls.Config, train.params.values()) == cls.Config()
+
+
+def check_parameters_round_trip_to_the_trainer_config(docks):
+    _, train, _, _ = docks
+    tiny(train, iterations=7)
+    train.params.set_values({"lr": 0.02, "channels": (8, 16, 32, 64, 128)})
+    train.seed.setValue(3)
+    req = train.request()
+    config = make_config(get_method("supervised").Config, req.params)
+    assert config.lr == 0.02 and config.channels == (8, 16, 32, 64, 128)
+    assert config.momentum == 0.9  # untouched default
+    tc = req.train_config()
+    assert (tc.iterations, tc.batch_size, tc.patch_size, tc.seed, tc.device) == (7, 2, 32, 3, "cpu")
+    train.budget_unit.setCurrentIndex(1)
+    train.minutes.setValue(0.5)
+    assert train.request().minutes == 0.5
+    # a loaded model's config shows up in the form
+    train.params.reset()
+    assert train.params.changed_values() == {}
+
+
+def check_bad_input_notifies_and_starts_no_thread(docks, errors):
+    viewer, train, review, _ = docks
+    tiny(train)
+    viewer.layers["labels"].data[:] = 0
+    assert not train.start_training()
+    assert train.worker is None and not train.session.busy
+    assert errors and "no labeled slice" in errors[-1]
+    viewer.add_labels(np.zeros((3, 4, 5), np.uint8), name="small")
+    train.labels_combo.set_layer("small")
+    assert not train.start_training()
+    assert "shape" in errors[-1] and train.worker is None
+    train.labels_combo.set_layer("labels")
+    viewer.layers["labels"].data[4, 5, 5] = 1
+    train.params.set_values({"channels": "four"})
+    assert not train.start_training()
+    assert "channels" in errors[-1] and train.worker is None
+    assert not review.predict() and "no model" in errors[-1]
+    assert train.train_button.isEnabled()
+    train.params.reset()
+    tiny(train)
+
+
+def test_train_preview_predict_review_continue_export(docks, qtbot, tmp_path):
+    """The whole user flow in one viewer: train, preview, predict, review, accept, continue
+    training, export, save the model and predict with it on the CLI."""
+    check_end_to_end_train_preview_predict(docks, qtbot)
+    check_review_next_accept_continue(docks, qtbot)
+    check_export_save_and_cli_parity(docks, qtbot, tmp_path)
+
+
+def check_end_to_end_train_preview_predict(docks, qtbot):
+    viewer, train, review, truth = docks
+    train_now(qtbot, train, iterations=6, preview_every=2)
+    bundle = train.session.bundle
+    assert bundle is not None and bundle.iteration == 6
+    assert bundle.method.config.channels == TINY
+    assert train.progress.value() == 6 and train.progress.maximum() == 6
+    assert train.session.history.series["loss"][0] == [1, 2, 3, 4, 5, 6]
+    assert train.train_button.isEnabled() and not train.stop_button.isEnabled()
+    preview = viewer.layers["vol preview"]
+    index = preview.metadata["preview_index"]
+    assert preview.data.shape == (1, 40, 36) and preview.data.dtype == np.uint8
+    assert preview.translate[0] == index and preview.metadata["preview_iteration"] == 6
+
+    n_layers = len(viewer.layers)
+    for _ in range(2):  # re-running updates the layers in place
+        assert review.predict()
+        wait_idle(qtbot, review)
+    pred, conf = viewer.layers["vol prediction"], viewer.layers["vol confidence"]
+    assert len(viewer.layers) == n_layers + 2
+    assert pred.data.shape == truth.shape and pred.data.dtype == np.uint8
+    assert pred.data.max() < bundle.num_classes
+    assert conf.data.dtype == np.float32 and conf.data.shape == truth.shape
+    assert conf.data.min() >= 1 / bundle.num_classes - 1e-6 and conf.data.max() <= 1 + 1e-6
+    assert tuple(conf.contrast_limits) == (0.0, 1.0)
+    assert pred.metadata["semiseg_output"]
+
+
+def test_pause_resume_stop_then_close_the_dock_mid_run(docks, qtbot):
+    check_pause_resume_stop_mid_run(docks, qtbot)
+    check_closing_the_dock_stops_the_worker(docks, qtbot)
+
+
+def check_pause_resume_stop_mid_run(docks, qtbot):
+    viewer, train, _, _ = docks
+    tiny(train, iterations=100_000, preview_every=0)
+    assert train.start_training()
+    qtbot.waitUntil(lambda: len(train.session.history) >= 2, timeout=TIMEOUT)
+    train.toggle_pause()
+    assert train.pause_button.text() == "Resume" and train.job.control.paused
+    qtbot.wait(300)
+    seen = len(train.session.history)
+    qtbot.wait(300)
+    assert len(train.session.history) <= seen + 1  # at most the iteration in flight
+    train.toggle_pause()
+    qtbot.waitUntil(lambda: len(train.session.history) > seen + 1, timeout=TIMEOUT)
+    train.stop()
+    wait_idle(qtbot, train)
+    bundle = train.session.bundle
+    assert 0 < bundle.iteration < 100_000
+    assert "stopped" in train.status.text()
+    saved = load_model(train.session.run_dir)  # a valid checkpoint at the stop
+    assert saved.iteration == bundle.iteration
+    assert train.train_button.isEnabled()
+    viewer.add_points([[1, 2, 3]], name="still usable")
+    viewer.dims.set_point(0, 5)
+    assert "still usable" in viewer.layers
+
+
+def check_training_error_is_notified_and_controls_come_back(docks, qtbot, errors, monkeypatch):
+    _, train, _, _ = docks
+    cls = get_method("supervised")
+    monkeypatch.setattr(cls, "train_step", lambda self, data, it, total: {"loss": float("nan")})
+    tiny(train)
+    assert train.start_training()
+    wait_idle(qtbot, train)
+    assert errors and "NaN" in errors[-1]
+    assert train.train_button.isEnabled() and train.status.text().startswith("error")
+
+    def boom(self, data, it, total):
+        raise ValueError("synthetic failure")
+
+    monkeypatch.setattr(cls, "train_step", boom)
+    assert train.start_training()
+    wait_idle(qtbot, train)
+    assert "synthetic failure" in errors[-1] and train.train_button.isEnabled()
+
+
+def check_closing_the_dock_stops_the_worker(docks, qtbot):
+    viewer, train, _, _ = docks
+    tiny(train, iterations=100_000, preview_every=0)
+    assert train.start_training()
+    job = train.job
+    qtbot.waitUntil(lambda: len(train.session.history) >= 1, timeout=TIMEOUT)
+    viewer.window.remove_dock_widget(train)
+    assert job.finished.is_set() and job.control.stop_requested
+    assert load_model(train.session.run_dir).iteration > 0
+    assert train.session.busy == ""
+
+
+def check_review_next_accept_continue(docks, qtbot):
+    viewer, train, review, _ = docks
+    # A known discrepancy: slice 2 is labeled (skipped), then 7, then 4.
+    disc = np.zeros((12, 40, 36), np.float32)
+    disc[2], disc[7], disc[4] = 0.9, 0.6, 0.3
+    viewer.add_image(disc, name="vol discrepancy")
+    assert review.next_slice() == 7
+    assert train.session.preview_index == 7  # the viewer moved there
+    assert review.next_slice() == 4
+    labels = viewer.layers["labels"]
+    before = labels.data.copy()
+    pred = viewer.layers["vol prediction"]
+    pred.data[4] = 0
+    pred.data[4, 10:20, 10:20] = 2  # the "correction"
+    assert review.accept_slice() == 4
+    np.testing.assert_array_equal(labels.data[4], pred.data[4])
+    changed = np.flatnonzero(np.any(labels.data != before, axis=(1, 2)))
+    assert changed.tolist() == [4]
+    assert train.session.labeled(labels.data, 0) == [2, 4, 6, 9]
+    assert "4 labeled" in train.data_info.text()
+    labels.undo()
+    np.testing.assert_array_equal(labels.data, before)
+    labels.redo()
+
+    bundle = train.session.bundle
+    done = bundle.iteration
+    start = {k: v.clone() for k, v in bundle.method.net.state_dict().items()}
+    first_step: dict = {}
+    original = type(bundle.method).train_step
+
+    def spy(self, data, it, total):
+        if not first_step:
+            first_step["it"] = it
+            first_step["weights"] = {k: v.clone() for k, v in self.net.state_dict().items()}
+            first_step["labeled"] = sorted({s for _, s in data.labeled_index})
+        return original(self, data, it, total)
+
+    bundle.method.train_step = spy.__get__(bundle.method)
+    review.continue_iterations.setValue(2)
+    assert review.continue_training()
+    wait_idle(qtbot, train)
+    assert train.session.bundle is bundle and bundle.iteration == done + 2
+    assert first_step["it"] == done and first_step["labeled"] == [2, 4, 6, 9]
+    for k, v in start.items():
+        assert torch.equal(first_step["weights"][k], v), k  # started from the current weights
+
+
+def test_two_network_method_discrepancy(docks, qtbot):
+    two = [m for m in ("crossmatch", "dfcps", "sdcl") if m in method_names()]
+    if not two:
+        pytest.skip("no two-network method registered yet")
+    viewer, train, review, truth = docks
+    name = two[0]
+    train_now(qtbot, train, method=name, iterations=2, preview_every=0)
+    assert review.predict()
+    wait_idle(qtbot, review)
+    disc = viewer.layers["vol discrepancy"]
+    assert disc.data.dtype == np.float32 and disc.data.shape == truth.shape
+    assert disc.data.min() >= 0 and np.isfinite(disc.data).all()
+    if "pseudo" in get_method(name).map_names:
+        pseudo = viewer.layers["vol pseudo-labels"]
+        assert (
+            pseudo.data.dtype == np.uint8 and pseudo.data.max() < train.session.bundle.num_classes
+        )
+    means = disc.data.mean(axis=(1, 2))
+    means[list(LABELED)] = -1
+    assert review.next_slice() == int(np.argmax(means))
+
+
+def check_export_save_and_cli_parity(docks, qtbot, tmp_path):
+    import nibabel as nib
+
+    from napari_semiseg.io import read_volume, write_volume
+
+    viewer, train, review, _ = docks
+    image = viewer.layers["vol"]
+    assert review.predict()
+    wait_idle(qtbot, review)
+    pred = viewer.layers["vol prediction"].data.copy()
+    assert review.export_to(tmp_path / "out", ".nii.gz", maps=True)
+    qtbot.waitUntil(lambda: review.export_worker is None, timeout=TIMEOUT)
+    mask, meta = read_volume(tmp_path / "out" / "vol_prediction.nii.gz")
+    np.testing.assert_array_equal(mask, pred)
+    conf = nib.load(tmp_path / "out" / "vol_prediction_confidence.nii.gz")
+    np.testing.assert_allclose(np.asarray(conf.dataobj), viewer.layers["vol confidence"].data)
+    assert np.allclose(meta.affine, np.eye(4))
+
+    model_dir = train.save_model_to(tmp_path / "model")
+    assert model_dir is not None
+    loaded = load_model(model_dir)
+    np.testing.assert_array_equal(predict_volume(loaded, image.data).labels, pred)
+    cli = pytest.importorskip("napari_semiseg.cli")
+    vol = write_volume(tmp_path / "vol.nii.gz", image.data)
+    out = tmp_path / "cli_pred.nii.gz"
+    assert cli.main(
+        [
+            "predict",
+            "--model",
+            str(model_dir),
+            "--image",
+            str(vol),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    ) in (0, None)
+    np.testing.assert_array_equal(read_volume(out)[0], pred)
+
+    # loading the model back into the dock shows its method and parameters
+    train.method_combo.setCurrentText(method_names()[-1])
+    assert train.load_model_from(model_dir) is not None
+    assert train.method_combo.currentText() == "supervised"
+    assert train.params.values()["channels"].replace(" ", "") == "4,8,16,32,64"
+    with pytest.raises(SemisegError):
+        load_model(tmp_path / "nowhere")
