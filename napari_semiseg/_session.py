@@ -20,7 +20,9 @@ thread.
 from __future__ import annotations
 
 import math
+import os
 import queue
+import sys
 import tempfile
 import threading
 import time
@@ -126,6 +128,9 @@ class TrainRequest:
     device: str = "auto"
     preview_every: int = 50  #: iterations between live previews (0: off)
     checkpoint_every: int = 250
+    #: how much lower the training thread's CPU priority is (Linux per-thread nice, 0-19):
+    #: the GUI thread then wins the CPU whenever it needs it (see benchmarks/gui_responsiveness)
+    nice: int = 10
 
     def train_config(self, start: int = 0) -> TrainConfig:
         """The trainer config; a continued run counts its budget from ``start``."""
@@ -295,6 +300,21 @@ def _predict_slice(bundle: ModelBundle, volume: Volume, index: int) -> np.ndarra
         torch.set_rng_state(rng)
 
 
+def lower_thread_priority(niceness: int) -> bool:
+    """Lower the calling thread's CPU priority by ``niceness`` (Linux, where nice values are
+    per thread; threads it starts, such as torch's intra-op pool, inherit it). Lowering needs
+    no privilege. Returns whether it was applied (elsewhere it is a no-op)."""
+    if niceness <= 0 or not sys.platform.startswith("linux"):
+        return False
+    try:
+        tid = threading.get_native_id()
+        current = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, current + niceness))
+    except (AttributeError, OSError):
+        return False
+    return True
+
+
 def _friendly(exc: BaseException) -> BaseException:
     """Turn memory errors into a SemisegError naming the fix; keep the rest."""
     text = str(exc).lower()
@@ -374,6 +394,7 @@ def training_events(job: TrainingJob) -> Generator[TrainingUpdate, None, ModelBu
                 events.put(Preview(job.axis, index, labels, progress.iteration))
 
         def run() -> None:
+            lower_thread_priority(req.nice)
             try:
                 outcome["bundle"] = train(
                     bundle, sampler, config, job.run_dir, callback, job.control
