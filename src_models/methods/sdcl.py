@@ -57,6 +57,15 @@ Differences from the official code, all deliberate:
 - the official self-training also keeps the pair with the best validation mean Dice (every
   200 iterations) and tests it; ``select_best`` does the same on the held-out slices (with
   the prediction chosen by ``predict_with``).
+
+Batch: each of the four loaders draws ``batch_size // 2`` images (the official 2D code: 12
+per loader for its batch size 24), so each student sees ``batch_size`` images per phase-B
+step (x1 and x2), like the supervised baseline; phase A mixes two labeled loaders into
+``batch_size // 2`` images. Cost, measured with 1 thread on a shared 2-core CPU (batch 8,
+patch 64, 3 classes, default widths): phase A ≈ 1.7-1.9x and phase B ≈ 3.3-3.8x the
+supervised step; phase B ≈ 0.76-0.87x an official-style step (six unstacked passes,
+per-slice ``skimage`` component loop, state-dict EMA, per-tensor Adam, ``argmax``). The
+ResUNet (~6M parameters) costs about twice the U-Net.
 """
 
 from __future__ import annotations
@@ -116,6 +125,13 @@ class SDCLConfig:
 
 
 # -- the pieces of the method, as functions of tensors ----------------------------------
+def classes(scores: torch.Tensor) -> torch.Tensor:
+    """Argmax over the class dimension of (B, K, H, W) -> int64 (B, H, W), first index on
+    ties. ``max(dim=1).indices``: measured ~25x faster than ``argmax(dim=1)`` on the CPU for
+    these shapes (torch 2.13)."""
+    return scores.max(dim=1).indices
+
+
 def mix(base: torch.Tensor, partner: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
     """Copy-paste ``base·M + partner·(1−M)`` of images (B, C, H, W) or labels (B, H, W);
     M: float (H, W), 1 where ``base`` is kept, 0 in the box pasted from ``partner``."""
@@ -149,7 +165,7 @@ def bcp_loss(
 
 def discrepancy(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
     """D: bool (B, H, W), True where the students' argmax classes differ."""
-    return logits_a.argmax(dim=1) != logits_b.argmax(dim=1)
+    return classes(logits_a) != classes(logits_b)
 
 
 def correction_mse(
@@ -170,7 +186,7 @@ def correction_entropy(
     discrepancy pixels the student gets wrong toward the uniform distribution (maximum
     entropy); official ``mix_max_kl_loss`` (``KLDivLoss`` against a tensor of ones)."""
     with torch.no_grad():
-        e = (D & (logits.argmax(dim=1) != target)).float()
+        e = (D & (classes(logits) != target)).float()
     neg_log = -F.log_softmax(logits, dim=1).mean(dim=1)
     return (e * weight * neg_log).sum() / e.sum().clamp_min(1.0)
 
@@ -233,9 +249,12 @@ class SDCL(Method):
         self.teacher = copy.deepcopy(self.student_a)
         self.teacher.requires_grad_(False)
         self.networks = {"a": self.student_a, "b": self.student_b, "teacher": self.teacher}
+        # The fused kernel is the same Adam, measured ~4x faster on the CPU than the default
+        # per-tensor loop for these ~8M parameters (~0.1 s per SDCL step).
+        fused = self.device.type in ("cpu", "cuda")
         self.optimizers = {
-            "a": torch.optim.Adam(self.student_a.parameters(), lr=cfg.lr),
-            "b": torch.optim.Adam(self.student_b.parameters(), lr=cfg.lr),
+            "a": torch.optim.Adam(self.student_a.parameters(), lr=cfg.lr, fused=fused),
+            "b": torch.optim.Adam(self.student_b.parameters(), lr=cfg.lr, fused=fused),
         }
         self.extra_state = {"phase": 0, "last_eval": -1}
         self._holdout: tuple[int, Batch | None] | None = None
@@ -329,7 +348,7 @@ class SDCL(Method):
     @torch.no_grad()
     def pseudo_labels(self, logits: torch.Tensor) -> torch.Tensor:
         """Teacher logits (B, K, H, W) -> class ids (B, H, W), largest component per class."""
-        labels = logits.argmax(dim=1)
+        labels = classes(logits)
         if self.config.largest_component:
             labels = largest_component_torch(labels, self.num_classes)
         return labels
@@ -399,9 +418,9 @@ class SDCL(Method):
         probs_a, probs_b = torch.cat(pa), torch.cat(pb)
         k = self.num_classes
         return {
-            "a": hard_dice(probs_a.argmax(1), batch.label, k),
-            "b": hard_dice(probs_b.argmax(1), batch.label, k),
-            "pred": hard_dice(self._combine(probs_a, probs_b).argmax(1), batch.label, k),
+            "a": hard_dice(classes(probs_a), batch.label, k),
+            "b": hard_dice(classes(probs_b), batch.label, k),
+            "pred": hard_dice(classes(self._combine(probs_a, probs_b)), batch.label, k),
         }
 
     def _select_pretrained(self, data: SliceSampler, done: int, logs: dict | None = None) -> None:
@@ -414,7 +433,7 @@ class SDCL(Method):
             return
         for key, net in (("a", self.student_a), ("b", self.student_b)):
             best = self.extra_state.get(f"best_{key}")
-            if best is None or scores[key] > float(best["score"]):
+            if best is None or scores[key] >= float(best["score"]):  # ties: the later state
                 self.extra_state[f"best_{key}"] = {
                     "score": scores[key],
                     "iteration": done,
@@ -450,7 +469,7 @@ class SDCL(Method):
         if scores is None:
             return
         best = self.extra_state.get("best_final")
-        if best is None or scores["pred"] > float(best["score"]):
+        if best is None or scores["pred"] >= float(best["score"]):  # ties: the later state
             self.extra_state["best_final"] = {
                 "score": scores["pred"],
                 "iteration": done,
