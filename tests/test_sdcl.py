@@ -297,6 +297,8 @@ def test_phase_schedule_and_config_errors():
         _method(pretrain_fraction=1.5)
     with pytest.raises(SemisegError, match="box_fraction"):
         _method(box_fraction=1.0)
+    with pytest.raises(SemisegError, match="res_channels"):
+        _method(res_channels="4,8,16")
     with pytest.raises(SemisegError, match="predict_with"):
         _method(predict_with="teacher")
 

@@ -62,10 +62,13 @@ Batch: each of the four loaders draws ``batch_size // 2`` images (the official 2
 per loader for its batch size 24), so each student sees ``batch_size`` images per phase-B
 step (x1 and x2), like the supervised baseline; phase A mixes two labeled loaders into
 ``batch_size // 2`` images. Cost, measured with 1 thread on a shared 2-core CPU (batch 8,
-patch 64, 3 classes, default widths): phase A ≈ 1.7-1.9x and phase B ≈ 3.3-3.8x the
-supervised step; phase B ≈ 0.76-0.87x an official-style step (six unstacked passes,
+patch 64, 3 classes, default widths): phase A ≈ 1.5-1.9x and phase B ≈ 3.3-3.8x the
+supervised step; phase B ≈ 0.76-0.90x an official-style step (six unstacked passes,
 per-slice ``skimage`` component loop, state-dict EMA, per-tensor Adam, ``argmax``). The
 ResUNet (~6M parameters) costs about twice the U-Net.
+
+Stopping early calls :meth:`finish`, which restores the selected state: a resumed run
+continues from it (the selection records are kept in ``extra_state``).
 """
 
 from __future__ import annotations
@@ -237,6 +240,7 @@ class SDCL(Method):
             (cfg.lambda_mse >= 0 and cfg.lambda_kl >= 0, "lambda_mse/lambda_kl must be >= 0"),
             (cfg.lr > 0, "lr must be positive"),
             (cfg.eval_every >= 0 and cfg.loader_batch >= 0, "eval_every/loader_batch must be >= 0"),
+            (len(cfg.channels) == 5, "channels needs five widths, e.g. 16,32,64,128,256"),
             (len(cfg.res_channels) == 5, "res_channels needs five widths, e.g. 16,32,64,128,256"),
         ]
         for ok, message in checks:
