@@ -149,6 +149,20 @@ def test_chained_rounds_start_from_the_previous_mask():
         assert not torch.allclose(cur.condition, rounds[0].condition)
 
 
+def test_resegmentation_leaves_batchnorm_running_stats_alone():
+    m = _method()
+    x, _ = _batch()
+    bn = m.teacher_seg.stem[1]
+    z = m.segment(m.teacher_seg, x)  # a pass on real images updates the running mean
+    before = bn.running_mean.clone()
+    rounds = m.cycle_rounds(x, z)
+    torch.testing.assert_close(bn.running_mean, before, rtol=0, atol=0)
+    assert bn.momentum == 0.1 and rounds[0].logits.requires_grad
+    m.config.recon_bn_update = True  # the reference's behaviour
+    m.cycle_rounds(x, z)
+    assert not torch.allclose(bn.running_mean, before)
+
+
 def test_reconstructions_are_clamped_to_the_image_range():
     m = _method()
     x, _ = _batch()

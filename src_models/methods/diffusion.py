@@ -69,6 +69,10 @@ the teacher's Adam state is reset when phase 2 starts.
 Defect fixed (option): x̂ = x_t/√ᾱ_t − ... amplifies the ε̂ error by up to 1/√ᾱ_{T−1} ≈ 2000
 at t near T, so the reference re-segments images with intensities in the thousands.
 ``clip_recon`` (default on) clamps x̂ to the intensity range of its clean image.
+Also: 3 of the 4 teacher mask passes per sample in phase 2 see reconstructions, many of them
+noise-like (t near T); in the reference they update the BatchNorm running statistics that
+inference then applies to real images. Here (``recon_bn_update`` off) those passes use their
+batch statistics without updating the running ones.
 
 Inference. The reference runs seg once at one random t with random noise (no sampling
 chain). Here: ``inference_passes`` passes at timesteps and noise drawn from a generator seeded
@@ -89,6 +93,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from src_models.data.sampler import SliceSampler
 from src_models.diffusion_schedule import NoiseSchedule
@@ -146,6 +151,11 @@ class DiffusionConfig:
         True,
         "clamp reconstructed images to the clean image's range "
         "before re-segmenting them (off = reference)",
+    )
+    recon_bn_update: bool = param(
+        False,
+        "let the re-segmentation of reconstructed images update the teacher's BatchNorm "
+        "running statistics (reference: yes; off keeps them those of real images)",
     )
     inference_passes: int = param(8, "stochastic mask passes averaged at inference")
     inference_seed: int = param(0, "seed of the inference timesteps and noise")
@@ -304,6 +314,22 @@ class Diffusion(Method):
             recon = torch.maximum(torch.minimum(recon, hi), lo)
         return loss, recon
 
+    def resegment(self, recon: torch.Tensor) -> torch.Tensor:
+        """Teacher mask pathway on reconstructions. Unless ``recon_bn_update``, BatchNorm uses
+        the batch statistics but leaves its running averages (used at inference, on real
+        images) untouched: momentum 0 keeps them as they are."""
+        if self.config.recon_bn_update:
+            return self.segment(self.teacher_seg, recon)
+        norms = [m for m in self.teacher_seg.modules() if isinstance(m, nn.BatchNorm2d)]
+        saved = [m.momentum for m in norms]
+        for m in norms:
+            m.momentum = 0.0
+        try:
+            return self.segment(self.teacher_seg, recon)
+        finally:
+            for m, momentum in zip(norms, saved, strict=True):
+                m.momentum = momentum
+
     def cycle_rounds(self, x: torch.Tensor, z_teacher: torch.Tensor) -> list[Round]:
         """The R reconstruction / re-segmentation rounds of phase 2 on x (B, C, H, W)."""
         r_count = self.config.rounds
@@ -313,7 +339,7 @@ class Diffusion(Method):
             loss, recon = self.reconstruct(
                 x.repeat(r_count, 1, 1, 1), cond.repeat(r_count, 1, 1, 1)
             )
-            z = self.segment(self.teacher_seg, recon.detach())
+            z = self.resegment(recon.detach())
             return [
                 Round(cond, lr, xr, zr)
                 for lr, xr, zr in zip(
@@ -325,7 +351,7 @@ class Diffusion(Method):
         for _ in range(r_count):
             cond = self.condition(z_prev).detach()
             loss, recon = self.reconstruct(x, cond)
-            z_prev = self.segment(self.teacher_seg, recon.detach())
+            z_prev = self.resegment(recon.detach())
             out.append(Round(cond, loss, recon, z_prev))
         return out
 
