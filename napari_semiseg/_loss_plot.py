@@ -58,13 +58,27 @@ def binned(xs: np.ndarray, ys: np.ndarray, bins: int) -> tuple[np.ndarray, np.nd
     )
 
 
+def log_ticks(lo: float, hi: float) -> list[tuple[float, str]]:
+    """(log10 value, label) ticks covering [lo, hi] (log10 units), from the tick just below
+    to the one just above: decades for wide ranges, 1-2-5 steps (all labelled) for narrow."""
+    wide = hi - lo >= 2
+    mantissas = (1,) if wide else (1, 2, 5)
+    values = [
+        k + math.log10(m) for k in range(math.floor(lo) - 1, math.ceil(hi) + 2) for m in mantissas
+    ]
+    below = max((v for v in values if v <= lo + 1e-9), default=values[0])
+    above = min((v for v in values if v >= hi - 1e-9), default=values[-1])
+    chosen = [v for v in values if below - 1e-9 <= v <= above + 1e-9]
+    return [(v, f"{10.0**v:.3g}" if -2 <= v <= 3 else f"1e{round(v)}") for v in chosen]
+
+
 class LossPlot(QWidget):
     """Draws a :class:`LossHistory`; call :meth:`refresh` after the history grew."""
 
     def __init__(self, history: LossHistory | None = None, parent: QWidget | None = None):
         super().__init__(parent)
         self.history = history or LossHistory()
-        self.setMinimumHeight(170)
+        self.setMinimumHeight(200)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         self.setToolTip(
             "Training losses (log scale, left) and ratios (0-1, right, dashed); "
@@ -107,7 +121,12 @@ class LossPlot(QWidget):
         p.drawRect(area)
         if not names or area.width() < 20 or area.height() < 20:
             p.setPen(fg)
-            p.drawText(area, Qt.AlignmentFlag.AlignCenter, "losses appear here during training")
+            p.drawText(
+                QRectF(self.rect()),
+                Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap,
+                "the losses appear here during training",
+            )
+            p.end()
             return
         x_max = max(max(xs) for xs, _ in series.values())
         x_min = min(min(xs) for xs, _ in series.values())
@@ -121,6 +140,8 @@ class LossPlot(QWidget):
         losses = [v[np.isfinite(v)] for v in losses if v.size]
         lo = min((float(v.min()) for v in losses if v.size), default=-1.0)
         hi = max((float(v.max()) for v in losses if v.size), default=0.0)
+        ticks = log_ticks(lo, hi)
+        lo, hi = min(lo, ticks[0][0]), max(hi, ticks[-1][0])
         if hi - lo < 0.3:
             lo, hi = lo - 0.15, hi + 0.15
 
@@ -133,13 +154,8 @@ class LossPlot(QWidget):
         def py_ratio(v: float) -> float:
             return area.bottom() - min(max(v, 0.0), 1.0) * area.height()
 
-        # axes: decades (and 2x, 5x when the range is narrow) on the left, 0/0.5/1 right
+        # axes: log ticks on the left, 0 / 0.5 / 1 on the right
         p.setPen(fg)
-        ticks = []
-        for k in range(math.floor(lo), math.ceil(hi) + 1):
-            ticks.append((k, f"1e{k}" if k not in (0, 1, -1) else f"{10.0**k:g}"))
-            if hi - lo < 2:
-                ticks += [(k + math.log10(2), ""), (k + math.log10(5), "")]
         for v, label in ticks:
             if lo <= v <= hi:
                 y = py_log(v)

@@ -57,7 +57,7 @@ MAP_STYLE = {
         "contrast_limits": (0.0, 1.0),
         "visible": False,
     },
-    "discrepancy": {"colormap": "magenta", "blending": "additive", "opacity": 0.9},
+    "discrepancy": {"colormap": "magenta", "blending": "additive", "opacity": 0.6},
     "pseudo-labels": {"opacity": 0.5, "visible": False},
 }
 OTHER_MAP = {"colormap": "inferno", "blending": "additive", "opacity": 0.7, "visible": False}

@@ -254,6 +254,7 @@ class Session:
         self.image_name: str = ""
         self.labels_name: str = ""
         self.run_dir: Path | None = None
+        self.run_root: Path | None = None
         self._listeners: list[Callable[[str], None]] = []
         #: set by the training dock: continue training the current model for n iterations
         self.continue_training: Callable[[int], bool] | None = None
@@ -272,7 +273,11 @@ class Session:
             listener(what)
 
     def new_run_dir(self) -> Path:
-        self.run_dir = Path(tempfile.mkdtemp(prefix="semiseg-run-"))
+        """A fresh folder for the checkpoints of a run (under ``run_root``, default: the
+        system's temporary folder); save the model elsewhere to keep it."""
+        if self.run_root is not None:
+            Path(self.run_root).mkdir(parents=True, exist_ok=True)
+        self.run_dir = Path(tempfile.mkdtemp(prefix="semiseg-run-", dir=self.run_root))
         return self.run_dir
 
     def labeled(self, labels: np.ndarray, axis: int) -> list[int]:

@@ -56,7 +56,7 @@ def errors():
 
 
 @pytest.fixture
-def docks(make_napari_viewer):
+def docks(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     image, truth = synthetic_volume()
     labels = np.zeros_like(truth)
@@ -64,6 +64,7 @@ def docks(make_napari_viewer):
     viewer.add_image(image, name="vol")
     viewer.add_labels(labels, name="labels")
     train, review = TrainingDock(viewer), ReviewDock(viewer)
+    train.session.run_root = tmp_path / "runs"
     viewer.window.add_dock_widget(train, name="Training")
     viewer.window.add_dock_widget(review, name="Review")
     yield viewer, train, review, truth
