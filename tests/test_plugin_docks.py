@@ -375,3 +375,23 @@ def check_export_save_and_cli_parity(docks, qtbot, tmp_path):
     assert train.params.values()["channels"].replace(" ", "") == "4,8,16,32,64"
     with pytest.raises(SemisegError):
         load_model(tmp_path / "nowhere")
+
+
+def test_closing_the_viewer_mid_run_stops_the_worker(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer(show=True)
+    image, truth = synthetic_volume()
+    labels = np.zeros_like(truth)
+    labels[list(LABELED)] = truth[list(LABELED)]
+    viewer.add_image(image, name="vol")
+    viewer.add_labels(labels, name="labels")
+    train = TrainingDock(viewer)
+    train.session.run_root = tmp_path
+    viewer.window.add_dock_widget(train, name="Training")
+    tiny(train, iterations=100_000, preview_every=0)
+    assert train.start_training()
+    job = train.job
+    qtbot.waitUntil(lambda: len(train.session.history) >= 1, timeout=TIMEOUT)
+    assert train._window_filtered is not None  # the dock watches the main window
+    viewer.close()
+    assert job.control.stop_requested and job.finished.is_set()
+    assert 0 < load_model(train.session.run_dir).iteration < 100_000
