@@ -131,6 +131,14 @@ class TrainRequest:
     #: how much lower the training thread's CPU priority is (Linux per-thread nice, 0-19):
     #: the GUI thread then wins the CPU whenever it needs it (see benchmarks/gui_responsiveness)
     nice: int = 10
+    #: torch intra-op threads of the training thread; 0: all CPUs but one (at least one),
+    #: which leaves a core to the GUI thread and avoids oversubscribing busy machines
+    threads: int = 0
+
+    def thread_count(self) -> int:
+        if self.threads > 0:
+            return self.threads
+        return max(1, min(torch.get_num_threads(), (os.cpu_count() or 2) - 1))
 
     def train_config(self, start: int = 0) -> TrainConfig:
         """The trainer config; a continued run counts its budget from ``start``."""
@@ -400,6 +408,8 @@ def training_events(job: TrainingJob) -> Generator[TrainingUpdate, None, ModelBu
 
         def run() -> None:
             lower_thread_priority(req.nice)
+            before = torch.get_num_threads()
+            torch.set_num_threads(req.thread_count())
             try:
                 outcome["bundle"] = train(
                     bundle, sampler, config, job.run_dir, callback, job.control
@@ -407,6 +417,7 @@ def training_events(job: TrainingJob) -> Generator[TrainingUpdate, None, ModelBu
             except BaseException as exc:  # noqa: BLE001  (re-raised in the generator)
                 outcome["error"] = exc
             finally:
+                torch.set_num_threads(before)
                 events.put(done)
 
         trainer = threading.Thread(target=run, name="semiseg-train", daemon=True)
