@@ -153,3 +153,33 @@ def test_training_events_continue_and_errors(tmp_path):
     job = TrainingJob(image, labels, 0, [2, 6], req, tmp_path / "s", control=stopped)
     updates, fresh = run_to_end(training_events(job))
     assert fresh.iteration == 0 and updates[-1].progress.message == "stopped"
+
+
+def test_training_thread_leaves_the_gui_a_core_and_priority():
+    import os
+    import sys
+    import threading
+
+    from napari_semiseg._session import lower_thread_priority
+
+    assert TrainRequest("supervised", threads=3).thread_count() == 3
+    auto = TrainRequest("supervised").thread_count()
+    assert 1 <= auto <= max(1, (os.cpu_count() or 2) - 1)
+    assert not lower_thread_priority(0)
+    seen = {}
+
+    def worker():
+        tid = threading.get_native_id()
+        before = os.getpriority(os.PRIO_PROCESS, tid)
+        seen["applied"] = lower_thread_priority(3)
+        seen["delta"] = os.getpriority(os.PRIO_PROCESS, tid) - before
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("per-thread priorities are a Linux feature")
+    main_before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert seen["applied"] and seen["delta"] == min(3, 19 - main_before)
+    # only the worker thread was lowered
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_before
