@@ -49,8 +49,8 @@ Two variants:
     term twice and branch 2 none); here each network sees its own strong input.
   - NOT reproduced, bug 2: ``adjust_brightness_contrast`` runs after ``normalize`` and uses
     ``contrast = int(U(0, 3) * 255)`` as the gain, i.e. multiplies the normalised image by
-    0..765 (plus an offset of -0.5·255..1.5·255 - 128). Here the strong view is a moderate
-    brightness/contrast jitter of the normalised slice plus the official blur (kernel 3/5/7
+    0..765 and adds ``int(U(0.5, 1.5) * 255) - 128``, i.e. -1..254. Here the strong view is a
+    moderate brightness/contrast jitter of the normalised slice plus the official blur (kernel 3/5/7
     with probability 3/4, i.e. σ 0.8..1.4), no noise, no cutout.
   - Not a bug but not copied: the official eighth forward pass repeats the sixth, and the
     eight passes are separate; here each network runs once on all its views stacked
@@ -64,8 +64,8 @@ as in UniMatch; there is no extra no-grad pass. Inference averages both networks
 Maps: ``confidence`` (max of the predicted probabilities), ``discrepancy`` (argmax f1 ≠ argmax
 f2: where the two networks disagree, the CPS signal and the place a user corrects first),
 ``discrepancy_soft`` (total variation ½·Σ_k |p1 - p2|, 0..1), ``confidence_1``/``_2``, and
-``pseudo`` (the class id of the mean argmax where the mean confidence ≥ τ, else -1: what the
-training would have used as a pseudo-label).
+``pseudo`` (the class id of the mean prediction where its confidence ≥ τ, else -1: the part
+of the prediction confident enough to serve as a pseudo-label).
 """
 
 from __future__ import annotations
@@ -282,6 +282,15 @@ def official_param_groups(net: nn.Module, lr: float) -> list[dict]:
 
 
 # -- the method -------------------------------------------------------------------------
+@dataclass
+class _Opt:
+    """The fields :func:`make_sgd` reads, with the variant's resolved learning rate."""
+
+    lr: float
+    momentum: float
+    weight_decay: float
+
+
 @register
 class DFCPS(Method):
     name = "dfcps"
@@ -433,12 +442,3 @@ class DFCPS(Method):
             "pseudo": pseudo,
         }
         return Prediction(probs, maps)
-
-
-@dataclass
-class _Opt:
-    """The fields :func:`make_sgd` reads, with the variant's resolved learning rate."""
-
-    lr: float
-    momentum: float
-    weight_decay: float
