@@ -237,7 +237,9 @@ def test_loss_total_matches_hand_computation_and_teachers_are_detached():
     # The example is not degenerate: some pixels pass τ, some do not, boxes matter.
     valid_w = conf["p_w"] >= tau
     assert 0 < valid_w.sum() < valid_w.size
+    assert 0 < (valid_w & (lab["p_w"] != 0)).sum() < (lab["p_w"] != 0).sum()
     assert (lab["pm"][b2] != lab["p_w"][b2]).any()
+    assert (lab["pm_fw"][b2] != lab["pm"][b2]).any() and (lab["pm_fs"][b2] != lab["pm"][b2]).any()
 
     expected = {
         "loss": total,
@@ -247,6 +249,7 @@ def test_loss_total_matches_hand_computation_and_teachers_are_detached():
         "loss_tkd": l_tkd,
         "loss_dkd": l_dkd,
         "mask_ratio": valid_w.mean(),
+        "mask_ratio_fg": (valid_w & (lab["p_w"] != 0)).sum() / (lab["p_w"] != 0).sum(),
     }
     assert set(terms) == set(expected)
     for key, value in expected.items():
@@ -316,9 +319,10 @@ def test_short_training_run_learns_and_logs_every_term(tiny_volume, tmp_path):
 
     logs = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert len(logs) == 60
-    for key in ("loss", "loss_x", "loss_s1", "loss_s2", "loss_tkd", "loss_dkd", "mask_ratio"):
+    keys = ("loss", "loss_x", "loss_s1", "loss_s2", "loss_tkd", "loss_dkd", "mask_ratio")
+    for key in (*keys, "mask_ratio_fg"):
         assert all(math.isfinite(r[key]) for r in logs), key
-    assert all(0 <= r["mask_ratio"] <= 1 for r in logs)
+    assert all(0 <= r["mask_ratio"] <= 1 and 0 <= r["mask_ratio_fg"] <= 1 for r in logs)
     assert max(r["mask_ratio"] for r in logs) > 0.05  # the unsupervised terms were active
     assert max(r["loss_tkd"] for r in logs) > 0
     assert np.mean([r["loss_x"] for r in logs[-10:]]) < np.mean([r["loss_x"] for r in logs[:10]])

@@ -194,11 +194,14 @@ def crossmatch_loss(
         of the strong views s1 and s2. tau: confidence threshold.
     Returns:
         ``loss`` (the total), ``loss_x``, ``loss_s1``, ``loss_s2``, ``loss_tkd``,
-        ``loss_dkd`` and ``mask_ratio`` (fraction of weak-view pixels with confidence ≥ τ).
+        ``loss_dkd``, ``mask_ratio`` (fraction of weak-view pixels with confidence ≥ τ) and
+        ``mask_ratio_fg`` (the same among pixels whose pseudo-label is not background, class
+        0: it shows when foreground pseudo-labels start to pass τ; 0 if none is predicted).
     """
     # Teachers. Only the argmax/max-softmax of p_w_fw and p_w_fs are used as targets (they have
     # no gradient); the same logits stay students in L_tkd with their gradient.
     t_w = Target.from_logits(out.p_w)
+    fg = (t_w.label != 0).float()
     t_m = Target.from_logits(out.pm)
     mix1, mix2 = t_w.mixed(t_m, box1), t_w.mixed(t_m, box2)
     mix2_fw = Target.from_logits(out.p_w_fw).mixed(Target.from_logits(out.pm_fw), box2)
@@ -232,6 +235,7 @@ def crossmatch_loss(
         "loss_tkd": loss_tkd,
         "loss_dkd": loss_dkd,
         "mask_ratio": t_w.valid(tau).mean(),
+        "mask_ratio_fg": (t_w.valid(tau) * fg).sum() / fg.sum().clamp_min(1),
     }
 
 
