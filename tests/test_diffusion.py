@@ -19,6 +19,17 @@ from src_models.networks.ddpm_unet import DDPMUNet, SinusoidalTimeEmbedding
 from src_models.training import TrainConfig, train
 from src_models.training.checkpoint import create_model
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These networks are tiny: a second OpenMP thread only adds synchronisation (and, on a
+    shared CPU, waiting), so this module runs single-threaded and restores the setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # Tiny: base width 4, two levels below the first (divisor 4), no dropout.
 TINY = {"base_width": 4, "width_mults": "1,2", "dropout": "0,0,0"}
 
