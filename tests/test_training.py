@@ -104,14 +104,15 @@ def test_progress_events_pause_and_time_budget(tiny_volume):
     train(
         bundle,
         sampler,
-        TrainConfig(iterations=0, minutes=0.02, checkpoint_every=0),
+        TrainConfig(iterations=0, minutes=0.05, checkpoint_every=0),
         callback=events.append,
         control=control,
     )
     assert events[-1].done and events[-1].message == "finished"
-    assert events[-1].iteration >= 2
+    assert events[-1].iteration >= 1
     assert all(e.lr > 0 for e in events[:-1]) and "loss" in events[0].logs
-    assert events[-1].elapsed < 5
+    # the 3 s budget excludes the 0.3 s pause and ends after the iteration that crosses it
+    assert 3.0 <= events[-1].elapsed < 3.0 + 15
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_volume, tmp_path):
