@@ -48,6 +48,27 @@ def run(*args):
     return main([str(a) for a in args])
 
 
+def train_tiny(files, run_dir):
+    """Two iterations of a tiny supervised U-Net: a model to predict with."""
+    return run(
+        "train",
+        "--image",
+        files["image"],
+        "--labels",
+        files["labels"],
+        "--out",
+        run_dir,
+        "--iterations",
+        2,
+        "--patch",
+        32,
+        "--batch-size",
+        2,
+        "--set",
+        "channels=4,8,16,32,64",
+    )
+
+
 @pytest.mark.parametrize("method", method_names())
 def test_train_predict_evaluate_end_to_end(method, files, tmp_path, capsys):
     run_dir = tmp_path / f"run_{method}"
@@ -103,26 +124,7 @@ def test_methods_lists_every_registered_method(capsys):
 
 def test_npy_and_zarr_outputs(files, tmp_path):
     run_dir = tmp_path / "run"
-    assert (
-        run(
-            "train",
-            "--image",
-            files["image"],
-            "--labels",
-            files["labels"],
-            "--out",
-            run_dir,
-            "--iterations",
-            2,
-            "--patch",
-            32,
-            "--batch-size",
-            2,
-            "--set",
-            "channels=4,8,16,32,64",
-        )
-        == 0
-    )
+    assert train_tiny(files, run_dir) == 0
     for ext in (".npy", ".zarr", ".tif"):
         out = tmp_path / f"p{ext}"
         assert (
@@ -223,26 +225,7 @@ def test_bad_input_is_one_line_error_without_partial_output(
 
 def test_predict_errors_leave_no_partial_output(files, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    assert (
-        run(
-            "train",
-            "--image",
-            files["image"],
-            "--labels",
-            files["labels"],
-            "--out",
-            run_dir,
-            "--iterations",
-            2,
-            "--patch",
-            32,
-            "--batch-size",
-            2,
-            "--set",
-            "channels=4,8,16,32,64",
-        )
-        == 0
-    )
+    assert train_tiny(files, run_dir) == 0
     out = tmp_path / "pred.nii.gz"
     # an unknown map is refused before anything is written
     assert (

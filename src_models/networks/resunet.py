@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src_models.networks.unet import UpBlock
+from src_models.networks.unet import UNetDecoderMixin, UpBlock
 
 
 class BasicBlock(nn.Module):
@@ -57,7 +57,7 @@ def residual_stage(cin: int, cout: int, blocks: int) -> nn.Sequential:
     )
 
 
-class ResUNet(nn.Module):
+class ResUNet(UNetDecoderMixin, nn.Module):
     """2D ResUNet.
 
     Args:
@@ -105,13 +105,3 @@ class ResUNet(nn.Module):
         for stage in self.stages:
             feats.append(stage(feats[-1]))
         return feats
-
-    def decode(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Logits (B, K, H, W) from the five features."""
-        x = feats[-1]
-        for block, skip in zip(self.decoder, reversed(feats[:-1]), strict=True):
-            x = block(x, skip)
-        return self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))

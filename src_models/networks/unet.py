@@ -45,7 +45,28 @@ class UpBlock(nn.Module):
         return self.conv(torch.cat([skip, deep], dim=1))
 
 
-class UNet(nn.Module):
+class UNetDecoderMixin:
+    """The U-Net decoder pass shared by every encoder-decoder here: ``decoder`` (four
+    :class:`UpBlock`, deep to shallow) and ``head`` run on the encoder's five features."""
+
+    decoder: nn.ModuleList
+    head: nn.Module
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def decode(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Logits (B, K, H, W) from the five encoder features."""
+        x = feats[-1]
+        for block, skip in zip(self.decoder, reversed(feats[:-1]), strict=True):
+            x = block(x, skip)
+        return self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+
+class UNet(UNetDecoderMixin, nn.Module):
     """2D U-Net.
 
     Args:
@@ -82,13 +103,3 @@ class UNet(nn.Module):
             x = block(x if i == 0 else F.max_pool2d(x, 2))
             feats.append(x)
         return feats
-
-    def decode(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Logits (B, K, H, W) from the five encoder features."""
-        x = feats[-1]
-        for block, skip in zip(self.decoder, reversed(feats[:-1]), strict=True):
-            x = block(x, skip)
-        return self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))
