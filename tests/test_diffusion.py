@@ -118,6 +118,15 @@ def test_reconstruction_gradient_reaches_mask_pathway_only_in_phase_1():
     assert _grad_norm(m.teacher_seg) > 0 and _grad_norm(m.student_seg) > 0
 
 
+def test_bf16_option_trains_in_float32_outputs():
+    m = _method(cpu_bf16=True)
+    x, y = _batch()
+    losses = m.phase2_losses(x, x, y, ramp=1.0)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+    losses["loss"].backward()
+    assert _grad_norm(m.teacher_seg) > 0 and _grad_norm(m.student_seg) > 0
+
+
 def test_student_has_no_image_pathway():
     m = _method()
     assert set(m.networks) == {"teacher_seg", "teacher_rec", "student_seg"}

@@ -157,6 +157,11 @@ class DiffusionConfig:
         "let the re-segmentation of reconstructed images update the teacher's BatchNorm "
         "running statistics (reference: yes; off keeps them those of real images)",
     )
+    cpu_bf16: bool = param(
+        False,
+        "bfloat16 autocast of the network passes on the CPU (1.6-2.6x faster on CPUs with "
+        "AMX/AVX512-BF16, lower precision; off = float32 like every other method)",
+    )
     inference_passes: int = param(8, "stochastic mask passes averaged at inference")
     inference_seed: int = param(0, "seed of the inference timesteps and noise")
     predict_with: str = param(
@@ -276,6 +281,13 @@ class Diffusion(Method):
         return self.config.unsup_weight * min(1.0, (done + 1) / length)
 
     # -- pathways -----------------------------------------------------------------------
+    def _run(self, net: DDPMUNet, inp: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """One network pass in the configured precision; float32 output."""
+        bf16 = self.config.cpu_bf16 and self.device.type == "cpu"
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else self.autocast():
+            out = net(inp, t)
+        return out.float()
+
     def segment(
         self,
         net: DDPMUNet,
@@ -288,9 +300,7 @@ class Diffusion(Method):
         prior = self.prior.expand(b, -1, h, w)
         t = self.schedule.sample_t(b, x.device) if t is None else t
         noise = torch.randn_like(prior) if noise is None else noise
-        with self.autocast():
-            z = net(torch.cat([self.schedule.q_sample(prior, t, noise), x], dim=1), t)
-        return z.float()
+        return self._run(net, torch.cat([self.schedule.q_sample(prior, t, noise), x], dim=1), t)
 
     def condition(self, z: torch.Tensor) -> torch.Tensor:
         """The mask given to the image pathway, 2·mask − 1 (see ``mask_output``)."""
@@ -304,8 +314,7 @@ class Diffusion(Method):
         t = self.schedule.sample_t(x.shape[0], x.device)
         eps = torch.randn_like(x)
         x_t = self.schedule.q_sample(x, t, eps)
-        with self.autocast():
-            eps_hat = self.teacher_rec(torch.cat([x_t, cond], dim=1), t).float()
+        eps_hat = self._run(self.teacher_rec, torch.cat([x_t, cond], dim=1), t)
         loss = (eps_hat - eps).pow(2).flatten(1).mean(dim=1)
         recon = self.schedule.predict_start_from_noise(x_t, t, eps_hat)
         if self.config.clip_recon:
