@@ -1,11 +1,12 @@
 """Diffusion teacher–student (Ciampi et al., 'SuperDiffusion'): a DDPM teacher pre-trained
 without labels by cycle-consistent reconstruction, then co-trained with a twin student.
 
-Reference code: ``ciampluca/hebbian-bootstraping-semi-supervised-medical-imaging`` (commit
-e72b886 / dac1ad6; removed from HEAD): ``models/networks_2d/unet_ddpm.py`` (``SuperDiffusion``
-= ``GaussianDiffusion`` subclass, ``DDPM_Wrapper``, ``DDPMUNet`` holding ``net`` and
-``net_seg``), ``pretrain_superdiff_unsup_2d.py`` (phase 1) and ``train_semi_superdiff_2d.py``
-(phase 2, the loop over ``diff_rounds``); the diffusion maths of ``denoising_diffusion_pytorch``
+Reference code: ``ciampluca/hebbian-bootstraping-semi-supervised-medical-imaging`` (read at
+commits e72b886 and 1de4983, the dac1ad6-era files, removed from HEAD):
+``models/networks_2d/unet_ddpm.py`` (``SuperDiffusion``, a ``GaussianDiffusion`` subclass;
+``DDPM_Wrapper``; ``DDPMUNet`` holding ``net`` and ``net_seg``),
+``pretrain_superdiff_unsup_2d.py`` (phase 1) and ``train_semi_superdiff_2d.py`` (phase 2, the
+loop over ``diff_rounds``); the diffusion maths of ``denoising_diffusion_pytorch``
 (``src_models/diffusion_schedule.py``). Both phases are stages of one training run here.
 
 Model. Each model has two pathways, **two separate networks** as in the reference
@@ -61,8 +62,9 @@ statistics), and independent rounds are batched into one rec and one seg pass.
 
 Optimisation: separate Adam optimisers for T (seg + rec) and S. Reference: lr 1e-2 (scripts)
 with a gradual warm-up (20 of 200 epochs) then StepLR(50 epochs, γ = 0.5), in both phases,
-the teacher's optimiser created afresh for phase 2. Here lr 1e-3 (1e-2 with Adam diverges
-easily on these BatchNorm U-Nets with small CPU batches), per phase: linear warm-up over
+the teacher's optimiser created afresh for phase 2. Here lr 1e-3 (the spec's phase-1 value;
+1e-2 is aggressive for Adam on BatchNorm U-Nets with batch 8 — not benchmarked here), per
+phase: linear warm-up over
 ``warmup_fraction`` of the phase, then ×0.5 every quarter of the phase (``lr_schedule='step'``);
 the teacher's Adam state is reset when phase 2 starts.
 
@@ -84,8 +86,16 @@ class probabilities across the passes, averaged over classes, in [0, 1]), ``disc
 (total-variation distance ½·Σ_k |p_T − p_S| between the averaged teacher and student
 probabilities, in [0, 1]), ``pseudo`` (teacher argmax, float class ids).
 
-Cost (1 thread, batch 8, patch 64, see the report in the issue): the default base width 16
-(16-16-32-64-128, 0.5 M parameters per pathway) instead of the reference's 64 (7.8 M).
+Cost (measured with 1 thread, batch 8, patch 64, medians of paired steps; supervised baseline
+0.21-0.24 s per step): the default base width 16 (16-16-32-64-128, 0.47 M parameters per
+pathway, three pathways) costs 0.28-0.30 s in phase 1 (1.2-1.3x supervised) and 2.0 s in
+phase 2 (8.1-8.4x; 6.8x in FLOPs), i.e. about 7x the supervised wall time over a run with
+``pretrain_fraction`` 0.2. The reference width 64 (7.4 M per pathway) costs 1.9-2.2 s and
+17 s (70-80x, 106x in FLOPs): the default is ~7x (phase 1) and ~8.5x (phase 2) cheaper.
+A reference-structured step (separate unlabeled/labeled passes, sequential rounds, the wiped
+probe backward) with the same width-64 networks takes 2.8 s / 15.8 s: phase 1 here is 0.73x
+of it; phase 2 does the same 128 sample-passes and is not faster in float32 (1.07x), only
+with ``cpu_bf16`` (6.8 s, 0.43x; at width 16: 1.4 s instead of 2.0 s).
 """
 
 from __future__ import annotations
