@@ -16,7 +16,7 @@ from src_models.errors import SemisegError
 from src_models.inference import predict_volume
 from src_models.methods import get_method, make_config
 from src_models.networks.ddpm_unet import DDPMUNet, SinusoidalTimeEmbedding
-from src_models.training import TrainConfig, train
+from src_models.training import TrainConfig, TrainingControl, load_model, train
 from src_models.training.checkpoint import create_model
 
 
@@ -311,3 +311,36 @@ def test_training_learns_the_tiny_volume(tiny_volume):
     assert _dice(after.labels, labels, 1) > 0.7 > _dice(before, labels, 1)
     assert after.maps["uncertainty"].shape == image.shape
     assert set(np.unique(after.maps["pseudo"])) <= {0.0, 1.0, 2.0}
+
+
+def test_stop_and_resume_in_phase_2_continues_exactly(tiny_volume, tmp_path):
+    image, labels = tiny_volume
+    sparse = np.zeros_like(labels)
+    sparse[[2, 6, 9]] = labels[[2, 6, 9]]
+    vols, k = make_volumes([image], [sparse])
+    params = {**TINY, "rounds": 2, "pretrain_fraction": 0.34, "inference_passes": 1}
+
+    def setup():
+        sampler = SliceSampler(vols, patch_size=32, batch_size=2, seed=0)
+        return create_model("diffusion", params, 1, k, "cpu", seed=0, patch_size=32), sampler
+
+    full, s_full = setup()
+    train(full, s_full, TrainConfig(iterations=6, checkpoint_every=0))
+    part, s_part = setup()
+    control = TrainingControl()
+    train(
+        part,
+        s_part,
+        TrainConfig(iterations=6, checkpoint_every=0),
+        out_dir=tmp_path,
+        control=control,
+        callback=lambda p: control.stop() if p.iteration == 4 else None,
+    )
+    assert part.iteration == 4 and part.method.extra_state["phase2_start"] == 2
+    resumed = load_model(tmp_path)
+    assert resumed.method.extra_state["phase2_start"] == 2
+    _, s_new = setup()
+    train(resumed, s_new, TrainConfig(iterations=6, checkpoint_every=0))
+    for name, net in full.method.networks.items():
+        for key, value in net.state_dict().items():
+            torch.testing.assert_close(resumed.method.networks[name].state_dict()[key], value)
