@@ -87,11 +87,11 @@ class probabilities across the passes, averaged over classes, in [0, 1]), ``disc
 probabilities, in [0, 1]), ``pseudo`` (teacher argmax, float class ids).
 
 Cost (measured with 1 thread, batch 8, patch 64, medians of paired steps; supervised baseline
-0.21-0.24 s per step): the default base width 16 (16-16-32-64-128, 0.47 M parameters per
+0.21-0.27 s per step): the default base width 16 (16-16-32-64-128, 0.47 M parameters per
 pathway, three pathways) costs 0.28-0.30 s in phase 1 (1.2-1.3x supervised) and 2.0 s in
-phase 2 (8.1-8.4x; 6.8x in FLOPs), i.e. about 7x the supervised wall time over a run with
+phase 2 (8.1-8.5x; 6.8x in FLOPs), i.e. about 7x the supervised wall time over a run with
 ``pretrain_fraction`` 0.2. The reference width 64 (7.4 M per pathway) costs 1.9-2.2 s and
-17 s (70-80x, 106x in FLOPs): the default is ~7x (phase 1) and ~8.5x (phase 2) cheaper.
+17-18 s (66-83x, 106x in FLOPs): the default is ~7x (phase 1) and ~8.5x (phase 2) cheaper.
 A reference-structured step (separate unlabeled/labeled passes, sequential rounds, the wiped
 probe backward) with the same width-64 networks takes 2.8 s / 15.8 s: phase 1 here is 0.73x
 of it; phase 2 does the same 128 sample-passes and is not faster in float32 (1.07x), only
