@@ -423,6 +423,7 @@ def training_events(job: TrainingJob) -> Generator[TrainingUpdate, None, ModelBu
         trainer = threading.Thread(target=run, name="semiseg-train", daemon=True)
         trainer.start()
         finished = False
+        last: Progress | None = None
         while not finished:
             batch = [events.get()]
             deadline = time.monotonic() + UPDATE_PERIOD
@@ -434,9 +435,12 @@ def training_events(job: TrainingJob) -> Generator[TrainingUpdate, None, ModelBu
             finished = batch[-1] is done
             progress = [e for e in batch if isinstance(e, Progress)]
             previews = [e for e in batch if isinstance(e, Preview)]
-            if progress:
+            last = progress[-1] if progress else last
+            # a preview can arrive in a batch of its own (after its progress event): never
+            # drop it, re-send the latest progress with it
+            if last is not None and (progress or previews):
                 yield TrainingUpdate(
-                    progress[-1],
+                    last,
                     [(p.iteration, dict(p.logs)) for p in progress if p.logs and not p.done],
                     previews[-1] if previews else None,
                 )
