@@ -58,6 +58,20 @@ def speed_section(lines: list[str]) -> None:
     ]
 
 
+def _step_ratios(method: str) -> str:
+    """Step-time ratio(s) to supervised at the benchmark configuration (speed_bench.json)."""
+    path = RESULTS / "speed_bench.json"
+    if not path.exists():
+        return "n/a"
+    methods = json.loads(path.read_text())["methods"]
+    parts = []
+    for key, v in methods.items():
+        if key == method or key.startswith(method + " ("):
+            phase = key[len(method) :].strip(" ()")
+            parts.append((f"{phase}: " if phase else "") + _f(v["ratio_to_supervised"], "{:.2f}x"))
+    return " / ".join(parts) or "n/a"
+
+
 def accuracy_section(lines: list[str]) -> None:
     rows = sorted(RESULTS.glob("accuracy_*.json"))
     if not rows:
@@ -72,12 +86,16 @@ def accuracy_section(lines: list[str]) -> None:
         f"`benchmarks/accuracy.py`: the first k = {first['labeled_volumes']} volumes of "
         "`train_order` labeled (every slice along axis 0), the other 175 `train` volumes "
         "unlabeled, evaluated on the 60 `test` volumes (mean per-volume Dice; HD95 in mm, "
-        "averaged over volumes where it is defined). Same budget for every method: "
+        "averaged over the volumes where it is defined). Same budget for every method: "
         f"{first['iterations']} iterations, batch {first['batch_size']}, patch "
-        f"{first['patch']}, seed {first['seed']}, last iteration evaluated (no selection on test).",
+        f"{first['patch']}, seed {first['seed']}, one torch thread; the last iteration is "
+        "evaluated (no selection on test). Step ratio = median training step time relative "
+        "to the supervised step at this batch and patch, measured in one run on an otherwise "
+        "idle machine (`benchmarks/speed.py --patch 64 --tag bench`); the wall time column "
+        "was measured while several benchmarks shared the 2 cores and only orders the costs.",
         "",
         "| method | Dice anterior | Dice posterior | mean Dice | Δ vs supervised (points) "
-        "| HD95 ant. | HD95 post. | ms/iteration | ratio to supervised |",
+        "| HD95 ant. (mm) | HD95 post. (mm) | step ratio | wall time (min) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for d in data:
@@ -86,12 +104,11 @@ def accuracy_section(lines: list[str]) -> None:
         if d.get("params"):
             name += " " + ", ".join(f"{k}={v}" for k, v in d["params"].items())
         delta = 100 * (d["mean_dice"] - sup["mean_dice"]) if sup else None
-        ratio = d["ms_per_iteration"] / sup["ms_per_iteration"] if sup else None
         lines.append(
             f"| {name} | {pc['1']['dice']:.4f} | {pc['2']['dice']:.4f} | {d['mean_dice']:.4f} | "
             f"{_f(delta, '{:+.2f}')} | {_f(pc['1']['hd95'], '{:.2f}')} | "
-            f"{_f(pc['2']['hd95'], '{:.2f}')} | {d['ms_per_iteration']:.0f} | "
-            f"{_f(ratio, '{:.2f}x')} |"
+            f"{_f(pc['2']['hd95'], '{:.2f}')} | {_step_ratios(d['method'])} | "
+            f"{d['train_seconds'] / 60:.1f} |"
         )
     lines.append("")
 

@@ -31,6 +31,9 @@ from src_models.inference import predict_volume  # noqa: E402
 from src_models.methods.base import METHODS, method_names  # noqa: E402
 from src_models.training.checkpoint import create_model  # noqa: E402
 
+#: methods with two training phases are timed in each (fraction of the run where it is timed)
+PHASES = {"sdcl": {"phase A": 0.0, "phase B": 0.9}, "diffusion": {"phase 1": 0.0, "phase 2": 0.9}}
+
 
 def make_sampler(batch: int, patch: int, seed: int = 0) -> tuple[SliceSampler, int]:
     image, labels = synthetic_batch_volume(size=max(patch, 64))
@@ -111,12 +114,14 @@ def main() -> None:
     ap.add_argument("--patch", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--methods", default=",".join(method_names()))
+    ap.add_argument("--methods-only", action="store_true", help="only the method step times")
+    ap.add_argument("--tag", default="", help="suffix of the results file (speed_<tag>.json)")
     args = ap.parse_args()
     b, p, r = args.batch_size, args.patch, args.repeats
     peak = matmul_peak_gflops()
     flops = supervised_flops(b, p)
     variants = {}
-    for cl in (False, True):
+    for cl in () if args.methods_only else (False, True):
         for bf in (False, True):
             t = supervised_variant_time(b, p, r, cl, bf)
             variants[f"channels_last={cl},bf16={bf}"] = {
@@ -133,7 +138,7 @@ def main() -> None:
     for name in args.methods.split(","):
         if name not in METHODS:
             continue
-        fractions = getattr(METHODS[name], "benchmark_phases", {"": 0.0})
+        fractions = PHASES.get(name, {"": 0.0})
         for phase, frac in fractions.items():
             t = step_time(name, b, p, r, iteration_fraction=frac)
             key = name + (f" ({phase})" if phase else "")
@@ -143,13 +148,13 @@ def main() -> None:
             print(f"{key}: {t * 1000:.1f} ms/iteration")
     for v in methods.values():
         v["ratio_to_supervised"] = v["ms"] / (sup * 1000) if sup else None
-    thr = inference_throughput(p)
+    thr = float("nan") if args.methods_only else inference_throughput(p)
     print(
         f"inference: {thr:.1f} slices/s at {p}x{p}; matmul peak {peak:.1f} GFLOP/s; "
         f"supervised step {flops / 1e9:.2f} GFLOP"
     )
     write_result(
-        "speed",
+        "speed" + (f"_{args.tag}" if args.tag else ""),
         {
             "batch_size": b,
             "patch": p,
