@@ -116,7 +116,10 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(method_names()))
     ap.add_argument("--methods-only", action="store_true", help="only the method step times")
     ap.add_argument("--tag", default="", help="suffix of the results file (speed_<tag>.json)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     b, p, r = args.batch_size, args.patch, args.repeats
     peak = matmul_peak_gflops()
     flops = supervised_flops(b, p)
