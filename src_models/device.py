@@ -34,8 +34,9 @@ def select_device(name: str = "auto") -> torch.device:
 def autocast(device: torch.device):
     """Mixed precision on CUDA with bf16 (no loss scaling needed); a no-op elsewhere.
 
-    On the CPU bf16 autocast was measured slower than fp32 for these small U-Nets
-    (see docs/benchmarks.md), so it stays off.
+    On the CPU it stays off: bf16 was measured faster on an AMX-capable CPU
+    (docs/benchmarks.md) but changes every method's numerics and is slow on CPUs
+    without bf16 units.
     """
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16)
