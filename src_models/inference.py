@@ -24,6 +24,8 @@ from src_models.methods.base import Method
 from src_models.training.checkpoint import ModelBundle
 
 DIVISOR = 16
+#: maps that hold class ids (-1 = left out) rather than continuous values
+CATEGORICAL_MAPS = frozenset({"pseudo"})
 
 
 @dataclass
@@ -74,7 +76,9 @@ def predict_slices(
     overlap: float = 0.25,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Probabilities (B, K, H, W) and maps (B, H, W) of a normalised batch (B, C, H, W);
-    slices larger than ``tile_size`` are tiled with ``overlap`` and averaged."""
+    slices larger than ``tile_size`` are tiled with ``overlap`` and averaged. Class-id maps
+    (``CATEGORICAL_MAPS``, e.g. ``pseudo``) are not averaged: where tiles overlap the
+    later tile's value is kept, so they stay valid class ids."""
     h, w = x.shape[-2:]
     if h <= tile_size and w <= tile_size:
         return _predict_padded(method, x, fill, names)
@@ -88,9 +92,13 @@ def predict_slices(
             th, tw = tile.shape[-2:]
             probs[..., y0 : y0 + th, x0 : x0 + tw] += p
             for k in names:
-                maps[k][..., y0 : y0 + th, x0 : x0 + tw] += m[k]
+                if k in CATEGORICAL_MAPS:
+                    maps[k][..., y0 : y0 + th, x0 : x0 + tw] = m[k]
+                else:
+                    maps[k][..., y0 : y0 + th, x0 : x0 + tw] += m[k]
             count[..., y0 : y0 + th, x0 : x0 + tw] += 1
-    return probs / count, {k: v / count[:, 0] for k, v in maps.items()}
+    averaged = {k: v if k in CATEGORICAL_MAPS else v / count[:, 0] for k, v in maps.items()}
+    return probs / count, averaged
 
 
 def predict_volume(

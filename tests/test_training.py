@@ -224,3 +224,35 @@ def test_prediction_bad_input(tiny_volume):
         predict_volume(bundle, np.stack([image, image]))
     with pytest.raises(SemisegError, match="NaN"):
         predict_volume(bundle, np.where(image > 150, np.inf, image))
+
+
+def test_tiled_class_id_maps_stay_class_ids(tiny_volume):
+    """Overlapping tiles average continuous maps but never blend class ids."""
+    from src_models.inference import predict_slices
+    from src_models.methods.base import Prediction
+
+    image, labels = tiny_volume
+    bundle = create_model("supervised", TINY, 1, 3, seed=0)
+    method = bundle.method
+
+    def fake_predict(x):  # a constant pseudo class per tile position, confidence 0.5 / 1.0
+        b, _, h, w = x.shape
+        tile_id = float(fake_predict.calls % 3)
+        fake_predict.calls += 1
+        probs = torch.full((b, 3, h, w), 1 / 3)
+        return Prediction(
+            probs,
+            {
+                "pseudo": torch.full((b, h, w), tile_id),
+                "confidence": torch.full((b, h, w), tile_id / 2),
+            },
+        )
+
+    fake_predict.calls = 0
+    method.predict = fake_predict
+    x = torch.zeros(1, 1, 40, 36)
+    _, maps = predict_slices(method, x, 0.0, ["pseudo", "confidence"], tile_size=24)
+    assert set(maps["pseudo"].unique().tolist()) <= {0.0, 1.0, 2.0}
+    # the continuous map is a true average where tiles overlap (values between tile values)
+    conf = maps["confidence"].unique().tolist()
+    assert any(v not in (0.0, 0.5, 1.0) for v in conf)
