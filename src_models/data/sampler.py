@@ -74,6 +74,8 @@ class SliceSampler:
                 (v, s) for v, vol in enumerate(volumes) for s in range(vol.slices.shape[0])
             ]
         self.in_channels = volumes[0].slices.shape[1]
+        #: value for pixels rotated in from outside a crop: the volumes' mean background
+        self.fill = float(np.mean([v.background for v in volumes]))
 
     # -- state for resumable runs -------------------------------------------------------
     def state_dict(self) -> dict:
@@ -112,21 +114,18 @@ class SliceSampler:
         label = None if labels is None else torch.from_numpy(labels).to(self.device)
         return image, label
 
-    def _fill(self) -> float:
-        return float(np.mean([v.background for v in self.volumes]))
-
     def labeled(self, n: int | None = None, augment: bool | None = None) -> Batch:
         """A batch of ``n`` random labeled crops (weakly augmented unless disabled)."""
         image, label = self._crop(self.labeled_index, n or self.batch_size, True)
         if self.augment if augment is None else augment:
-            image, label = weak_geometric(image, label, generator=self.generator, fill=self._fill())
+            image, label = weak_geometric(image, label, generator=self.generator, fill=self.fill)
         return Batch(image, label)
 
     def unlabeled(self, n: int | None = None, augment: bool | None = None) -> Batch:
         """A batch of ``n`` random unlabeled crops (weakly augmented unless disabled)."""
         image, _ = self._crop(self.unlabeled_index, n or self.batch_size, False)
         if self.augment if augment is None else augment:
-            image, _ = weak_geometric(image, None, generator=self.generator, fill=self._fill())
+            image, _ = weak_geometric(image, None, generator=self.generator, fill=self.fill)
         return Batch(image)
 
     def holdout_batch(self) -> Batch | None:

@@ -429,10 +429,7 @@ class SDCL(Method):
 
     def _select_pretrained(self, data: SliceSampler, done: int, logs: dict | None = None) -> None:
         """Evaluate the current phase-A students; keep each one's best (weights + Adam)."""
-        if self.extra_state.get("last_eval") == done:
-            return
-        scores = self.evaluate(data)
-        self.extra_state["last_eval"] = done
+        scores = self._holdout_scores(data, done)
         if scores is None:
             return
         for key, net in (("a", self.student_a), ("b", self.student_b)):
@@ -465,11 +462,16 @@ class SDCL(Method):
         self._restore_pretrained(keep_records=False)
         self.extra_state.update(phase=1, switch_at=iteration)
 
-    def _select_final(self, data: SliceSampler, done: int, logs: dict | None = None) -> None:
+    def _holdout_scores(self, data: SliceSampler, done: int) -> dict | None:
+        """Held-out Dice of A, B and their combination, at most once per iteration (None when
+        already evaluated at ``done`` or nothing is held out)."""
         if self.extra_state.get("last_eval") == done:
-            return
-        scores = self.evaluate(data)
+            return None
         self.extra_state["last_eval"] = done
+        return self.evaluate(data)
+
+    def _select_final(self, data: SliceSampler, done: int, logs: dict | None = None) -> None:
+        scores = self._holdout_scores(data, done)
         if scores is None:
             return
         best = self.extra_state.get("best_final")
