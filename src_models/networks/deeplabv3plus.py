@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from src_models.errors import SemisegError
+from src_models.networks.layers import StridedPointwiseConv
 
 STEMS = ("deep", "torchvision")
 
@@ -137,7 +138,7 @@ class ResNet50(nn.Module):
         downsample = None
         if stride != 1 or self.inplanes != cout:
             downsample = nn.Sequential(
-                nn.Conv2d(self.inplanes, cout, 1, stride=stride, bias=False),
+                StridedPointwiseConv(self.inplanes, cout, stride, bias=False),
                 nn.BatchNorm2d(cout),
             )
         out = [Bottleneck(self.inplanes, planes, stride, dilations[0], downsample)]

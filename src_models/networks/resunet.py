@@ -6,7 +6,8 @@ class ``ResUNet_2d``, and ``code/networks/resnet.py``, ``ResNet2d`` / ``resnet34
 - stem: 7x7 conv (stride 1, no bias) - BatchNorm - ReLU to ``channels[0]``, no max-pooling,
   so the stem keeps the full resolution and serves as the first skip connection;
 - four residual stages of BasicBlocks (3, 4, 6, 3 blocks: ResNet-34), each halving the
-  resolution with a stride-2 first block (1x1 stride-2 conv + BN on the shortcut) and
+  resolution with a stride-2 first block (1x1 stride-2 conv + BN on the shortcut, computed
+  as subsample + 1x1 conv: :mod:`src_models.networks.layers` says why) and
   widening to ``channels[1..4]``;
 - the U-Net decoder (1x1 projection, bilinear x2, concat skip, two conv-BN-LeakyReLU) on the
   five features, as in :class:`~src_models.networks.unet.UNet`; no dropout anywhere;
@@ -26,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from src_models.networks.layers import StridedPointwiseConv
 from src_models.networks.unet import UNetDecoderMixin, UpBlock
 
 
@@ -41,7 +43,7 @@ class BasicBlock(nn.Module):
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
+                StridedPointwiseConv(cin, cout, stride, bias=False), nn.BatchNorm2d(cout)
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
