@@ -311,7 +311,7 @@ def test_short_training_run_learns_and_logs_every_term(tiny_volume, tmp_path):
     bundle = create_model("crossmatch", params, 1, k, seed=0, patch_size=32)
     before = foreground_dice(predict_volume(bundle, image).labels, labels)
     config = TrainConfig(
-        iterations=60, batch_size=4, patch_size=32, checkpoint_every=0, device="cpu"
+        iterations=60, batch_size=4, patch_size=32, checkpoint_every=0, device="cpu", warmup=0
     )
     train(bundle, sampler, config, out_dir=tmp_path)
     after = foreground_dice(predict_volume(bundle, image).labels, labels)

@@ -66,16 +66,21 @@ def test_multichannel_volume(tiny_volume):
 
 def test_sampler_batches_shapes_pad_and_holdout(tiny_volume):
     image, labels = tiny_volume
-    vols, _ = make_volumes([image], [sparse_labels(labels, [1, 4, 6, 9])])
+    few = [1, 4, 6, 9]
+    vols, _ = make_volumes([image], [sparse_labels(labels, few)])
     s = SliceSampler(vols, patch_size=48, batch_size=5, seed=1, holdout_fraction=0.25)
-    assert len(s.holdout) == 1 and len(s.labeled_index) == 3
+    assert s.holdout == [] and len(s.labeled_index) == 4  # too few to hold one out
+    many = [0, 1, 2, 4, 5, 6, 8, 9]
+    vols, _ = make_volumes([image], [sparse_labels(labels, many)])
+    s = SliceSampler(vols, patch_size=48, batch_size=5, seed=1, holdout_fraction=0.25)
+    assert len(s.holdout) == 2 and len(s.labeled_index) == 6, s.holdout
     b = s.labeled()
     assert b.image.shape == (5, 1, 48, 48) and b.label.shape == (5, 48, 48)
     assert b.label.dtype == torch.int64 and set(b.label.unique().tolist()) <= {0, 1, 2}
     u = s.unlabeled(3)
     assert u.image.shape == (3, 1, 48, 48) and u.label is None
     hb = s.holdout_batch()
-    assert hb.image.shape[0] == 1
+    assert hb.image.shape[0] == 2
     # same seed -> same batches (reproducible)
     s2 = SliceSampler(vols, patch_size=48, batch_size=5, seed=1, holdout_fraction=0.25)
     torch.testing.assert_close(

@@ -274,7 +274,7 @@ def test_dfcps_learns_the_tiny_volume_and_reloads(tiny_volume, tmp_path):
     train(
         bundle,
         sampler,
-        TrainConfig(iterations=40, checkpoint_every=0),
+        TrainConfig(iterations=40, checkpoint_every=0, warmup=0),
         out_dir=tmp_path,
         callback=lambda p: logs.append(p.logs),
     )

@@ -296,7 +296,7 @@ def test_training_learns_the_tiny_volume(tiny_volume):
     train(
         bundle,
         sampler,
-        TrainConfig(iterations=16, checkpoint_every=0),
+        TrainConfig(iterations=16, checkpoint_every=0, warmup=0),
         callback=lambda p: logs.append(p.logs) if not p.done else None,
     )
     assert [lg["phase"] for lg in logs] == [1.0] * 2 + [2.0] * 14
@@ -325,13 +325,13 @@ def test_stop_and_resume_in_phase_2_continues_exactly(tiny_volume, tmp_path):
         return create_model("diffusion", params, 1, k, "cpu", seed=0, patch_size=32), sampler
 
     full, s_full = setup()
-    train(full, s_full, TrainConfig(iterations=6, checkpoint_every=0))
+    train(full, s_full, TrainConfig(iterations=6, checkpoint_every=0, warmup=0))
     part, s_part = setup()
     control = TrainingControl()
     train(
         part,
         s_part,
-        TrainConfig(iterations=6, checkpoint_every=0),
+        TrainConfig(iterations=6, checkpoint_every=0, warmup=0),
         out_dir=tmp_path,
         control=control,
         callback=lambda p: control.stop() if p.iteration == 4 else None,
@@ -340,7 +340,7 @@ def test_stop_and_resume_in_phase_2_continues_exactly(tiny_volume, tmp_path):
     resumed = load_model(tmp_path)
     assert resumed.method.extra_state["phase2_start"] == 2
     _, s_new = setup()
-    train(resumed, s_new, TrainConfig(iterations=6, checkpoint_every=0))
+    train(resumed, s_new, TrainConfig(iterations=6, checkpoint_every=0, warmup=0))
     for name, net in full.method.networks.items():
         for key, value in net.state_dict().items():
             torch.testing.assert_close(resumed.method.networks[name].state_dict()[key], value)

@@ -39,7 +39,7 @@ def _method(**params):
 
 def _sampler(tiny_volume, holdout=0.25, batch=4, seed=0):
     img, lab = tiny_volume
-    vols, k = make_volumes([img], [lab], axis=0, labeled_slices=[[1, 4, 7, 10]])
+    vols, k = make_volumes([img], [lab], axis=0, labeled_slices=[[0, 1, 3, 4, 6, 7, 9, 10]])
     assert k == 3
     return SliceSampler(vols, patch_size=32, batch_size=batch, seed=seed, holdout_fraction=holdout)
 
@@ -146,9 +146,10 @@ def test_self_training_step_mixes_both_directions(tiny_volume, monkeypatch):
     m.student_a.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach()))
     real = sdcl.bcp_loss
 
-    def spy(logits, target, M_, w_out, w_in):
+    def spy(logits, target, M_, w_out, w_in, pixel_weight=None):
+        assert pixel_weight is None  # no interpolation prior in this sampler
         calls.append((target.clone(), w_out, w_in))
-        return real(logits, target, M_, w_out, w_in)
+        return real(logits, target, M_, w_out, w_in, pixel_weight)
 
     monkeypatch.setattr(sdcl, "bcp_loss", spy)
     logs = m._self_train_step(data, n)
@@ -331,7 +332,7 @@ def test_short_training_run_learns_and_predicts(tiny_volume, tmp_path):
     train(
         bundle,
         data,
-        TrainConfig(iterations=36, batch_size=4, patch_size=32, checkpoint_every=0),
+        TrainConfig(iterations=36, batch_size=4, patch_size=32, checkpoint_every=0, warmup=0),
         out_dir=tmp_path,
         callback=events.append,
     )

@@ -3,6 +3,18 @@
 Slices are brought to the training size by padding (with the volume's background value,
 labels with 0) and random cropping; never resized, so the aspect ratio is kept. The weak
 geometric augmentation is applied batched on the device.
+
+Two levers for short budgets, shared by every method (docs/benchmarks.md measures them):
+
+- *foreground-aware crops*: a share ``foreground_crops`` of the labeled crops is placed so
+  that a random foreground pixel of the slice lies inside it, so a 128-pixel crop of a
+  232-pixel slice does not miss a small structure half of the time;
+- *interpolation prior*: with ``prior_fraction`` > 0, that share of every labeled batch
+  comes from the slices *between* labeled ones, with the shape-based interpolation
+  (:mod:`src_models.interpolation`) as target and per-pixel weights in ``Batch.mask``
+  (0 near the interpolated boundaries, falling with the distance to the labeled slices,
+  times :attr:`SliceSampler.prior_scale`, which the trainer lowers as the method's own
+  pseudo-labels take over).
 """
 
 from __future__ import annotations
@@ -15,14 +27,23 @@ import torch
 from src_models.augment import weak_geometric
 from src_models.data.volumes import Volume
 from src_models.errors import SemisegError
+from src_models.interpolation import interpolate_slices, prior_weights
+
+#: fewer labeled slices than this are all needed for training: none is held out (with the
+#: 3-5 labeled slices of the sparse-slice use, holding one out removed a quarter of them)
+MIN_HOLDOUT_LABELED = 8
+#: weights travel through the label augmentation quantised to 1/WEIGHT_LEVELS
+WEIGHT_LEVELS = 255
 
 
 @dataclass
 class Batch:
-    """image: float (B, C, P, P); label: int64 (B, P, P) or None for unlabeled batches."""
+    """image: float (B, C, P, P); label: int64 (B, P, P) or None for unlabeled batches;
+    mask: float (B, P, P) per-pixel weights of ``label`` in [0, 1], or None (all 1)."""
 
     image: torch.Tensor
     label: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
 
 
 class SliceSampler:
@@ -37,6 +58,10 @@ class SliceSampler:
         holdout_fraction: fraction of the labeled slices kept out of training for model
             selection (at least one slice stays for training); 0 disables it.
         augment: apply the weak geometric augmentation to every batch.
+        foreground_crops: share of labeled crops placed over a random foreground pixel.
+        prior_fraction: share of each labeled batch drawn from interpolated slices (0: off).
+        prior_band: pixels of the ignored band around interpolated boundaries, per slice
+            of distance to the nearest labeled slice.
     """
 
     def __init__(
@@ -48,7 +73,15 @@ class SliceSampler:
         seed: int = 0,
         holdout_fraction: float = 0.0,
         augment: bool = True,
+        foreground_crops: float = 0.0,
+        prior_fraction: float = 0.0,
+        prior_band: float = 1.0,
     ) -> None:
+        if not (0.0 <= foreground_crops <= 1.0 and 0.0 <= prior_fraction < 1.0):
+            raise SemisegError(
+                "foreground_crops must be in [0, 1] and prior_fraction in [0, 1), got "
+                f"{foreground_crops} and {prior_fraction}"
+            )
         if patch_size < 16 or patch_size % 16:
             raise SemisegError(f"patch size {patch_size} must be a multiple of 16 (>= 16)")
         self.volumes = volumes
@@ -61,7 +94,7 @@ class SliceSampler:
         if not labeled:
             raise SemisegError("no labeled slice: label at least one slice before training")
         self.holdout: list[tuple[int, int]] = []
-        if holdout_fraction > 0 and len(labeled) >= 2:
+        if holdout_fraction > 0 and len(labeled) >= MIN_HOLDOUT_LABELED:
             n_hold = min(len(labeled) - 1, max(1, int(round(holdout_fraction * len(labeled)))))
             order = torch.randperm(len(labeled), generator=torch.Generator().manual_seed(seed))
             held = {int(i) for i in order[:n_hold]}
@@ -76,6 +109,31 @@ class SliceSampler:
         self.in_channels = volumes[0].slices.shape[1]
         #: value for pixels rotated in from outside a crop: the volumes' mean background
         self.fill = float(np.mean([v.background for v in volumes]))
+        self.foreground_crops = float(foreground_crops)
+        self.prior_fraction = float(prior_fraction)
+        #: multiplies the prior's weights (the trainer lowers it as pseudo-labels take over)
+        self.prior_scale = 1.0
+        self.num_classes = max(
+            [2] + [int(v.labels.max()) + 1 for v in volumes if v.labels is not None]
+        )
+        # The interpolation prior: per volume (labels, weights) on the slices between
+        # labeled ones that are not held out (held-out slices must not leak into it).
+        held = set(self.holdout)
+        self.prior_targets: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.prior_index: list[tuple[int, int]] = []
+        if prior_fraction > 0:
+            for v, vol in enumerate(volumes):
+                used = [s for s in vol.labeled if (v, s) not in held]
+                if vol.labels is None or len(used) < 2:
+                    continue
+                interp = interpolate_slices(vol.labels, used, self.num_classes)
+                weights = prior_weights(interp, band_per_slice=prior_band)
+                slices = [int(s) for s in np.flatnonzero(weights.reshape(len(weights), -1).max(1))]
+                slices = [s for s in slices if s not in vol.labeled]
+                if slices:
+                    self.prior_targets[v] = (interp.labels, weights)
+                    self.prior_index += [(v, s) for s in slices]
+        self._foreground: dict[tuple[str, int, int], np.ndarray] = {}
 
     # -- state for resumable runs -------------------------------------------------------
     def state_dict(self) -> dict:
@@ -85,41 +143,117 @@ class SliceSampler:
         self.generator.set_state(state["generator"])
 
     # -- batches -----------------------------------------------------------------------
-    def _crop(self, pairs, n: int, with_labels: bool, random: bool = True):
+    def _target(self, source: str, v: int, s: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """(labels (H, W), weights (H, W) or None = all 1) of slice s of volume v."""
+        if source == "prior":
+            labels, weights = self.prior_targets[v]
+            return labels[s], weights[s]
+        return self.volumes[v].labels[s], None
+
+    def _foreground_pixels(self, source: str, v: int, s: int) -> np.ndarray:
+        key = (source, v, s)
+        if key not in self._foreground:
+            self._foreground[key] = np.argwhere(self._target(source, v, s)[0] > 0)
+        return self._foreground[key]
+
+    def _offset(self, size: int, p: int, u: float, centre: int | None, v: float) -> int:
+        """Top-left corner of a window of size p over [0, size): uniform (u), or uniform
+        among the windows that contain pixel ``centre`` (v)."""
+        if size < p:
+            return -int(u * (p - size + 1))
+        lo, hi = 0, size - p
+        if centre is not None:
+            lo, hi = max(lo, centre - p + 1), min(hi, centre)
+        return lo + int((u if centre is None else v) * (hi - lo + 1) * 0.999999)
+
+    def _crop(self, pairs, n: int, with_labels: bool, random: bool = True, source="labels"):
+        """Crops of ``n`` slices of ``pairs``; with labels, also their weights (or None)."""
         p = self.patch_size
         c = self.in_channels
         images = np.empty((n, c, p, p), dtype=np.float32)
         labels = np.zeros((n, p, p), dtype=np.int64) if with_labels else None
+        weights = None
+        if with_labels and source == "prior":
+            weights = np.ones((n, p, p), dtype=np.float32)
         if random:
             picks = torch.randint(0, len(pairs), (n,), generator=self.generator).tolist()
-            offsets = torch.rand(n, 2, generator=self.generator).tolist()
+            offsets = torch.rand(n, 2, generator=self.generator)
+            extra = (
+                torch.rand(n, 3, generator=self.generator)
+                if with_labels and self.foreground_crops > 0
+                else torch.ones(n, 3)  # no draw: the stream stays that of plain crops
+            )
+            offsets = torch.cat([offsets, extra], dim=1).tolist()
         else:
             picks = list(range(n))
-            offsets = [[0.5, 0.5]] * n
-        for i, (pick, (oy, ox)) in enumerate(zip(picks, offsets, strict=True)):
+            offsets = [[0.5, 0.5, 1.0, 0.5, 0.5]] * n
+        for i, (pick, (oy, ox, u_fg, u_px, u_in)) in enumerate(zip(picks, offsets, strict=True)):
             v, s = pairs[pick]
             vol = self.volumes[v]
             sl = vol.slices[s]
             h, w = sl.shape[-2:]
+            cy = cx = None
+            if with_labels and u_fg < self.foreground_crops:
+                fg = self._foreground_pixels(source, v, s)
+                if len(fg):
+                    cy, cx = (int(a) for a in fg[min(int(u_px * len(fg)), len(fg) - 1)])
             # Window of size p placed over the (possibly smaller) slice.
-            y0 = int(oy * (h - p + 1)) if h >= p else -int(oy * (p - h + 1))
-            x0 = int(ox * (w - p + 1)) if w >= p else -int(ox * (p - w + 1))
+            y0 = self._offset(h, p, oy, cy, u_in)
+            x0 = self._offset(w, p, ox, cx, 1.0 - u_in if cy is not None else ox)
             sy, sx = max(y0, 0), max(x0, 0)
             ey, ex = min(y0 + p, h), min(x0 + p, w)
             images[i] = vol.background
             images[i, :, sy - y0 : ey - y0, sx - x0 : ex - x0] = sl[:, sy:ey, sx:ex]
             if with_labels:
-                labels[i, sy - y0 : ey - y0, sx - x0 : ex - x0] = vol.labels[s, sy:ey, sx:ex]
+                lab, wts = self._target(source, v, s)
+                labels[i, sy - y0 : ey - y0, sx - x0 : ex - x0] = lab[sy:ey, sx:ex]
+                if weights is not None and wts is not None:
+                    weights[i, sy - y0 : ey - y0, sx - x0 : ex - x0] = wts[sy:ey, sx:ex]
         image = torch.from_numpy(images).to(self.device)
         label = None if labels is None else torch.from_numpy(labels).to(self.device)
+        if weights is not None:
+            return image, label, torch.from_numpy(weights).to(self.device)
         return image, label
 
+    def n_prior(self, n: int) -> int:
+        """How many of ``n`` labeled crops come from interpolated slices."""
+        if not self.prior_index or self.prior_scale <= 0 or n < 2:
+            return 0
+        return min(n - 1, int(round(self.prior_fraction * n)))
+
     def labeled(self, n: int | None = None, augment: bool | None = None) -> Batch:
-        """A batch of ``n`` random labeled crops (weakly augmented unless disabled)."""
-        image, label = self._crop(self.labeled_index, n or self.batch_size, True)
+        """A batch of ``n`` random labeled crops (weakly augmented unless disabled); with the
+        interpolation prior on, part of them are interpolated slices and ``mask`` holds the
+        per-pixel weights (1 on annotated slices)."""
+        n = n or self.batch_size
+        n_prior = self.n_prior(n)
+        image, label = self._crop(self.labeled_index, n - n_prior, True)
+        mask = None
+        if n_prior:
+            p_image, p_label, p_weight = self._crop(self.prior_index, n_prior, True, source="prior")
+            image, label = torch.cat([image, p_image]), torch.cat([label, p_label])
+            mask = torch.cat(
+                [
+                    torch.ones_like(p_weight[:1]).expand(n - n_prior, -1, -1),
+                    p_weight * self.prior_scale,
+                ]
+            )
         if self.augment if augment is None else augment:
-            image, label = weak_geometric(image, label, generator=self.generator, fill=self.fill)
-        return Batch(image, label)
+            if mask is None:
+                image, label = weak_geometric(
+                    image, label, generator=self.generator, fill=self.fill
+                )
+            else:
+                # The weights ride along in the label ids (nearest-neighbour resampling keeps
+                # values), quantised; pixels rotated in from outside the crop get weight 0.
+                k = self.num_classes
+                level = torch.round(mask.clamp(0, 1) * WEIGHT_LEVELS).long()
+                image, coded = weak_geometric(
+                    image, label + k * level, generator=self.generator, fill=self.fill
+                )
+                label = coded % k
+                mask = (coded // k).float() / WEIGHT_LEVELS
+        return Batch(image, label, mask)
 
     def unlabeled(self, n: int | None = None, augment: bool | None = None) -> Batch:
         """A batch of ``n`` random unlabeled crops (weakly augmented unless disabled)."""

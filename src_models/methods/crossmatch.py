@@ -193,12 +193,14 @@ def crossmatch_loss(
     eta: float = 0.3,
     w_kd: float = 0.5,
     w_s: float = 0.25,
+    y_mask: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Every loss term of one CrossMatch iteration (official ACDC/train_cross_match.py).
 
     Args:
-        out: the logits. y: labels int64 (B, H, W). box1, box2: CutMix boxes bool (B, H, W)
-        of the strong views s1 and s2. tau: confidence threshold.
+        out: the logits. y: labels int64 (B, H, W), y_mask their per-pixel weights or None.
+        box1, box2: CutMix boxes bool (B, H, W) of the strong views s1 and s2. tau: confidence
+        threshold.
     Returns:
         ``loss`` (the total), ``loss_x``, ``loss_s1``, ``loss_s2``, ``loss_tkd``,
         ``loss_dkd``, ``mask_ratio`` (fraction of weak-view pixels with confidence ≥ τ) and
@@ -220,7 +222,8 @@ def crossmatch_loss(
     p_x = out.p_x.float()
     s2_fw, s2_fs = probs(out.p_s2_fw), probs(out.p_s2_fs)
     loss_x = 0.5 * (
-        masked_cross_entropy(p_x, y) + dice_loss(p_x.softmax(dim=1), y, smooth=DICE_SMOOTH)
+        masked_cross_entropy(p_x, y, y_mask)
+        + dice_loss(p_x.softmax(dim=1), y, y_mask, smooth=DICE_SMOOTH)
     )
     loss_s1 = masked_dice(probs(out.p_s1), mix1, tau)
     loss_s2 = masked_dice(probs(out.p_s2), mix2, tau)
@@ -303,6 +306,8 @@ class CrossMatch(Method):
     )
     Config = CrossMatchConfig
     map_names = ("confidence", "discrepancy", "pseudo")
+
+    warmup_networks = ("net",)
 
     def build(self) -> None:
         self._check_config()
@@ -428,7 +433,9 @@ class CrossMatch(Method):
             )
         # 4-5. pseudo-labels, confidence masks and losses.
         out = StepOutputs(p_x, p_w, p_w_fw, p_w_fs, p_s1, p_s2, p_s2_fw, p_s2_fs, pm, pm_fw, pm_fs)
-        terms = crossmatch_loss(out, y, box1, box2, tau=tau, eta=c.eta, w_kd=c.w_kd, w_s=c.w_s)
+        terms = crossmatch_loss(
+            out, y, box1, box2, tau=tau, eta=c.eta, w_kd=c.w_kd, w_s=c.w_s, y_mask=batch.mask
+        )
         opt = self.optimizers["net"]
         opt.zero_grad(set_to_none=True)
         terms["loss"].backward()

@@ -82,7 +82,7 @@ from torch import nn
 from src_models.augment import strong_photometric
 from src_models.data.sampler import SliceSampler
 from src_models.errors import SemisegError
-from src_models.losses import ce_dice_loss
+from src_models.losses import ce_dice_loss, masked_cross_entropy
 from src_models.methods.base import Method, Prediction, confidence_map, param, register
 from src_models.methods.supervised import make_sgd, make_unet
 from src_models.networks.deeplabv3plus import STEMS, DeepLabV3Plus, load_resnet_weights
@@ -191,11 +191,13 @@ def paper_losses(
     strong2: torch.Tensor,
     tau: float,
     weight: float,
+    label_mask: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """The paper-variant loss.
 
     Args:
-        sup1, sup2: logits (Bl, K, H, W) of f1, f2 on the labeled slices; label (Bl, H, W).
+        sup1, sup2: logits (Bl, K, H, W) of f1, f2 on the labeled slices; label (Bl, H, W);
+            label_mask: its per-pixel weights (Bl, H, W) or None (interpolation prior).
         weak1, weak2 / strong1, strong2: logits (Bu, K, H, W) of f1, f2 on the unlabeled
             weak / strong views.
     Returns:
@@ -204,7 +206,9 @@ def paper_losses(
     """
     y1, m1 = pseudo_label(weak1, tau)
     y2, m2 = pseudo_label(weak2, tau)
-    loss_sup = ce_dice_loss(sup1.float(), label) + ce_dice_loss(sup2.float(), label)
+    loss_sup = ce_dice_loss(sup1.float(), label, label_mask) + ce_dice_loss(
+        sup2.float(), label, label_mask
+    )
     loss_fixmatch = sup1.new_zeros((), dtype=torch.float32)
     loss_cps = sup1.new_zeros((), dtype=torch.float32)
     # (f_a(strong), f_b(weak), Y_a, mask_a) for (a, b) in ((1, 2), (2, 1))
@@ -230,6 +234,7 @@ def official_losses(
     cps_weight: float = 1.5,
     fm_weight: float = 1.0,
     fm_target: str = "self",
+    label_mask: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """The official loss structure (``train.py``), on stacked labeled + unlabeled views.
 
@@ -247,7 +252,9 @@ def official_losses(
     n = label.shape[0]
     weak1, weak2 = weak1.float(), weak2.float()
     strong1, strong2 = strong1.float(), strong2.float()
-    loss_sup = F.cross_entropy(weak1[:n], label) + F.cross_entropy(weak2[:n], label)
+    loss_sup = masked_cross_entropy(weak1[:n], label, label_mask) + masked_cross_entropy(
+        weak2[:n], label, label_mask
+    )
     y1, y2 = weak1.detach().argmax(dim=1), weak2.detach().argmax(dim=1)
     loss_cps = F.cross_entropy(weak1, y2) + F.cross_entropy(weak2, y1)
     if fm_target == "self":
@@ -308,6 +315,8 @@ class DFCPS(Method):
         "confidence_2",
         "pseudo",
     )
+
+    warmup_networks = ("net1", "net2")
 
     def build(self) -> None:
         c = self.config
@@ -403,6 +412,7 @@ class DFCPS(Method):
                 c.cps_weight,
                 c.fm_weight,
                 c.fm_target,
+                lab.mask,
             )
         else:
             x_s = self.strong_view(unl.image, data.generator)
@@ -412,7 +422,16 @@ class DFCPS(Method):
             sup1, weak1, strong1 = out1.split([nl, nu, nu])
             sup2, weak2, strong2 = out2.split([nl, nu, nu])
             losses = paper_losses(
-                sup1, sup2, lab.label, weak1, weak2, strong1, strong2, c.tau, c.unsup_weight
+                sup1,
+                sup2,
+                lab.label,
+                weak1,
+                weak2,
+                strong1,
+                strong2,
+                c.tau,
+                c.unsup_weight,
+                lab.mask,
             )
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)

@@ -203,6 +203,12 @@ class Diffusion(Method):
     Config = DiffusionConfig
     map_names = ("confidence", "uncertainty", "discrepancy", "pseudo")
 
+    warmup_networks = ("teacher_seg", "student_seg")
+
+    def warmup_logits(self, name: str, image: torch.Tensor) -> torch.Tensor:
+        """The mask pathway at a random timestep, as phase 2 trains it with labels."""
+        return self.segment(self.networks[name], image)
+
     # -- construction -------------------------------------------------------------------
     def build(self) -> None:
         c = self.config
@@ -382,15 +388,21 @@ class Diffusion(Method):
         loss_rec = loss_rec.mean()
         return {"loss": loss_rec, "loss_rec": loss_rec}
 
-    def _sup(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _sup(self, z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None):
         if self.config.sup_loss == "dice":
-            return dice_loss(z.softmax(dim=1), y)
-        return ce_dice_loss(z, y)
+            return dice_loss(z.softmax(dim=1), y, mask)
+        return ce_dice_loss(z, y, mask)
 
     def phase2_losses(
-        self, u: torch.Tensor, x: torch.Tensor, y: torch.Tensor, ramp: float
+        self,
+        u: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        ramp: float,
+        y_mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Co-training objective on unlabeled u and labeled (x, y); ``loss`` is the total."""
+        """Co-training objective on unlabeled u and labeled (x, y) (y_mask: y's per-pixel
+        weights or None); ``loss`` is the total."""
         c = self.config
         n = u.shape[0]
         both = torch.cat([u, x], dim=0)
@@ -404,8 +416,8 @@ class Diffusion(Method):
         cross = dice_loss(p_s[:n], y_t) + dice_loss(p_t[:n], y_s)
         cross = cross + w * sum(dice_loss(r.logits[:n].softmax(dim=1), y_s) for r in rounds)
         rec_u = w * sum(r.loss_rec[:n].mean() for r in rounds)
-        sup = self._sup(z_s[n:], y) + self._sup(z_t[n:], y)
-        sup = sup + w * sum(self._sup(r.logits[n:], y) for r in rounds)
+        sup = self._sup(z_s[n:], y, y_mask) + self._sup(z_t[n:], y, y_mask)
+        sup = sup + w * sum(self._sup(r.logits[n:], y, y_mask) for r in rounds)
         rec_x = w * sum(r.loss_rec[n:].mean() for r in rounds)
         loss = ramp * (cross + rec_u) + sup + rec_x
         loss_rec = sum(r.loss_rec.mean() for r in rounds) / len(rounds)
@@ -448,7 +460,7 @@ class Diffusion(Method):
         ramp = self.ramp(iteration, total)
         unl = data.unlabeled()
         lab = data.labeled()
-        losses = self.phase2_losses(unl.image, lab.image, lab.label, ramp)
+        losses = self.phase2_losses(unl.image, lab.image, lab.label, ramp, lab.mask)
         opt_t.zero_grad(set_to_none=True)
         opt_s.zero_grad(set_to_none=True)
         losses["loss"].backward()

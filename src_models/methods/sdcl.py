@@ -143,6 +143,17 @@ def mix(base: torch.Tensor, partner: torch.Tensor, M: torch.Tensor) -> torch.Ten
     return torch.where(M > 0.5, base, partner)
 
 
+def mix_weights(
+    base: torch.Tensor | None, partner: torch.Tensor | None, M: torch.Tensor
+) -> torch.Tensor | None:
+    """Per-pixel label weights (B, H, W) of a copy-paste mix (None = all 1), or None."""
+    if base is None and partner is None:
+        return None
+    ref = base if base is not None else partner
+    ones = torch.ones_like(ref)
+    return mix(ones if base is None else base, ones if partner is None else partner, M)
+
+
 def region_weights(M: torch.Tensor, w_outside: float, w_inside: float, n: int) -> torch.Tensor:
     """Per-pixel loss weights (n, H, W): ``w_outside`` where M = 1, ``w_inside`` in the box."""
     w = M * w_outside + (1 - M) * w_inside
@@ -150,14 +161,22 @@ def region_weights(M: torch.Tensor, w_outside: float, w_inside: float, n: int) -
 
 
 def bcp_loss(
-    logits: torch.Tensor, target: torch.Tensor, M: torch.Tensor, w_outside: float, w_inside: float
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    M: torch.Tensor,
+    w_outside: float,
+    w_inside: float,
+    pixel_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """BCP ``mix_loss``: ½[Σ_region w·Dice + Σ_region w·CE], regions outside/inside the box.
 
-    logits (B, K, H, W); target int (B, H, W) (already mixed); M (H, W)."""
+    logits (B, K, H, W); target int (B, H, W) (already mixed); M (H, W); pixel_weight
+    (B, H, W) or None: the target's own per-pixel weights (interpolation prior), mixed alike."""
     n = logits.shape[0]
     outside = M.expand(n, *M.shape)
     inside = 1 - outside
+    if pixel_weight is not None:
+        outside, inside = outside * pixel_weight, inside * pixel_weight
     probs = logits.softmax(dim=1)
     dice = w_outside * dice_loss(probs, target, outside, smooth=DICE_SMOOTH)
     dice = dice + w_inside * dice_loss(probs, target, inside, smooth=DICE_SMOOTH)
@@ -228,6 +247,7 @@ class SDCL(Method):
     Config = SDCLConfig
     map_names = ("confidence", "discrepancy", "confidence_a", "confidence_b", "pseudo")
     holdout_fraction = 0.2
+    warmup_networks = ("a", "b")
 
     # -- setup ----------------------------------------------------------------------------
     def build(self) -> None:
@@ -265,6 +285,11 @@ class SDCL(Method):
 
     def lr_factor(self, iteration: int, total: int) -> float:
         return 1.0  # Adam at a constant lr in both phases (official)
+
+    def end_warmup(self, data: SliceSampler) -> None:
+        """The EMA teacher starts from the warmed-up student A (as it starts from A's
+        initialisation without a warm-up)."""
+        self.teacher.load_state_dict(self.student_a.state_dict())
 
     # -- phases ---------------------------------------------------------------------------
     def pretrain_iterations(self, total: int) -> int:
@@ -333,9 +358,10 @@ class SDCL(Method):
         M = self._box(data, la.image)
         x = mix(la.image, lb.image, M)
         y = mix(la.label, lb.label, M)
+        wy = mix_weights(la.mask, lb.mask, M)
         out_a, out_b = self._forward_students(x)
-        loss_a = bcp_loss(out_a, y, M, 1.0, 1.0)
-        loss_b = bcp_loss(out_b, y, M, 1.0, 1.0)
+        loss_a = bcp_loss(out_a, y, M, 1.0, 1.0, wy)
+        loss_b = bcp_loss(out_b, y, M, 1.0, 1.0, wy)
         self._step(loss_a + loss_b)
         ratio = discrepancy(out_a.detach(), out_b.detach()).float().mean()
         return {
@@ -370,6 +396,7 @@ class SDCL(Method):
         M = self._box(data, la.image)
         x1, y1 = mix(ua.image, lb.image, M), mix(pa, lb.label, M)
         x2, y2 = mix(la.image, ub.image, M), mix(la.label, pb, M)
+        wy1, wy2 = mix_weights(None, lb.mask, M), mix_weights(la.mask, None, M)
         w1 = region_weights(M, cfg.pseudo_weight, 1.0, n)
         w2 = region_weights(M, 1.0, cfg.pseudo_weight, n)
         out_a, out_b = self._forward_students(torch.cat([x1, x2]))
@@ -378,8 +405,8 @@ class SDCL(Method):
         parts = {}
         for key, out in (("a", out_a), ("b", out_b)):
             o1, o2 = out[:n], out[n:]
-            bcp = bcp_loss(o1, y1, M, cfg.pseudo_weight, 1.0)
-            bcp = bcp + bcp_loss(o2, y2, M, 1.0, cfg.pseudo_weight)
+            bcp = bcp_loss(o1, y1, M, cfg.pseudo_weight, 1.0, wy1)
+            bcp = bcp + bcp_loss(o2, y2, M, 1.0, cfg.pseudo_weight, wy2)
             mse = correction_mse(o1, y1, D[:n], w1) + correction_mse(o2, y2, D[n:], w2)
             ent = correction_entropy(o1, y1, D[:n], w1) + correction_entropy(o2, y2, D[n:], w2)
             parts[key] = (bcp, mse, ent, bcp + cfg.lambda_mse * mse + cfg.lambda_kl * ent)

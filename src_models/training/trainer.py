@@ -1,5 +1,13 @@
 """The training loop shared by every method.
 
+Anytime training: a semi-supervised method first runs a supervised warm-up of the networks
+it predicts with (:meth:`Method.warmup_step`) for ``warmup`` of the budget (a share of the
+wall-clock budget when it is in minutes, of the iterations otherwise), then its own step,
+which sees the rest of the run as its whole run (its iteration counter and schedules start
+at 0 there). With the interpolation prior on (:class:`SliceSampler`), the prior's weight
+falls linearly from 1 to ``prior_final`` over the method's own part, as its pseudo-labels
+take over.
+
 Budget in iterations or wall-clock minutes; the method's own lr schedule applied each
 iteration; seeded and reproducible on the CPU; a :class:`Progress` event per iteration to a
 callback; cooperative pause/resume/stop via :class:`TrainingControl`; periodic and final
@@ -38,6 +46,10 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     checkpoint_every: int = 250  #: iterations between checkpoints (0: only at the end)
+    #: share of the budget for the supervised warm-up of semi-supervised methods (0: none)
+    warmup: float = 0.4
+    #: weight of the interpolation prior at the end of a semi-supervised run (1: no decay)
+    prior_final: float = 0.5
 
 
 @dataclass
@@ -90,8 +102,19 @@ def train(
             data.load_state_dict(state["sampler"])
     else:
         torch.manual_seed(config.seed)
+    if not 0.0 <= config.warmup < 1.0 or not 0.0 <= config.prior_final <= 1.0:
+        raise SemisegError(
+            f"warmup must be in [0, 1) and prior_final in [0, 1], got {config.warmup} and "
+            f"{config.prior_final}"
+        )
     start = bundle.iteration
     it = start
+    has_warmup = bool(method.warmup_networks) and config.warmup > 0
+    # Iteration at which the warm-up ended, None while it runs; the checkpoint keeps it
+    # (-1: still warming up). A checkpoint from before warm-ups existed resumes without one.
+    warm_end = state.get("warmup_end", 0 if "torch_rng" in state else None)
+    if warm_end is not None and warm_end < 0 or not has_warmup:
+        warm_end = None if has_warmup else 0
     total = _estimate_total(config, it, start, 0.0)
     log_file = None
     if out is not None:
@@ -107,6 +130,7 @@ def train(
         nonlocal last_good
         bundle.iteration = it
         bundle.trainer_state = {"torch_rng": torch.get_rng_state(), "sampler": data.state_dict()}
+        bundle.trainer_state["warmup_end"] = -1 if warm_end is None else int(warm_end)
         last_good = copy.deepcopy(method.state_dict())
         if out is not None:
             save_model(bundle, out)
@@ -133,8 +157,23 @@ def train(
                 paused += control.wait_while_paused()
             if control.stop_requested:
                 break
-            lr = method.set_lr(it, total)
-            logs = method.train_step(data, it, total)
+            if warm_end is None:
+                elapsed = time.perf_counter() - t0 - paused
+                done = elapsed / (config.minutes * 60) if config.minutes else it / max(total, 1)
+                if done >= config.warmup:
+                    warm_end = it
+                    method.end_warmup(data)
+            if warm_end is None:
+                data.prior_scale = 1.0
+                lr = method.set_lr(it, total, factor=1.0)
+                logs = method.warmup_step(data)
+            else:
+                own_it, own_total = it - warm_end, max(total - warm_end, 1)
+                if has_warmup:
+                    decay = min(1.0, own_it / own_total)
+                    data.prior_scale = 1.0 - (1.0 - config.prior_final) * decay
+                lr = method.set_lr(own_it, own_total)
+                logs = method.train_step(data, own_it, own_total)
             if not all(math.isfinite(v) for v in logs.values()):
                 bad = ", ".join(k for k, v in logs.items() if not math.isfinite(v))
                 method.load_state_dict(last_good)
@@ -151,6 +190,8 @@ def train(
             emit(logs)
             if config.checkpoint_every and it % config.checkpoint_every == 0 and it < total:
                 checkpoint()
+        if warm_end is None:  # stopped inside the warm-up (a resume continues it)
+            method.end_warmup(data)
         method.finish(data)
         checkpoint()
         stopped = it < total
