@@ -4,11 +4,16 @@ Both docks of a viewer share one :class:`Session`: the current model bundle, the
 axis, the slices accepted during review and the loss history. The long-running work lives
 here as plain functions and generators that a dock hands to napari's ``create_worker``:
 
-- :func:`training_events` is a generator: it validates and slices the volume, builds (or
-  continues) the model, runs :func:`src_models.training.train` in a helper thread whose
-  callback only queues events, and yields :class:`TrainingUpdate` batches at most every
-  ``UPDATE_PERIOD`` seconds (so a fast tiny model never floods the GUI thread). Every
-  ``preview_every`` iterations the callback also predicts the slice the viewer shows (its
+- :func:`interpolate_labels` is the zero-training baseline and the instant first preview:
+  the shape-based interpolation ("fill between slices", :mod:`src_models.interpolation`) of
+  the sparse labels, as an :class:`InterpolationPreview`.
+- :func:`training_events` is a generator: it first yields that interpolation when the job
+  asks for it (so it reaches the viewer before any training event), then validates and
+  slices the volume, builds (or continues) the model, runs
+  :func:`src_models.training.train` in a helper thread whose callback only queues events,
+  and yields :class:`TrainingUpdate` batches at most every ``UPDATE_PERIOD`` seconds (so a
+  fast tiny model never floods the GUI thread). Every ``preview_seconds`` seconds of
+  training (pauses excluded) the callback also predicts the slice the viewer shows (its
   index is read from :attr:`Session.preview_index`, written by the GUI thread) and queues
   it as a :class:`Preview`. The generator returns the trained bundle.
 - :func:`predict_layers` predicts the whole volume with every map the method offers.
@@ -35,11 +40,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from src_models.data.sampler import SliceSampler
-from src_models.data.volumes import Volume, as_channels_first, make_volumes
+from src_models.data.sampler import (
+    DEFAULT_FOREGROUND_CROPS,
+    DEFAULT_PRIOR_FRACTION,
+    SliceSampler,
+)
+from src_models.data.volumes import (
+    Volume,
+    as_channels_first,
+    check_axis,
+    check_labels,
+    make_volumes,
+)
 from src_models.device import select_device
 from src_models.errors import SemisegError
 from src_models.inference import VolumePrediction, predict_slices, predict_volume
+from src_models.interpolation import interpolate_volume
 from src_models.methods.base import get_method, make_config
 from src_models.training.checkpoint import ModelBundle, create_model
 from src_models.training.control import TrainingControl
@@ -47,6 +63,8 @@ from src_models.training.trainer import Progress, TrainConfig, train
 
 #: seconds between two batches of events handed to the GUI thread
 UPDATE_PERIOD = 0.05
+#: fewer labeled slices leave nothing to fill in between
+MIN_INTERPOLATION_SLICES = 2
 
 AXIS_NAMES = ("Z", "Y", "X")
 
@@ -126,7 +144,9 @@ class TrainRequest:
     patch_size: int = 128
     seed: int = 0
     device: str = "auto"
-    preview_every: int = 50  #: iterations between live previews (0: off)
+    #: seconds of training (pauses excluded) between live previews of the slice on screen,
+    #: the first one after that long, and one at the end (0: off)
+    preview_seconds: float = 15.0
     checkpoint_every: int = 250
     #: how much lower the training thread's CPU priority is (Linux per-thread nice, 0-19):
     #: the GUI thread then wins the CPU whenever it needs it (see benchmarks/gui_responsiveness)
@@ -165,8 +185,20 @@ class TrainRequest:
             raise SemisegError("the batch size must be at least 1")
         if self.patch_size < 16 or self.patch_size % 16:
             raise SemisegError(f"patch size {self.patch_size} must be a multiple of 16 (>= 16)")
+        if not self.preview_seconds >= 0:
+            raise SemisegError("the preview interval must be 0 (off) or more seconds")
         select_device(self.device)
         return config
+
+
+@dataclass
+class InterpolationPreview:
+    """The shape-based interpolation of the sparse labels: labels (Z, Y, X) of the labels'
+    integer dtype, filled between the ``labeled`` slices along ``axis``, 0 outside them."""
+
+    axis: int
+    labeled: list[int]
+    labels: np.ndarray
 
 
 @dataclass
@@ -203,6 +235,8 @@ class TrainingJob:
     rgb: bool = False  #: channels last (napari RGB image)
     bundle: ModelBundle | None = None  #: continue this model instead of creating one
     preview_index: Callable[[], int | None] = lambda: None
+    #: first yield the shape-based interpolation of ``labels`` (needs 2 labeled slices)
+    interpolate: bool = False
     info: dict[str, Any] = field(default_factory=dict)
     finished: threading.Event = field(default_factory=threading.Event)
 
@@ -297,6 +331,43 @@ class Session:
 
 
 # -- background work (runs in a worker thread; touches no Qt) -------------------------------
+def interpolation_problem(labeled: list[int] | int, axis: int) -> str:
+    """Why the labeled slices cannot be interpolated ("" when they can): with fewer than
+    two there is nothing between them, the result would be the labeled slices alone."""
+    n = labeled if isinstance(labeled, int) else len(labeled)
+    if n >= MIN_INTERPOLATION_SLICES:
+        return ""
+    return (
+        f"nothing to interpolate: {n} labeled slice(s) along axis {axis}, filling between "
+        f"slices needs at least {MIN_INTERPOLATION_SLICES}: paint another slice"
+    )
+
+
+def interpolate_labels(
+    labels: np.ndarray, axis: int, labeled: list[int], num_classes: int | None = None
+) -> InterpolationPreview:
+    """Shape-based interpolation ("fill between slices") of the sparse ``labels`` (Z, Y, X)
+    from their ``labeled`` slices along ``axis`` (:func:`Session.labeled` gives the same ones
+    training uses); no model involved. Bad labels raise a :class:`SemisegError`."""
+    check_axis(axis)
+    labels = np.asarray(labels)
+    if labels.ndim != 3:
+        raise SemisegError(
+            f"labels have shape {labels.shape}: a 3D label volume (Z, Y, X) is needed"
+        )
+    checked = check_labels(labels, num_classes)
+    used = sorted({int(s) for s in labeled if 0 <= int(s) < labels.shape[axis]})
+    problem = interpolation_problem(used, axis)
+    if problem:
+        raise SemisegError(problem)
+    try:
+        filled = interpolate_volume(checked, used, axis, num_classes)
+    except MemoryError as exc:
+        raise _friendly(exc) from None
+    dtype = labels.dtype if labels.dtype.kind in "iu" else np.int64
+    return InterpolationPreview(axis, used, filled.astype(dtype, copy=False))
+
+
 def _predict_slice(bundle: ModelBundle, volume: Volume, index: int) -> np.ndarray:
     """Labels (H, W) of one normalised slice, leaving the method in training mode and the
     global torch RNG untouched (so a preview never changes the training run)."""
@@ -339,16 +410,23 @@ def _friendly(exc: BaseException) -> BaseException:
     return exc
 
 
-def training_events(job: TrainingJob) -> Generator[TrainingUpdate, None, ModelBundle]:
+def training_events(
+    job: TrainingJob,
+) -> Generator[TrainingUpdate | InterpolationPreview, None, ModelBundle]:
     """Train as described by ``job``; yields :class:`TrainingUpdate` and returns the bundle.
 
-    The trainer runs in a helper thread (its callback can only queue, not yield); this
-    generator relays the queue, so the napari worker that iterates it stays responsive to
-    the GUI. ``job.control`` pauses, resumes and stops the trainer; ``job.finished`` is set
-    when everything has ended (also on error).
+    With ``job.interpolate`` the first thing yielded, before the volume is even normalised,
+    is the :class:`InterpolationPreview` of the labels: the instant preview. The trainer
+    runs in a helper thread (its callback can only queue, not yield); this generator relays
+    the queue, so the napari worker that iterates it stays responsive to the GUI.
+    ``job.control`` pauses, resumes and stops the trainer; ``job.finished`` is set when
+    everything has ended (also on error).
     """
     try:
         req = job.request
+        if job.interpolate:
+            classes = None if job.bundle is None else job.bundle.num_classes
+            yield interpolate_labels(job.labels, job.axis, job.labeled, classes)
         volumes, num_classes = make_volumes(
             [image_channels_first(job.image, job.rgb)],
             [job.labels],
@@ -390,16 +468,22 @@ def training_events(job: TrainingJob) -> Generator[TrainingUpdate, None, ModelBu
             bundle.method.device,
             req.seed,
             holdout_fraction=type(bundle.method).holdout_fraction,
+            foreground_crops=DEFAULT_FOREGROUND_CROPS,
+            prior_fraction=DEFAULT_PRIOR_FRACTION,
         )
         config = req.train_config(start=bundle.iteration)
         events: queue.SimpleQueue = queue.SimpleQueue()
         outcome: dict[str, Any] = {}
         done = object()
+        # seconds of training (Progress.elapsed: pauses excluded) of the next preview
+        next_preview = req.preview_seconds
 
         def callback(progress: Progress) -> None:
+            nonlocal next_preview
             events.put(progress)
-            every = req.preview_every
-            if every and (progress.iteration % every == 0 or progress.done):
+            every = req.preview_seconds
+            if every > 0 and (progress.elapsed >= next_preview or progress.done):
+                next_preview = progress.elapsed + every
                 index = job.preview_index()
                 n = volume.slices.shape[0]
                 index = n // 2 if index is None else min(max(int(index), 0), n - 1)

@@ -1,5 +1,9 @@
 """The training dock: pick image and sparse labels, choose a method, train in the background.
 
+*Interpolate* (and *Train*, before its first iteration) shows the shape-based interpolation
+of the labeled slices in the ``interpolation`` layer: 3D Slicer's "fill between slices", the
+zero-training baseline, computed in a worker and there at once.
+
 Pattern (after napari-nninteractive's ``widget_main.py``): the work runs in
 ``create_worker(training_events, job)`` from :mod:`napari_semiseg._session`; the worker never
 touches a widget; its ``yielded`` events update the progress bar, the loss curve and the
@@ -15,13 +19,14 @@ from __future__ import annotations
 
 import time
 import traceback
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import (
     QComboBox,
@@ -46,12 +51,15 @@ from napari_semiseg._loss_plot import LossPlot
 from napari_semiseg._param_form import ParamForm
 from napari_semiseg._session import (
     AXIS_NAMES,
+    InterpolationPreview,
     TrainingJob,
     TrainingUpdate,
     TrainRequest,
     class_count,
     detect_axis,
     format_seconds,
+    interpolate_labels,
+    interpolation_problem,
     labeled_slices,
     session_for,
     training_events,
@@ -64,6 +72,8 @@ from src_models.training.control import TrainingControl
 
 #: seconds the dock waits for the trainer to stop when it is closed mid-run
 STOP_TIMEOUT = 60.0
+#: the layer the shape-based interpolation goes to (added or updated in place)
+INTERPOLATION_LAYER = "interpolation"
 
 
 def error_message(exc: BaseException) -> str:
@@ -82,6 +92,9 @@ class TrainingDock(QWidget):
         self.session = session_for(napari_viewer)
         self.worker = None
         self.job: TrainingJob | None = None
+        self.interpolation_worker = None
+        #: the labels layer the running training interpolates (geometry of its preview)
+        self._job_labels: Labels | None = None
         self._axis_manual = False
         self._closed = False
         self._watched_labels: Labels | None = None
@@ -189,30 +202,44 @@ class TrainingDock(QWidget):
         bform.addRow("Device", row)
         self.seed = QSpinBox()
         self.seed.setRange(0, 2**31 - 1)
-        self.preview_every = QSpinBox()
-        self.preview_every.setRange(0, 1_000_000)
-        self.preview_every.setValue(25)
-        self.preview_every.setToolTip(
-            "Predict the slice shown in the viewer every N "
-            "iterations into the preview layer (0: off)"
+        self.preview_seconds = QDoubleSpinBox()
+        self.preview_seconds.setRange(0.0, 3600.0)
+        self.preview_seconds.setDecimals(1)
+        self.preview_seconds.setSingleStep(5.0)
+        self.preview_seconds.setValue(TrainRequest.preview_seconds)
+        self.preview_seconds.setSuffix(" s")
+        self.preview_seconds.setToolTip(
+            "Predict the slice shown in the viewer into the preview layer every N seconds "
+            "of training (the first after N seconds, the last at the end; 0: off)"
         )
         row = QHBoxLayout()
         row.addWidget(self.seed)
         row.addWidget(QLabel("preview every"))
-        row.addWidget(self.preview_every)
+        row.addWidget(self.preview_seconds)
         bform.addRow("Seed", row)
         root.addWidget(budget)
 
         run = QGroupBox("Run")
         rlay = QVBoxLayout(run)
         buttons = QHBoxLayout()
+        self.interpolate_button = QPushButton("Interpolate")
         self.train_button = QPushButton("Train")
         self.pause_button = QPushButton("Pause")
         self.stop_button = QPushButton("Stop")
-        self.train_button.setToolTip("Train a new model from scratch on the labeled slices")
-        for b in (self.train_button, self.pause_button, self.stop_button):
+        self.interpolate_button.setToolTip(
+            "Fill between slices, no training: the shape-based interpolation of the labeled "
+            f"slices into the '{INTERPOLATION_LAYER}' layer (what 3D Slicer's 'Fill between "
+            "slices' does). It is the zero-training baseline a trained model should beat; "
+            "Train shows it too before its first iteration"
+        )
+        self.train_button.setToolTip(
+            "Train a new model from scratch on the labeled slices (the interpolation of the "
+            f"labels shows at once in the '{INTERPOLATION_LAYER}' layer)"
+        )
+        for b in (self.interpolate_button, self.train_button, self.pause_button, self.stop_button):
             buttons.addWidget(b)
         rlay.addLayout(buttons)
+        self.interpolate_button.clicked.connect(lambda: self.interpolate())
         self.train_button.clicked.connect(lambda: self.start_training())
         self.pause_button.clicked.connect(self.toggle_pause)
         self.stop_button.clicked.connect(self.stop)
@@ -346,7 +373,7 @@ class TrainingDock(QWidget):
             patch_size=self.patch_size.value(),
             seed=self.seed.value(),
             device=self.device_combo.currentText(),
-            preview_every=self.preview_every.value(),
+            preview_seconds=self.preview_seconds.value(),
         )
 
     def start_training(self, resume: bool = False, iterations: int | None = None) -> bool:
@@ -359,6 +386,10 @@ class TrainingDock(QWidget):
             self.status.setText(f"not started: {exc}")
             return False
         self.job = job
+        self._job_labels = self.labels_combo.layer()
+        problem = interpolation_problem(job.labeled, job.axis)
+        if not resume and problem:
+            show_info(f"{problem} (training goes on)")
         if not resume:
             self.session.history.clear()
         self.loss_plot.set_history(self.session.history)
@@ -421,6 +452,7 @@ class TrainingDock(QWidget):
             control=TrainingControl(),
             bundle=bundle,
             preview_index=lambda: self.session.preview_index,
+            interpolate=not resume and not interpolation_problem(labeled, axis),
             info={
                 "image": image.name,
                 "labels": labels.name,
@@ -428,8 +460,11 @@ class TrainingDock(QWidget):
             },
         )
 
-    def _on_update(self, update: TrainingUpdate) -> None:
+    def _on_update(self, update: TrainingUpdate | InterpolationPreview) -> None:
         if self._closed:
+            return
+        if isinstance(update, InterpolationPreview):
+            self.show_interpolation(update, self._job_labels)
             return
         p = update.progress
         self.progress.setMaximum(max(p.total, 1))
@@ -460,6 +495,94 @@ class TrainingDock(QWidget):
         layer.translate = tuple(translate)
         layer.metadata["preview_index"] = preview.index
         layer.metadata["preview_iteration"] = preview.iteration
+
+    # -- interpolation ----------------------------------------------------------------------
+    def interpolate(self) -> bool:
+        """Fill between the labeled slices of the chosen labels layer into the
+        ``interpolation`` layer, in a worker, without training. Returns whether it started;
+        every problem is shown as a notification."""
+        if self.interpolation_worker is not None:
+            return False
+        labels = self.labels_combo.layer()
+        try:
+            if labels is None:
+                raise SemisegError(
+                    "no labels layer: add one (the 'new labels layer' button), paint a few "
+                    "slices and pick it as Labels"
+                )
+            data = np.array(labels.data)  # a copy: painting goes on meanwhile
+            if data.ndim != 3:
+                raise SemisegError(
+                    f"labels layer {labels.name!r} has shape {data.shape}: a 3D label volume "
+                    "(Z, Y, X) is needed"
+                )
+        except SemisegError as exc:
+            show_error(str(exc))
+            self.status.setText(f"not interpolated: {exc}")
+            return False
+        axis = self.axis_combo.currentIndex()
+        labeled = self.session.labeled(data, axis)
+        problem = interpolation_problem(labeled, axis)
+        if problem:
+            show_warning(problem)
+            self.status.setText(problem)
+            return False
+        self.interpolation_worker = create_worker(
+            interpolate_labels,
+            data,
+            axis,
+            labeled,
+            _start_thread=False,
+            _connect={
+                "returned": partial(self.show_interpolation, source=labels),
+                "errored": self._on_error,
+                "finished": self._on_interpolation_finished,
+            },
+        )
+        self.interpolate_button.setEnabled(False)
+        self.status.setText(f"interpolating between {len(labeled)} labeled slices…")
+        self.interpolation_worker.start()
+        return True
+
+    def show_interpolation(
+        self, result: InterpolationPreview, source: Labels | None = None
+    ) -> Labels | None:
+        """Add or update the ``interpolation`` layer, overlaying ``source`` (the labels it
+        comes from); a layer of that name the plugin did not make, or the labels being
+        trained from, is never overwritten."""
+        if self._closed:
+            return None
+        source = source if source is not None else self.labels_combo.layer()
+        if source is None:
+            return None
+        layers = self.viewer.layers
+        theirs = INTERPOLATION_LAYER in layers and (
+            not layers[INTERPOLATION_LAYER].metadata.get("semiseg_output")
+            or INTERPOLATION_LAYER in (source.name, self.labels_combo.currentText())
+        )
+        if theirs:
+            message = (
+                f"the interpolation was not shown: layer {INTERPOLATION_LAYER!r} holds your "
+                "labels; rename it to see the interpolation"
+            )
+            show_warning(message)
+            self.status.setText(message)
+            return None
+        layer = add_or_update(
+            self.viewer, INTERPOLATION_LAYER, result.labels, "labels", source, opacity=0.5
+        )
+        layer.metadata["interpolated_slices"] = list(result.labeled)
+        self.status.setText(
+            f"interpolated between {len(result.labeled)} labeled slices "
+            f"({result.labeled[0]}…{result.labeled[-1]}) along axis {result.axis} into "
+            f"layer {INTERPOLATION_LAYER!r}"
+        )
+        return layer
+
+    def _on_interpolation_finished(self) -> None:
+        self.interpolation_worker = None
+        if not self._closed:
+            self.interpolate_button.setEnabled(True)
 
     def _on_returned(self, bundle: ModelBundle) -> None:
         self.session.bundle = bundle

@@ -87,9 +87,54 @@ class _ProgressPrinter:
         self.stream.flush()
 
 
+INTERPOLATE = "interpolate"
+INTERPOLATE_HELP = (
+    "no training, instant: shape-based interpolation between the labeled slices, per class, "
+    "along --axis (3D Slicer's / ITK-SNAP's 'fill between slices'); the bar every method "
+    "must beat. Writes <labels-stem>_interpolation.<ext> per labeled volume into --out."
+)
+
+
+def _check_fraction(name: str, value: float, high_open: bool = False) -> None:
+    ok = math.isfinite(value) and 0.0 <= value and (value < 1.0 if high_open else value <= 1.0)
+    if not ok:
+        bound = "[0, 1)" if high_open else "[0, 1]"
+        raise SemisegError(f"{name} must be a number in {bound}, got {value}")
+
+
+def _interpolate(args: argparse.Namespace, volumes, label_metas, num_classes: int) -> int:
+    """``train --method interpolate``: write the interpolation of each labeled volume."""
+    from napari_semiseg.io import map_path, write_volume
+    from src_models.data.volumes import from_slices
+    from src_models.interpolation import interpolate_slices
+
+    out = Path(args.out)
+    targets = []
+    for vol, meta, path in zip(volumes, label_metas, args.labels, strict=False):
+        target = map_path(out / Path(str(path).rstrip("/\\")).name, "interpolation")
+        if target.exists():
+            raise SemisegError(f"{target} exists: choose another --out (nothing is overwritten)")
+        targets.append((vol, meta, target))
+    out.mkdir(parents=True, exist_ok=True)
+    for vol, meta, target in targets:
+        t0 = time.perf_counter()
+        interp = interpolate_slices(vol.labels, vol.labeled, num_classes)
+        mask = from_slices(interp.labels, vol.axis).astype(
+            np.uint8 if num_classes <= 256 else np.uint16
+        )
+        write_volume(target, mask, meta, labels=True)
+        covered = int(interp.covered.sum())
+        print(
+            f"wrote {target}: {len(vol.labeled)} labeled slice(s), {covered - len(vol.labeled)} "
+            f"filled between them, in {time.perf_counter() - t0:.2f} s"
+        )
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from napari_semiseg.io import read_labels, read_volume
     from src_models.data import SliceSampler, make_volumes
+    from src_models.data.sampler import DEFAULT_FOREGROUND_CROPS, DEFAULT_PRIOR_FRACTION
     from src_models.device import select_device
     from src_models.methods.base import config_to_dict, get_method
     from src_models.training import TrainConfig, TrainingControl, train
@@ -102,17 +147,26 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     if args.iterations is not None and args.iterations < 1:
         raise SemisegError("--iterations must be at least 1")
-    if args.minutes is not None and args.minutes <= 0:
-        raise SemisegError("--minutes must be positive")
-    method_cls = get_method(args.method)
+    if args.minutes is not None and not (math.isfinite(args.minutes) and args.minutes > 0):
+        raise SemisegError("--minutes must be a positive number")
+    _check_fraction("--warmup", args.warmup, high_open=True)
+    _check_fraction("--prior-final", args.prior_final)
+    if args.prior_fraction is not None:
+        _check_fraction("--prior-fraction", args.prior_fraction, high_open=True)
+    if args.foreground_crops is not None:
+        _check_fraction("--foreground-crops", args.foreground_crops)
+    if args.method == INTERPOLATE and args.resume:
+        raise SemisegError("--method interpolate trains nothing: drop --resume")
+    method_cls = None if args.method == INTERPOLATE else get_method(args.method)
     params = _parse_set(args.set)
     device = select_device(args.device)
-    images, labels, spacing = [], [], None
+    images, labels, spacing, label_metas = [], [], None, []
     for img_path, lbl_path in zip(args.image, args.labels, strict=True):
         img, meta = read_volume(img_path)
-        lbl, _ = read_labels(lbl_path)
+        lbl, lbl_meta = read_labels(lbl_path)
         images.append(img)
         labels.append(lbl)
+        label_metas.append(lbl_meta)
         spacing = spacing or meta.spacing
     for path in args.unlabeled or []:
         images.append(read_volume(path)[0])
@@ -123,6 +177,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     volumes, num_classes = make_volumes(
         images, labels, axis=args.axis, labeled_slices=chosen, num_classes=args.classes
     )
+    if method_cls is None:
+        return _interpolate(args, volumes, label_metas, num_classes)
     n_lab = sum(len(v.labeled) for v in volumes)
     n_unl = sum(len(v.unlabeled) for v in volumes)
     print(
@@ -136,6 +192,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         device=device,
         seed=args.seed,
         holdout_fraction=method_cls.holdout_fraction,
+        foreground_crops=DEFAULT_FOREGROUND_CROPS
+        if args.foreground_crops is None
+        else args.foreground_crops,
+        prior_fraction=DEFAULT_PRIOR_FRACTION
+        if args.prior_fraction is None
+        else args.prior_fraction,
     )
     out = Path(args.out)
     if args.resume:
@@ -164,6 +226,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=str(device),
         checkpoint_every=args.checkpoint_every,
+        warmup=args.warmup,
+        prior_final=args.prior_final,
     )
     control = TrainingControl()
     printer = _ProgressPrinter(every=max(1, args.log_every))
@@ -269,6 +333,7 @@ def _fmt(v) -> str:
 def cmd_methods(args: argparse.Namespace) -> int:
     from src_models.methods.base import METHODS, config_params, method_names
 
+    print(f"{INTERPOLATE}: {INTERPOLATE_HELP}\n")
     for name in method_names():
         cls = METHODS[name]
         print(f"{name}: {cls.description}")
@@ -315,6 +380,31 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-every", type=int, default=250)
     t.add_argument("--log-every", type=int, default=50)
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
+    t.add_argument(
+        "--warmup",
+        type=float,
+        default=0.4,
+        help="share of the budget for the supervised warm-up of semi-supervised methods",
+    )
+    t.add_argument(
+        "--prior-fraction",
+        type=float,
+        default=None,
+        help="share of each labeled batch taken from interpolated slices between labeled "
+        "ones (0: off; default 0.5)",
+    )
+    t.add_argument(
+        "--prior-final",
+        type=float,
+        default=0.5,
+        help="weight of the interpolation prior at the end of a semi-supervised run",
+    )
+    t.add_argument(
+        "--foreground-crops",
+        type=float,
+        default=None,
+        help="share of labeled crops placed over the labeled structure (default 0.5)",
+    )
     t.set_defaults(func=cmd_train)
 
     p = sub.add_parser("predict", help="segment a volume with a trained model")

@@ -6,6 +6,8 @@ a handful of iterations, on a 12x40x36 synthetic volume with three labeled slice
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -17,9 +19,11 @@ pytest.importorskip("pytestqt")
 from napari.utils.notifications import notification_manager  # noqa: E402
 
 from napari_semiseg._review_dock import ReviewDock  # noqa: E402
-from napari_semiseg._training_dock import TrainingDock  # noqa: E402
+from napari_semiseg._session import TrainingUpdate  # noqa: E402
+from napari_semiseg._training_dock import INTERPOLATION_LAYER, TrainingDock  # noqa: E402
 from src_models.errors import SemisegError  # noqa: E402
 from src_models.inference import predict_volume  # noqa: E402
+from src_models.interpolation import interpolate_volume  # noqa: E402
 from src_models.methods.base import (  # noqa: E402
     config_params,
     get_method,
@@ -56,6 +60,30 @@ def errors():
 
 
 @pytest.fixture
+def notes():
+    """Every notification shown during the test: (severity, message)."""
+    seen: list[tuple[str, str]] = []
+
+    def record(notification):
+        seen.append((str(notification.severity).lower(), str(notification.message)))
+
+    notification_manager.notification_ready.connect(record)
+    yield seen
+    notification_manager.notification_ready.disconnect(record)
+
+
+def growing_disc(shape=(12, 40, 36), first: int = 2, last: int = 9) -> np.ndarray:
+    """uint8 labels: a disc of class 1 whose radius grows linearly from 4 (slice ``first``)
+    to 10 (slice ``last``), labeled on those two slices only."""
+    _, h, w = shape
+    yy, xx = np.mgrid[:h, :w]
+    labels = np.zeros(shape, np.uint8)
+    for s, radius in ((first, 4.0), (last, 10.0)):
+        labels[s][(yy - h / 2) ** 2 + (xx - w / 2) ** 2 < radius**2] = 1
+    return labels
+
+
+@pytest.fixture
 def docks(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     image, truth = synthetic_volume()
@@ -73,7 +101,10 @@ def docks(make_napari_viewer, tmp_path):
 
 
 def tiny(
-    dock: TrainingDock, method: str = "supervised", iterations: int = 4, preview_every: int = 2
+    dock: TrainingDock,
+    method: str = "supervised",
+    iterations: int = 4,
+    preview_seconds: float = 0.1,
 ) -> None:
     dock.method_combo.setCurrentText(method)
     if "channels" in dock.params.names:
@@ -81,7 +112,7 @@ def tiny(
     dock.iterations.setValue(iterations)
     dock.batch_size.setValue(2)
     dock.patch_size.setValue(32)
-    dock.preview_every.setValue(preview_every)
+    dock.preview_seconds.setValue(preview_seconds)
     dock.device_combo.setCurrentText("cpu")
 
 
@@ -125,7 +156,9 @@ def check_parameters_round_trip_to_the_trainer_config(docks):
     tiny(train, iterations=7)
     train.params.set_values({"lr": 0.02, "channels": (8, 16, 32, 64, 128)})
     train.seed.setValue(3)
+    train.preview_seconds.setValue(2.5)
     req = train.request()
+    assert req.preview_seconds == 2.5
     config = make_config(get_method("supervised").Config, req.params)
     assert config.lr == 0.02 and config.channels == (8, 16, 32, 64, 128)
     assert config.momentum == 0.9  # untouched default
@@ -171,7 +204,7 @@ def test_train_preview_predict_review_continue_export(docks, qtbot, tmp_path):
 
 def check_end_to_end_train_preview_predict(docks, qtbot):
     viewer, train, review, truth = docks
-    train_now(qtbot, train, iterations=6, preview_every=2)
+    train_now(qtbot, train, iterations=6, preview_seconds=0.1)
     bundle = train.session.bundle
     assert bundle is not None and bundle.iteration == 6
     assert bundle.method.config.channels == TINY
@@ -204,7 +237,7 @@ def test_pause_resume_stop_then_close_the_dock_mid_run(docks, qtbot):
 
 def check_pause_resume_stop_mid_run(docks, qtbot):
     viewer, train, _, _ = docks
-    tiny(train, iterations=100_000, preview_every=0)
+    tiny(train, iterations=100_000, preview_seconds=0)
     assert train.start_training()
     qtbot.waitUntil(lambda: len(train.session.history) >= 2, timeout=TIMEOUT)
     train.toggle_pause()
@@ -249,7 +282,7 @@ def check_training_error_is_notified_and_controls_come_back(docks, qtbot, errors
 
 def check_closing_the_dock_stops_the_worker(docks, qtbot):
     viewer, train, _, _ = docks
-    tiny(train, iterations=100_000, preview_every=0)
+    tiny(train, iterations=100_000, preview_seconds=0)
     assert train.start_training()
     job = train.job
     qtbot.waitUntil(lambda: len(train.session.history) >= 1, timeout=TIMEOUT)
@@ -312,7 +345,7 @@ def test_two_network_method_discrepancy(docks, qtbot):
         pytest.skip("no two-network method registered yet")
     viewer, train, review, truth = docks
     name = two[0]
-    train_now(qtbot, train, method=name, iterations=2, preview_every=0)
+    train_now(qtbot, train, method=name, iterations=2, preview_seconds=0)
     assert review.predict()
     wait_idle(qtbot, review)
     disc = viewer.layers["vol discrepancy"]
@@ -387,7 +420,7 @@ def test_closing_the_viewer_mid_run_stops_the_worker(make_napari_viewer, qtbot, 
     train = TrainingDock(viewer)
     train.session.run_root = tmp_path
     viewer.window.add_dock_widget(train, name="Training")
-    tiny(train, iterations=100_000, preview_every=0)
+    tiny(train, iterations=100_000, preview_seconds=0)
     assert train.start_training()
     job = train.job
     qtbot.waitUntil(lambda: len(train.session.history) >= 1, timeout=TIMEOUT)
@@ -395,3 +428,120 @@ def test_closing_the_viewer_mid_run_stops_the_worker(make_napari_viewer, qtbot, 
     viewer.close()
     assert job.control.stop_requested and job.finished.is_set()
     assert 0 < load_model(train.session.run_dir).iteration < 100_000
+
+
+def use_growing_disc(viewer, train: TrainingDock) -> np.ndarray:
+    """Replace the sparse labels by a disc labeled on slices 2 and 9 only."""
+    labels = growing_disc()
+    viewer.layers["labels"].data = labels.copy()
+    train.refresh_data_info()
+    assert train.session.labeled(labels, train.axis_combo.currentIndex()) == [2, 9]
+    return labels
+
+
+def test_train_shows_the_interpolation_before_the_first_training_event(docks, qtbot, monkeypatch):
+    """The first training step blocks until the test has seen the interpolation layer, and
+    the dock's first training update already finds it there."""
+    viewer, train, _, _ = docks
+    labels = use_growing_disc(viewer, train)
+    expected = interpolate_volume(labels, [2, 9], 0)
+    cls = get_method("supervised")
+    original = cls.train_step
+    gate, reached = threading.Event(), threading.Event()
+
+    def blocked(self, data, it, total):
+        reached.set()
+        assert gate.wait(TIMEOUT / 1000), "the test never released training"
+        return original(self, data, it, total)
+
+    monkeypatch.setattr(cls, "train_step", blocked)
+    at_first_update: list[np.ndarray | None] = []
+    on_update = train._on_update
+
+    def spy(update):
+        if isinstance(update, TrainingUpdate) and not at_first_update:
+            layer = (
+                viewer.layers[INTERPOLATION_LAYER] if INTERPOLATION_LAYER in viewer.layers else None
+            )
+            at_first_update.append(None if layer is None else np.array(layer.data))
+        on_update(update)
+
+    train._on_update = spy  # connected by start_training
+    tiny(train, iterations=2, preview_seconds=0)
+    try:
+        assert train.start_training()
+        qtbot.waitUntil(lambda: INTERPOLATION_LAYER in viewer.layers, timeout=TIMEOUT)
+        assert reached.wait(TIMEOUT / 1000)
+        qtbot.wait(100)  # let any queued event reach the GUI
+        # training is held in its first step: no training event can have been shown
+        assert not at_first_update and len(train.session.history) == 0
+        assert train.progress.value() <= 0
+        layer = viewer.layers[INTERPOLATION_LAYER]
+        np.testing.assert_array_equal(layer.data, expected)
+        assert layer.opacity == pytest.approx(0.5) and layer.metadata["semiseg_output"]
+        assert "interpolated between 2 labeled slices" in train.status.text()
+    finally:
+        gate.set()
+    wait_idle(qtbot, train)
+    assert train.session.bundle is not None and train.session.bundle.iteration == 2
+    assert len(at_first_update) == 1 and at_first_update[0] is not None
+    np.testing.assert_array_equal(at_first_update[0], expected)
+    np.testing.assert_array_equal(viewer.layers["labels"].data, labels)  # never overwritten
+
+
+def test_interpolate_button_fills_between_slices_without_training(docks, qtbot, notes, errors):
+    viewer, train, _, _ = docks
+    labels = use_growing_disc(viewer, train)
+    user_layer = viewer.layers["labels"]
+    n_layers = len(viewer.layers)
+
+    def click() -> None:
+        train.interpolate_button.click()
+        qtbot.waitUntil(lambda: train.interpolation_worker is None, timeout=TIMEOUT)
+
+    click()
+    layer = viewer.layers[INTERPOLATION_LAYER]
+    np.testing.assert_array_equal(layer.data, interpolate_volume(labels, [2, 9], 0))
+    assert layer.opacity == pytest.approx(0.5) and len(viewer.layers) == n_layers + 1
+    # no training: no worker, model, loss history, preview or run folder
+    assert train.worker is None and train.session.bundle is None
+    assert len(train.session.history) == 0 and train.session.run_dir is None
+    assert "vol preview" not in viewer.layers
+    assert viewer.layers["labels"] is user_layer
+    np.testing.assert_array_equal(user_layer.data, labels)
+    assert train.labels_combo.currentText() == "labels"  # the output did not take the picker
+    assert train.interpolate_button.isEnabled()
+
+    # a third labeled slice: the same layer is updated in place
+    painted = labels.copy()
+    painted[5] = growing_disc(first=5, last=5)[5]
+    user_layer.data = painted.copy()
+    click()
+    assert viewer.layers[INTERPOLATION_LAYER] is layer and len(viewer.layers) == n_layers + 1
+    np.testing.assert_array_equal(layer.data, interpolate_volume(painted, [2, 5, 9], 0))
+
+    # one labeled slice: a message instead of a layer of the labeled slice alone
+    before = np.array(layer.data)
+    one = np.zeros_like(labels)
+    one[2] = labels[2]
+    user_layer.data = one
+    assert not train.interpolate()
+    assert train.interpolation_worker is None
+    assert any("nothing to interpolate" in m for _, m in notes)
+    assert "paint another slice" in train.status.text()
+    np.testing.assert_array_equal(layer.data, before)
+    assert not errors
+
+    # a labels layer of the user's named "interpolation" is never overwritten
+    user_layer.data = labels.copy()
+    viewer.layers.remove(INTERPOLATION_LAYER)
+    mine = viewer.add_labels(np.zeros_like(labels), name=INTERPOLATION_LAYER)
+    click()
+    assert viewer.layers[INTERPOLATION_LAYER] is mine and not mine.data.any()
+    assert any("holds your labels" in m for _, m in notes)
+
+    # bad input: a notification, no traceback, no thread
+    viewer.add_labels(np.zeros((40, 36), np.uint8), name="flat")
+    train.labels_combo.set_layer("flat")
+    assert not train.interpolate()
+    assert errors and "3D" in errors[-1] and train.interpolation_worker is None

@@ -7,7 +7,9 @@ import pytest
 import torch
 from conftest import synthetic_volume
 
+import napari_semiseg._session as session_module
 from napari_semiseg._session import (
+    InterpolationPreview,
     LossHistory,
     Preview,
     TrainingJob,
@@ -17,12 +19,15 @@ from napari_semiseg._session import (
     detect_axis,
     display_maps,
     format_seconds,
+    interpolate_labels,
+    interpolation_problem,
     labeled_slices,
     rank_slices,
     training_events,
 )
 from src_models.errors import SemisegError
 from src_models.inference import VolumePrediction, predict_volume
+from src_models.interpolation import interpolate_volume
 from src_models.training.checkpoint import load_model
 from src_models.training.control import TrainingControl
 
@@ -35,6 +40,17 @@ def sparse(truth: np.ndarray, slices, axis: int = 0) -> np.ndarray:
     where[axis] = list(slices)
     out[tuple(where)] = truth[tuple(where)]
     return out
+
+
+def growing_disc(shape=(12, 40, 36), first: int = 2, last: int = 9) -> np.ndarray:
+    """uint8 labels: a disc of class 1 whose radius grows linearly from 4 (slice ``first``)
+    to 10 (slice ``last``), labeled on those two slices only."""
+    _, h, w = shape
+    yy, xx = np.mgrid[:h, :w]
+    labels = np.zeros(shape, np.uint8)
+    for s, radius in ((first, 4.0), (last, 10.0)):
+        labels[s][(yy - h / 2) ** 2 + (xx - w / 2) ** 2 < radius**2] = 1
+    return labels
 
 
 @pytest.mark.parametrize("axis, slices", [(0, (3, 9)), (1, (12, 28)), (2, (12, 25))])
@@ -90,6 +106,8 @@ def test_request_validation_messages():
         TrainRequest("supervised", {"nope": 1}).validate()
     with pytest.raises(SemisegError, match="unknown method"):
         TrainRequest("no-such-method").validate()
+    with pytest.raises(SemisegError, match="preview interval"):
+        TrainRequest("supervised", TINY, preview_seconds=-1).validate()
     config = TrainRequest("supervised", TINY).validate()
     assert config.channels == (4, 8, 16, 32, 64)
     tc = TrainRequest("supervised", iterations=7, batch_size=3, patch_size=32).train_config(5)
@@ -110,7 +128,13 @@ def test_training_events_yields_progress_previews_and_returns_bundle(tmp_path):
     image, truth = synthetic_volume()
     labels = sparse(truth, [2, 6, 9])
     req = TrainRequest(
-        "supervised", TINY, iterations=6, batch_size=2, patch_size=32, device="cpu", preview_every=3
+        "supervised",
+        TINY,
+        iterations=6,
+        batch_size=2,
+        patch_size=32,
+        device="cpu",
+        preview_seconds=0.1,
     )
     job = TrainingJob(image, labels, 0, [2, 6, 9], req, tmp_path, preview_index=lambda: 4)
     updates, bundle = run_to_end(training_events(job))
@@ -131,12 +155,133 @@ def test_training_events_yields_progress_previews_and_returns_bundle(tmp_path):
     assert load_model(tmp_path).iteration == 6
 
 
+def test_interpolate_labels_fills_between_slices_and_rejects_too_few_or_bad_labels():
+    labels = growing_disc()
+    result = interpolate_labels(labels, 0, [2, 9])
+    assert (result.axis, result.labeled) == (0, [2, 9])
+    assert result.labels.dtype == np.uint8 and result.labels.shape == labels.shape
+    np.testing.assert_array_equal(result.labels, interpolate_volume(labels, [2, 9], 0))
+    area = (result.labels == 1).sum(axis=(1, 2))
+    np.testing.assert_array_equal(result.labels[[2, 9]], labels[[2, 9]])
+    assert area[[0, 1, 10, 11]].tolist() == [0, 0, 0, 0]  # nothing outside the labeled range
+    assert all(np.diff(area[2:10]) > 0)  # the disc grows slice by slice in between
+    # along another axis: the same fill, transposed
+    moved = np.ascontiguousarray(np.moveaxis(labels, 0, 2))
+    along_x = interpolate_labels(moved, 2, [2, 9]).labels
+    np.testing.assert_array_equal(along_x, np.moveaxis(result.labels, 0, 2))
+
+    assert interpolation_problem([2, 9], 0) == ""
+    assert "paint another slice" in interpolation_problem([2], 0)
+    with pytest.raises(SemisegError, match="nothing to interpolate"):
+        interpolate_labels(labels, 0, [2])
+    with pytest.raises(SemisegError, match="non-integer"):
+        interpolate_labels(labels.astype(np.float32) / 2, 0, [2, 9])
+    with pytest.raises(SemisegError, match="3D"):
+        interpolate_labels(labels[0], 0, [2, 9])
+    with pytest.raises(SemisegError, match="axis 3"):
+        interpolate_labels(labels, 3, [2, 9])
+
+
+def test_training_events_yield_the_interpolation_before_training_starts(tmp_path):
+    import threading
+
+    torch.set_num_threads(1)
+    labels = growing_disc()
+    image = np.where(labels > 0, 200.0, 100.0).astype(np.float32)
+    req = TrainRequest(
+        "supervised",
+        TINY,
+        iterations=2,
+        batch_size=2,
+        patch_size=32,
+        device="cpu",
+        preview_seconds=0,
+    )
+    job = TrainingJob(image, labels, 0, [2, 9], req, tmp_path, interpolate=True)
+    gen = training_events(job)
+    first = next(gen)
+    # the generator is suspended at its first yield: no trainer thread, no log line yet
+    assert isinstance(first, InterpolationPreview)
+    assert not any(t.name == "semiseg-train" for t in threading.enumerate())
+    assert not (tmp_path / "train_log.jsonl").exists()
+    np.testing.assert_array_equal(first.labels, interpolate_volume(labels, [2, 9], 0))
+    updates, bundle = run_to_end(gen)
+    assert updates and all(isinstance(u, TrainingUpdate) for u in updates)
+    assert bundle.iteration == 2
+
+
+def test_previews_follow_seconds_of_training_not_iterations(tmp_path, monkeypatch):
+    """A fake clock drives Progress.elapsed: previews come at the first iteration past each
+    interval (and at the end), however many iterations that takes; they leave the run's
+    randomness alone."""
+    torch.set_num_threads(1)
+    image, truth = synthetic_volume()
+    labels = sparse(truth, [2, 6, 9])
+    # seconds of training after iterations 0 (the done event of a stop) .. 10
+    clock = [0.0, 0.5, 1.0, 2.9, 3.1, 3.2, 3.3, 9.0, 9.1, 9.2, 12.5]
+    real_train, real_predict = session_module.train, session_module._predict_slice
+    current: dict = {}
+    predicted: list[tuple[int, bool]] = []
+
+    def timed_train(bundle, sampler, config, out_dir, callback, control):
+        def timed(progress):
+            progress.elapsed = clock[progress.iteration]
+            current["event"] = (progress.iteration, progress.done)
+            callback(progress)
+
+        return real_train(bundle, sampler, config, out_dir, timed, control)
+
+    def spy_predict(bundle, volume, index):
+        predicted.append(current["event"])
+        return real_predict(bundle, volume, index)
+
+    monkeypatch.setattr(session_module, "train", timed_train)
+    monkeypatch.setattr(session_module, "_predict_slice", spy_predict)
+
+    def run(seconds: float, name: str):
+        predicted.clear()
+        req = TrainRequest(
+            "supervised",
+            TINY,
+            iterations=10,
+            batch_size=2,
+            patch_size=32,
+            device="cpu",
+            preview_seconds=seconds,
+        )
+        job = TrainingJob(image, labels, 0, [2, 6, 9], req, tmp_path / name)
+        updates, bundle = run_to_end(training_events(job))
+        return list(predicted), updates, bundle
+
+    # every 3 s: at 3.1 s (iteration 4), 9.0 s (7: more than 3 s after 3.1), 12.5 s (10)
+    # and at the end; every 3 iterations would have given 3, 6, 9
+    seen, updates, timed = run(3.0, "timed")
+    assert seen == [(4, False), (7, False), (10, False), (10, True)]
+    shown = [u.preview for u in updates if u.preview is not None]
+    assert shown and shown[-1].iteration == 10
+    # a longer interval: fewer previews for the same iterations
+    assert run(5.0, "five")[0] == [(7, False), (10, True)]
+    # 0: off
+    off_seen, off_updates, off = run(0.0, "off")
+    assert off_seen == [] and all(u.preview is None for u in off_updates)
+    # previews leave the training run unchanged (its RNG and weights)
+    weights = timed.method.net.state_dict()
+    for key, value in off.method.net.state_dict().items():
+        assert torch.equal(weights[key], value), key
+
+
 def test_training_events_continue_and_errors(tmp_path):
     torch.set_num_threads(1)
     image, truth = synthetic_volume()
     labels = sparse(truth, [2, 6])
     req = TrainRequest(
-        "supervised", TINY, iterations=3, batch_size=2, patch_size=32, device="cpu", preview_every=0
+        "supervised",
+        TINY,
+        iterations=3,
+        batch_size=2,
+        patch_size=32,
+        device="cpu",
+        preview_seconds=0,
     )
     _, bundle = run_to_end(training_events(TrainingJob(image, labels, 0, [2, 6], req, tmp_path)))
     method = bundle.method

@@ -32,6 +32,9 @@ from src_models.interpolation import interpolate_slices, prior_weights
 #: fewer labeled slices than this are all needed for training: none is held out (with the
 #: 3-5 labeled slices of the sparse-slice use, holding one out removed a quarter of them)
 MIN_HOLDOUT_LABELED = 8
+#: defaults of the CLI and the plugin (docs/benchmarks.md, sparse-slice benchmark)
+DEFAULT_FOREGROUND_CROPS = 0.5
+DEFAULT_PRIOR_FRACTION = 0.0
 #: weights travel through the label augmentation quantised to 1/WEIGHT_LEVELS
 WEIGHT_LEVELS = 255
 

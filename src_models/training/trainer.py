@@ -165,8 +165,8 @@ def train(
                     method.end_warmup(data)
             if warm_end is None:
                 data.prior_scale = 1.0
-                lr = method.set_lr(it, total, factor=1.0)
                 logs = method.warmup_step(data)
+                lr = method.warmup_lr
             else:
                 own_it, own_total = it - warm_end, max(total - warm_end, 1)
                 if has_warmup:
