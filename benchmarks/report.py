@@ -113,6 +113,58 @@ def accuracy_section(lines: list[str]) -> None:
     lines.append("")
 
 
+SPARSE_METHODS = ("supervised", "crossmatch", "dfcps", "sdcl", "diffusion")
+SPARSE_NOTES = ROOT / "benchmarks" / "sparse_notes.md"
+
+
+def sparse_section(lines: list[str]) -> None:
+    """Dice against wall-clock minutes in the sparse-slice scenario (sparse_slices.py)."""
+    path = RESULTS / "sparse_slices.json"
+    if not path.exists():
+        return
+    data = json.loads(path.read_text())
+    m = data.get("machine", {})
+    lines += [
+        "## Useful in minutes: the sparse-slice scenario",
+        "",
+        "`benchmarks/sparse_slices.py`: one volume at a time, k labeled slices evenly spaced "
+        "strictly inside the structure (the protocol of `../shared/data/la/README.md`), every "
+        "other slice scored (3D Dice over the non-labeled slices, foreground classes "
+        "averaged). One run per method and volume with the default settings (patch 128, batch "
+        f"8, {m.get('cpu_threads', '?')} torch threads, torch {m.get('torch', '?')}); the "
+        "weights are copied when the training clock passes 1, 2 and 5 minutes and scored "
+        "after the run. Interpolation = shape-based 'fill between slices' of the same "
+        "labeled slices (no training; under a second). Δ = points above interpolation; "
+        "in brackets, the largest 3D component per class kept.",
+        "",
+        "![Dice against minutes](images/sparse_slices.png)",
+        "",
+    ]
+    for key, run in data["runs"].items():
+        interp = run["interpolation"]["dice"]
+        lines += [
+            f"**{key}** (labeled slices {run['labeled']}): interpolation **{interp:.4f}**",
+            "",
+            "| method | 1 min | 2 min | 5 min | Δ at 5 min | iterations in 5 min |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for method in SPARSE_METHODS:
+            if method not in run["methods"]:
+                continue
+            budgets = run["methods"][method]["budgets"]
+            cells = []
+            for minutes in ("1.0", "2.0", "5.0"):
+                b = budgets.get(minutes)
+                cells.append("n/a" if b is None else f"{b['dice']:.4f} ({b['dice_lcc']:.4f})")
+            last = budgets.get("5.0")
+            delta = "n/a" if last is None else f"{100 * (last['dice'] - interp):+.1f}"
+            its = "n/a" if last is None else str(last["iteration"])
+            lines.append(f"| {method} | {' | '.join(cells)} | {delta} | {its} |")
+        lines.append("")
+    if SPARSE_NOTES.exists():
+        lines += [SPARSE_NOTES.read_text().strip(), ""]
+
+
 def main() -> None:
     lines = [
         "# Benchmarks",
@@ -121,6 +173,7 @@ def main() -> None:
         "drift on these shared 2-core machines; compare the ratios measured in one run.",
         "",
     ]
+    sparse_section(lines)
     speed_section(lines)
     accuracy_section(lines)
     gui = RESULTS / "gui_responsiveness.md"

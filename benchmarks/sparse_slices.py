@@ -33,7 +33,7 @@ from src_models.data import SliceSampler, make_volumes
 from src_models.data.sampler import DEFAULT_FOREGROUND_CROPS, DEFAULT_PRIOR_FRACTION
 from src_models.inference import predict_volume
 from src_models.interpolation import interpolate_volume
-from src_models.postprocess import largest_component_per_class
+from src_models.postprocess import largest_component_3d
 from src_models.training import TrainConfig, train
 from src_models.training.checkpoint import create_model
 
@@ -121,7 +121,7 @@ def run_method(
         rows[str(minutes)] = {
             "iteration": iteration,
             "dice": scored_dice(pred, labels, axis, labeled),
-            "dice_lcc": scored_dice(largest_component_per_class(pred, k), labels, axis, labeled),
+            "dice_lcc": scored_dice(largest_component_3d(pred, k), labels, axis, labeled),
         }
     return {"budgets": rows, "train_seconds": wall}
 

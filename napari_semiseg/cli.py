@@ -149,7 +149,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise SemisegError("--iterations must be at least 1")
     if args.minutes is not None and not (math.isfinite(args.minutes) and args.minutes > 0):
         raise SemisegError("--minutes must be a positive number")
-    _check_fraction("--warmup", args.warmup, high_open=True)
+    _check_fraction("--warmup", args.warmup)
+    _check_fraction("--warmup-plateau", args.warmup_plateau)
     _check_fraction("--prior-final", args.prior_final)
     if args.prior_fraction is not None:
         _check_fraction("--prior-fraction", args.prior_fraction, high_open=True)
@@ -199,6 +200,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.prior_fraction is None
         else args.prior_fraction,
     )
+    if sampler.patch_size != args.patch:
+        print(f"training crops of {sampler.patch_size} pixels (the slices are no larger)")
     out = Path(args.out)
     if args.resume:
         bundle = load_model(out, device=device, expect_method=args.method)
@@ -227,6 +230,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         device=str(device),
         checkpoint_every=args.checkpoint_every,
         warmup=args.warmup,
+        warmup_plateau=args.warmup_plateau,
         prior_final=args.prior_final,
     )
     control = TrainingControl()
@@ -277,6 +281,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     bundle = load_model(args.model, device=select_device(args.device))
     image, meta = read_volume(args.image)
     pred = predict_volume(bundle, image, maps, batch_size=args.batch_size)
+    if args.largest_component:
+        from src_models.postprocess import largest_component_3d
+
+        pred.labels = largest_component_3d(pred.labels, bundle.num_classes)
     written: list[Path] = []
     try:
         written.append(write_volume(args.out, pred.labels, meta, labels=True))
@@ -309,6 +317,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     pred, _ = read_labels(args.pred)
     truth, meta = read_labels(args.truth)
+    if args.exclude_slices:
+        from src_models.data.volumes import check_axis
+
+        check_axis(args.axis)
+        if pred.shape != truth.shape or pred.ndim != 3:
+            raise SemisegError(
+                f"prediction {pred.shape} and truth {truth.shape} must be 3D volumes of one "
+                "shape to exclude slices"
+            )
+        (skip,) = _parse_slices(args.exclude_slices, 1)
+        bad = [i for i in skip if not 0 <= i < truth.shape[args.axis]]
+        if bad:
+            raise SemisegError(f"--exclude-slices {bad} out of range along axis {args.axis}")
+        keep = np.ones(truth.shape[args.axis], bool)
+        keep[skip] = False
+        pred, truth = np.compress(keep, pred, args.axis), np.compress(keep, truth, args.axis)
+        print(
+            f"scoring the {int(keep.sum())} slices along axis {args.axis} not excluded",
+            file=sys.stderr,
+        )
     result = evaluate(pred, truth, num_classes=args.classes, spacing=meta.spacing)
     if args.json:
         print(json.dumps(json_ready(result), indent=2))
@@ -387,6 +415,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of the budget for the supervised warm-up of semi-supervised methods",
     )
     t.add_argument(
+        "--warmup-plateau",
+        type=float,
+        default=0.0,
+        help="with > 0 (e.g. 0.05), the warm-up also ends once the supervised loss falls by "
+        "less than this share from one window of iterations to the next (default 0: off)",
+    )
+    t.add_argument(
         "--prior-fraction",
         type=float,
         default=None,
@@ -419,6 +454,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--largest-component",
+        action="store_true",
+        help="keep only the largest 3D connected component of each class (for one "
+        "structure per class, e.g. an organ; not for many objects such as cells)",
+    )
     p.set_defaults(func=cmd_predict)
 
     e = sub.add_parser("evaluate", help="per-class Dice/Jaccard/HD95/ASD of a prediction")
@@ -426,6 +467,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--truth", required=True)
     e.add_argument("--classes", type=int, help="class count incl. background")
     e.add_argument("--json", action="store_true")
+    e.add_argument(
+        "--exclude-slices",
+        help="e.g. 10,16,22: score only the other slices along --axis (the ones not labeled)",
+    )
+    e.add_argument("--axis", type=int, default=0, help="axis of --exclude-slices (default 0)")
     e.set_defaults(func=cmd_evaluate)
 
     m = sub.add_parser("methods", help="list methods, their maps and parameters")

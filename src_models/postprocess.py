@@ -64,3 +64,22 @@ def largest_component_torch(labels: torch.Tensor, num_classes: int | None = None
     """:func:`largest_component_per_class` for a tensor (B, H, W); same device and dtype."""
     filtered = largest_component_per_class(labels.detach().cpu().numpy(), num_classes)
     return torch.from_numpy(filtered).to(device=labels.device, dtype=labels.dtype)
+
+
+def largest_component_3d(labels: np.ndarray, num_classes: int | None = None) -> np.ndarray:
+    """Keep the largest 3D connected component (26-connectivity) of each class > 0 of a
+    volume (Z, Y, X); the rest of that class becomes background. For one structure per
+    class (an organ, the left atrium, each hippocampus part), not for many objects."""
+    lab = np.asarray(labels)
+    if lab.ndim != 3:
+        raise ValueError(f"largest_component_3d needs a 3D volume, got shape {lab.shape}")
+    k = int(num_classes if num_classes is not None else int(lab.max()) + 1)
+    out = lab.copy()
+    structure = np.ones((3, 3, 3), bool)
+    for c in range(1, k):
+        components, n = ndimage.label(lab == c, structure=structure)
+        if n > 1:
+            sizes = np.bincount(components.ravel())
+            sizes[0] = 0
+            out[(components != int(sizes.argmax())) & (lab == c)] = 0
+    return out

@@ -254,3 +254,68 @@ def test_predict_errors_leave_no_partial_output(files, tmp_path, capsys):
         == 2
     )
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_interpolate_method_writes_the_fill_between_slices(files, tmp_path, capsys, tiny_volume):
+    from src_models.interpolation import interpolate_volume
+
+    out = tmp_path / "interp"
+    args = ("train", "--method", "interpolate", "--image", files["image"])
+    assert run(*args, "--labels", files["labels"], "--out", out) == 0
+    written = out / "labels_interpolation.nii.gz"
+    img = nib.load(written)
+    assert np.allclose(img.affine, AFFINE)  # the labels' geometry is kept
+    _, labels = tiny_volume
+    sparse = np.zeros_like(labels)
+    sparse[[3, 8]] = labels[[3, 8]]
+    assert np.array_equal(np.asarray(img.dataobj), interpolate_volume(sparse, [3, 8], 0, 3))
+    assert "filled between them" in capsys.readouterr().out
+    # a second run never overwrites it
+    before = written.read_bytes()
+    assert run(*args, "--labels", files["labels"], "--out", out) == 2
+    assert "exists" in capsys.readouterr().err and written.read_bytes() == before
+    assert "interpolate:" in (run("methods"), capsys.readouterr().out)[1]
+
+
+def test_evaluate_can_exclude_the_labeled_slices(files, capsys):
+    assert run("evaluate", "--pred", files["labels"], "--truth", files["truth"], "--json") == 0
+    whole = json.loads(capsys.readouterr().out)["mean"]["dice"]
+    assert whole < 0.9  # the sparse labels miss every unlabeled slice
+    code = run(
+        "evaluate",
+        "--pred",
+        files["truth"],
+        "--truth",
+        files["truth"],
+        "--exclude-slices",
+        "3,8",
+        "--json",
+    )
+    captured = capsys.readouterr()
+    assert code == 0 and json.loads(captured.out)["mean"]["dice"] == pytest.approx(1.0)
+    assert "10 slices" in captured.err
+    code = run("evaluate", "--pred", files["labels"], "--truth", files["truth"])
+    bad = run(
+        "evaluate", "--pred", files["labels"], "--truth", files["truth"], "--exclude-slices", "99"
+    )
+    assert bad == 2 and "out of range" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("--warmup", "1.5"),
+        ("--warmup-plateau", "nan"),
+        ("--prior-fraction", "-0.1"),
+        ("--minutes", "nan"),
+    ],
+)
+def test_anytime_options_are_validated(files, tmp_path, capsys, option, value):
+    out = tmp_path / "run"
+    code = run(
+        "train", "--image", files["image"], "--labels", files["labels"], "--out", out,
+        option, value,
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("semiseg: error:") and "Traceback" not in err
+    assert not out.exists()

@@ -39,6 +39,12 @@ DEFAULT_PRIOR_FRACTION = 0.0
 WEIGHT_LEVELS = 255
 
 
+def fitted_patch_size(volumes: list[Volume]) -> int:
+    """The smallest multiple of 16 that covers the largest slice side of ``volumes``."""
+    side = max(max(v.slices.shape[-2:]) for v in volumes)
+    return max(16, -(-side // 16) * 16)
+
+
 @dataclass
 class Batch:
     """image: float (B, C, P, P); label: int64 (B, P, P) or None for unlabeled batches;
@@ -88,7 +94,10 @@ class SliceSampler:
         if patch_size < 16 or patch_size % 16:
             raise SemisegError(f"patch size {patch_size} must be a multiple of 16 (>= 16)")
         self.volumes = volumes
-        self.patch_size = patch_size
+        #: a crop larger than every slice would only add padding: capped at the largest
+        #: slice side rounded up to 16 (hippocampus slices of 51 x 35 pixels train at 64)
+        self.requested_patch_size = patch_size
+        self.patch_size = min(patch_size, fitted_patch_size(volumes))
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.augment = augment

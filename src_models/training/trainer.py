@@ -2,7 +2,8 @@
 
 Anytime training: a semi-supervised method first runs a supervised warm-up of the networks
 it predicts with (:meth:`Method.warmup_step`) for ``warmup`` of the budget (a share of the
-wall-clock budget when it is in minutes, of the iterations otherwise), then its own step,
+wall-clock budget when it is in minutes, of the iterations otherwise; optionally ended
+earlier when its loss stops falling, :mod:`src_models.training.warmup`), then its own step,
 which sees the rest of the run as its whole run (its iteration counter and schedules start
 at 0 there). With the interpolation prior on (:class:`SliceSampler`), the prior's weight
 falls linearly from 1 to ``prior_final`` over the method's own part, as its pseudo-labels
@@ -31,6 +32,7 @@ from src_models.data.sampler import SliceSampler
 from src_models.errors import NonFiniteLossError, SemisegError
 from src_models.training.checkpoint import ModelBundle, save_model
 from src_models.training.control import TrainingControl
+from src_models.training.warmup import LossPlateau
 
 LOG_FILE = "train_log.jsonl"
 
@@ -46,8 +48,12 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     checkpoint_every: int = 250  #: iterations between checkpoints (0: only at the end)
-    #: share of the budget for the supervised warm-up of semi-supervised methods (0: none)
+    #: share of the budget for the supervised warm-up of semi-supervised methods (0: none;
+    #: 1: only the plateau rule ends it)
     warmup: float = 0.4
+    #: with > 0, the warm-up also ends once the supervised loss improves by less than this
+    #: share from one window of iterations to the next (0: off, the default)
+    warmup_plateau: float = 0.0
     #: weight of the interpolation prior at the end of a semi-supervised run (1: no decay)
     prior_final: float = 0.5
 
@@ -102,11 +108,14 @@ def train(
             data.load_state_dict(state["sampler"])
     else:
         torch.manual_seed(config.seed)
-    if not 0.0 <= config.warmup < 1.0 or not 0.0 <= config.prior_final <= 1.0:
-        raise SemisegError(
-            f"warmup must be in [0, 1) and prior_final in [0, 1], got {config.warmup} and "
-            f"{config.prior_final}"
-        )
+    for name, value in [
+        ("warmup", config.warmup),
+        ("warmup_plateau", config.warmup_plateau),
+        ("prior_final", config.prior_final),
+    ]:
+        if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+            raise SemisegError(f"{name} must be a number in [0, 1], got {value}")
+    plateau = LossPlateau(config.warmup_plateau)
     start = bundle.iteration
     it = start
     has_warmup = bool(method.warmup_networks) and config.warmup > 0
@@ -160,7 +169,7 @@ def train(
             if warm_end is None:
                 elapsed = time.perf_counter() - t0 - paused
                 done = elapsed / (config.minutes * 60) if config.minutes else it / max(total, 1)
-                if done >= config.warmup:
+                if done >= config.warmup or plateau.update(logs.get("loss", math.nan)):
                     warm_end = it
                     method.end_warmup(data)
             if warm_end is None:
