@@ -35,6 +35,17 @@ def synthetic_volume(shape=(12, 40, 36), seed: int = 0) -> tuple[np.ndarray, np.
     return image.astype(np.float32), labels
 
 
+def growing_disc(shape=(12, 40, 36), first: int = 2, last: int = 9) -> np.ndarray:
+    """uint8 labels: a disc of class 1 whose radius grows linearly from 4 (slice ``first``)
+    to 10 (slice ``last``), labeled on those two slices only."""
+    _, h, w = shape
+    yy, xx = np.mgrid[:h, :w]
+    labels = np.zeros(shape, np.uint8)
+    for s, radius in ((first, 4.0), (last, 10.0)):
+        labels[s][(yy - h / 2) ** 2 + (xx - w / 2) ** 2 < radius**2] = 1
+    return labels
+
+
 @pytest.fixture
 def tiny_volume() -> tuple[np.ndarray, np.ndarray]:
     return synthetic_volume()

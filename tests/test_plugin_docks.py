@@ -11,7 +11,7 @@ import threading
 import numpy as np
 import pytest
 import torch
-from conftest import synthetic_volume
+from conftest import growing_disc, synthetic_volume
 
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
@@ -70,17 +70,6 @@ def notes():
     notification_manager.notification_ready.connect(record)
     yield seen
     notification_manager.notification_ready.disconnect(record)
-
-
-def growing_disc(shape=(12, 40, 36), first: int = 2, last: int = 9) -> np.ndarray:
-    """uint8 labels: a disc of class 1 whose radius grows linearly from 4 (slice ``first``)
-    to 10 (slice ``last``), labeled on those two slices only."""
-    _, h, w = shape
-    yy, xx = np.mgrid[:h, :w]
-    labels = np.zeros(shape, np.uint8)
-    for s, radius in ((first, 4.0), (last, 10.0)):
-        labels[s][(yy - h / 2) ** 2 + (xx - w / 2) ** 2 < radius**2] = 1
-    return labels
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import synthetic_volume
+from conftest import growing_disc, synthetic_volume
 
 import napari_semiseg._session as session_module
 from napari_semiseg._session import (
@@ -40,17 +40,6 @@ def sparse(truth: np.ndarray, slices, axis: int = 0) -> np.ndarray:
     where[axis] = list(slices)
     out[tuple(where)] = truth[tuple(where)]
     return out
-
-
-def growing_disc(shape=(12, 40, 36), first: int = 2, last: int = 9) -> np.ndarray:
-    """uint8 labels: a disc of class 1 whose radius grows linearly from 4 (slice ``first``)
-    to 10 (slice ``last``), labeled on those two slices only."""
-    _, h, w = shape
-    yy, xx = np.mgrid[:h, :w]
-    labels = np.zeros(shape, np.uint8)
-    for s, radius in ((first, 4.0), (last, 10.0)):
-        labels[s][(yy - h / 2) ** 2 + (xx - w / 2) ** 2 < radius**2] = 1
-    return labels
 
 
 @pytest.mark.parametrize("axis, slices", [(0, (3, 9)), (1, (12, 28)), (2, (12, 25))])
