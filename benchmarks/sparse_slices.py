@@ -33,6 +33,7 @@ from src_models.data import SliceSampler, make_volumes
 from src_models.data.sampler import DEFAULT_FOREGROUND_CROPS, DEFAULT_PRIOR_FRACTION
 from src_models.inference import predict_volume
 from src_models.interpolation import interpolate_volume
+from src_models.metrics import dice
 from src_models.postprocess import largest_component_3d
 from src_models.training import TrainConfig, train
 from src_models.training.checkpoint import create_model
@@ -64,12 +65,7 @@ def scored_dice(pred: np.ndarray, truth: np.ndarray, axis: int, labeled: list[in
     keep = np.ones(truth.shape[axis], bool)
     keep[labeled] = False
     p, t = np.compress(keep, pred, axis=axis), np.compress(keep, truth, axis=axis)
-    scores = []
-    for c in range(1, int(truth.max()) + 1):
-        inter = np.logical_and(p == c, t == c).sum()
-        total = (p == c).sum() + (t == c).sum()
-        scores.append(2 * inter / total if total else 1.0)
-    return float(np.mean(scores))
+    return float(np.mean([dice(p == c, t == c) for c in range(1, int(truth.max()) + 1)]))
 
 
 def sparse(labels: np.ndarray, axis: int, labeled: list[int]) -> np.ndarray:

@@ -96,7 +96,6 @@ class SliceSampler:
         self.volumes = volumes
         #: a crop larger than every slice would only add padding: capped at the largest
         #: slice side rounded up to 16 (hippocampus slices of 51 x 35 pixels train at 64)
-        self.requested_patch_size = patch_size
         self.patch_size = min(patch_size, fitted_patch_size(volumes))
         self.batch_size = batch_size
         self.device = torch.device(device)

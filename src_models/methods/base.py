@@ -130,8 +130,7 @@ class Method:
         take over after the warm-up, from the warmed-up weights."""
         names = self.warmup_networks
         if self.warmup_optimizer is None:
-            params = [p for name in names for p in self.networks[name].parameters()]
-            self.warmup_optimizer = torch.optim.AdamW(params, lr=self.warmup_lr, weight_decay=1e-4)
+            self.warmup_optimizer = self._make_warmup_optimizer()
         batch = data.labeled()
         n = batch.image.shape[0]
         # BatchNorm needs 2+ samples per network: below that every network sees them all.
@@ -152,6 +151,10 @@ class Method:
         self.warmup_optimizer.step()
         return {"loss": float(loss.detach()) / len(names)}
 
+    def _make_warmup_optimizer(self) -> torch.optim.Optimizer:
+        params = [p for name in self.warmup_networks for p in self.networks[name].parameters()]
+        return torch.optim.AdamW(params, lr=self.warmup_lr, weight_decay=1e-4)
+
     def end_warmup(self, data: SliceSampler) -> None:
         """Called once when the warm-up ends (e.g. to start an EMA teacher from a student)."""
 
@@ -160,9 +163,9 @@ class Method:
         """Multiplier of the base learning rates at ``iteration`` (default: poly 0.9)."""
         return poly_lr(iteration, total)
 
-    def set_lr(self, iteration: int, total: int, factor: float | None = None) -> float:
-        """Apply :meth:`lr_factor` (or ``factor``); returns the first optimiser's lr."""
-        factor = self.lr_factor(iteration, total) if factor is None else factor
+    def set_lr(self, iteration: int, total: int) -> float:
+        """Apply :meth:`lr_factor`; returns the first optimiser's current lr (for logs)."""
+        factor = self.lr_factor(iteration, total)
         first = None
         for key, opt in self.optimizers.items():
             for g, base in zip(opt.param_groups, self.base_lrs[key], strict=True):
@@ -209,8 +212,7 @@ class Method:
                 if k in state.get("optimizers", {}):
                     opt.load_state_dict(state["optimizers"][k])
             if "warmup_optimizer" in state:
-                params = [p for n in self.warmup_networks for p in self.networks[n].parameters()]
-                self.warmup_optimizer = torch.optim.AdamW(params, lr=self.warmup_lr)
+                self.warmup_optimizer = self._make_warmup_optimizer()
                 self.warmup_optimizer.load_state_dict(state["warmup_optimizer"])
         self.load_extra_state_dict(state.get("extra", {}))
 

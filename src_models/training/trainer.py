@@ -121,9 +121,8 @@ def train(
     has_warmup = bool(method.warmup_networks) and config.warmup > 0
     # Iteration at which the warm-up ended, None while it runs; the checkpoint keeps it
     # (-1: still warming up). A checkpoint from before warm-ups existed resumes without one.
-    warm_end = state.get("warmup_end", 0 if "torch_rng" in state else None)
-    if warm_end is not None and warm_end < 0 or not has_warmup:
-        warm_end = None if has_warmup else 0
+    saved = state.get("warmup_end", 0 if "torch_rng" in state else -1)
+    warm_end = None if has_warmup and saved < 0 else (saved if has_warmup else 0)
     total = _estimate_total(config, it, start, 0.0)
     log_file = None
     if out is not None:
