@@ -141,8 +141,8 @@ def test_stacked_decoder_equals_separate_decodes_only_when_batchnorm_is_frozen()
 
 
 def test_partner_pass_single_call_matches_official_two_calls_in_eval_mode():
-    m_fast = tiny_method()
-    m_official = tiny_method(faithful_partner_pass=True)
+    m_fast = tiny_method(partner_bn="eval")
+    m_official = tiny_method(partner_bn="eval", faithful_partner_pass=True)
     m_official.net.load_state_dict(m_fast.net.state_dict())
     g = torch.Generator().manual_seed(2)
     x, m_w = torch.randn(3, 1, 32, 32, generator=g), torch.randn(3, 1, 32, 32, generator=g)
@@ -167,6 +167,36 @@ def test_partner_pass_single_call_matches_official_two_calls_in_eval_mode():
     m_train.train()
     pm_train = m_train.partner_pass(x, m_w)[0]
     assert float((pm_train - fast[0]).abs().max()) > 1e-3
+
+
+def _partner_bn_modes(method) -> tuple[list[bool], bool]:
+    """(train flags of the first BatchNorm at each call during the partner pass, whether
+    its running mean changed); the method is in train mode before the pass."""
+    bn = next(mod for mod in method.net.modules() if isinstance(mod, torch.nn.BatchNorm2d))
+    modes: list[bool] = []
+    hook = bn.register_forward_pre_hook(lambda mod, args: modes.append(mod.training))
+    method.train()
+    before = bn.running_mean.clone()
+    g = torch.Generator().manual_seed(3)
+    x, m_w = torch.randn(3, 1, 32, 32, generator=g), torch.randn(3, 1, 32, 32, generator=g)
+    method.partner_pass(x, m_w)
+    hook.remove()
+    assert method.net.training  # mode restored
+    return modes, not torch.equal(bn.running_mean, before)
+
+
+def test_partner_pass_runs_in_train_mode_by_default_as_official_head():
+    """Official HEAD cd1e25c ("fix dropout in eval mode") no longer calls model.eval() for
+    the mix-partner pass: BatchNorm uses (and updates) batch statistics there."""
+    assert make_config(get_method("crossmatch").Config, {}).partner_bn == "train"
+    for faithful in (False, True):
+        modes, updated = _partner_bn_modes(tiny_method(faithful_partner_pass=faithful))
+        assert modes and all(modes) and updated
+        # the 2024 behaviour stays available: eval mode, running statistics untouched
+        modes, updated = _partner_bn_modes(
+            tiny_method(partner_bn="eval", faithful_partner_pass=faithful)
+        )
+        assert modes and not any(modes) and not updated
 
 
 # -- CutMix targets and the loss ----------------------------------------------------------

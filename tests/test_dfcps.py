@@ -209,6 +209,36 @@ def test_strong_view_keeps_the_edges_of_the_weak_view(tiny_volume, variant):
     assert corr(strong.flip(-1), weak).max() < 0.0  # a geometric change would move it
 
 
+def test_official_variant_strong_view_has_no_gamma(tiny_volume, monkeypatch):
+    """The official strong view is a gain/offset and a blur: no gamma (issue 12, item 6)."""
+    bundle, _ = _setup(tiny_volume, params={**TINY, "variant": "official"})
+    seen = {}
+    original = dfcps_module.strong_photometric
+
+    def recording(image, **kwargs):
+        seen.update(kwargs)
+        return original(image, **kwargs)
+
+    monkeypatch.setattr(dfcps_module, "strong_photometric", recording)
+    g = torch.Generator().manual_seed(0)
+    weak = torch.randn(16, 1, 32, 32, generator=g)
+    bundle.method.strong_view(weak, torch.Generator().manual_seed(1))
+    assert seen["gamma"] == 0.0 and seen["jitter"] == "additive"
+    # without the blur the official view is an affine map of each sample: no gamma curve
+    kw = {**dfcps_module.OFFICIAL_STRONG, "p_blur": 0.0}
+    strong = original(weak, generator=torch.Generator().manual_seed(1), **kw)
+    for w, st in zip(weak, strong, strict=True):
+        a, b = w.flatten(), st.flatten()
+        fit = torch.linalg.lstsq(torch.stack([a, torch.ones_like(a)], 1), b[:, None]).solution
+        resid = b - (fit[0] * a + fit[1])
+        assert float(resid.abs().max()) < 1e-4
+    # the paper variant keeps the default view (official-style ColorJitter, no gamma either)
+    paper, _ = _setup(tiny_volume, params={**TINY, "variant": "paper"})
+    seen.clear()
+    paper.method.strong_view(weak, torch.Generator().manual_seed(1))
+    assert "gamma" not in seen
+
+
 # -- the method -------------------------------------------------------------------------
 def test_config_defaults_and_errors(tiny_volume):
     c = DFCPSConfig()

@@ -26,12 +26,15 @@ One iteration (labeled ``x, y``; unlabeled weak view ``u_w`` with two independen
 
 Differences from the official code, all deliberate and documented:
 
-- Partner pass network mode (``partner_bn``). The official code calls ``model.eval()`` before
-  the partner pass: BatchNorm uses running statistics and the encoder dropout is off, while the
-  feature-perturbation dropouts stay active only because ``PertDropout`` keeps them in a plain
-  Python list that ``eval()`` does not reach. The default ``"eval"`` reproduces exactly that,
-  with the perturbation made explicit (an always-on functional dropout). ``"train"`` is the
-  spec's reading (batch statistics, encoder dropout on, running statistics updated).
+- Partner pass network mode (``partner_bn``). The official code at its current HEAD (commit
+  cd1e25c, "fix dropout in eval mode", December 2025) runs the no-grad partner pass with the
+  network in **train mode**: the ``model.eval()`` before it is commented out, so BatchNorm uses
+  the batch statistics (and updates its running statistics) and the encoder dropout is on.
+  ``partner_bn="train"`` (default) does that. The code before cd1e25c (2024) called
+  ``model.eval()``: BatchNorm used running statistics and the encoder dropout was off, while
+  the feature-perturbation dropouts stayed active only because ``PertDropout`` keeps them in a
+  plain Python list that ``eval()`` does not reach; ``partner_bn="eval"`` reproduces that, with
+  the perturbation made explicit (an always-on functional dropout).
 - Wasted work (``faithful_partner_pass``). The official partner pass calls ``model(m_w)`` and
   then ``model(cat(x, m_w), need_fp=True)``, recomputing ``pm`` and decoding ``x`` only to
   throw it away. In eval mode the network is per-sample, so one encoder pass on ``m_w`` and one
@@ -41,15 +44,19 @@ Differences from the official code, all deliberate and documented:
   ``cat(x, m_w)``; its BatchNorm batch statistics differ from those of ``model(m_w)``, so
   ``pm`` differs slightly from the official one. ``faithful_partner_pass=True`` runs the two
   official calls literally.
-- The strong view is :func:`strong_photometric` (brightness/contrast/gamma jitter p 0.8, blur
-  σ 0.1–2 p 0.5) on the weak view; its noise and cutout are off by default because the official
-  strong augmentation has neither.
+- The strong view is :func:`strong_photometric` on the weak view: the grey-image effect of the
+  official ``ColorJitter(0.5, 0.5, 0.5, 0.25)`` p 0.8 (multiplicative brightness and contrast
+  on the sample scaled to [0, 1]; saturation and hue do nothing on a grey image), blur
+  σ 0.1–2 p 0.5; its noise and cutout are off by default because the official strong
+  augmentation has neither. Not reproduced: the official uint8 quantisation of the views.
 - The 3D (LA) code ramps the threshold as ``(τ + (1-τ)·sigmoid_rampup(it, 17000))·ln 2``
   (``LA/code/train_cross_match.py``): a quirk that lowers τ=0.75 to 0.52–0.69. It is available
   as ``tau_schedule="la_ramp"``; the default is the 2D constant τ.
 
 Cost (1 thread, hippocampus, batch 8 labeled + 8 unlabeled + 8 partners, patch 64, median CPU
-time per step): 1.53 s, 5.5x the supervised step on 8 labeled (0.28 s); 6.5x at equal memory
+time per step; measured with ``partner_bn="eval"``, the default then; ``"train"`` encodes
+``cat(x, m_w)`` and decodes four streams in the partner pass, about 1 encoder + 1 decoder
+batch of n more): 1.53 s, 5.5x the supervised step on 8 labeled (0.28 s); 6.5x at equal memory
 format (channels-last for both, or for neither), close to the ~6.7x ratio of convolution work
 (no-grad: 1 encoder + 3 decoder batches; two gradient passes: 2 + 4 each). A step with the
 official partner pass (``faithful_partner_pass``, plain format) takes 1.97 s: this one is 0.78x
@@ -106,10 +113,10 @@ class CrossMatchConfig:
         0.0, "probability of cutout in the strong view (0: none, as in the official code)"
     )
     partner_bn: str = param(
-        "eval",
-        "network mode of the no-grad mix-partner pass: 'eval' = "
-        "official (BN running stats, feature dropout still on), 'train' = "
-        "batch stats",
+        "train",
+        "network mode of the no-grad mix-partner pass: 'train' = official HEAD cd1e25c "
+        "(BN batch stats, dropout on), 'eval' = the 2024 code (BN running stats, feature "
+        "dropout still on)",
         choices=("eval", "train"),
     )
     faithful_partner_pass: bool = param(

@@ -50,8 +50,10 @@ Two variants:
   - NOT reproduced, bug 2: ``adjust_brightness_contrast`` runs after ``normalize`` and uses
     ``contrast = int(U(0, 3) * 255)`` as the gain, i.e. multiplies the normalised image by
     0..765 and adds ``int(U(0.5, 1.5) * 255) - 128``, i.e. -1..254. Here the strong view is a
-    moderate brightness/contrast jitter of the normalised slice plus the official blur (kernel 3/5/7
-    with probability 3/4, i.e. σ 0.8..1.4), no noise, no cutout.
+    moderate gain and offset of the normalised slice (``strong_photometric(jitter="additive")``:
+    contrast 0.5-1.5 about the mean, offset ±0.5, always applied; no gamma, which the official
+    view does not have) plus the official blur (kernel 3/5/7 with probability 3/4, i.e.
+    σ 0.8..1.4), no noise, no cutout.
   - Not a bug but not copied: the official eighth forward pass repeats the sixth, and the
     eight passes are separate; here each network runs once on all its views stacked
     (labeled weak, unlabeled weak, labeled strong, unlabeled strong), so BatchNorm sees one
@@ -91,6 +93,10 @@ log = logging.getLogger(__name__)
 
 #: the official strong view, corrected (see the module docstring, bug 2)
 OFFICIAL_STRONG = {
+    # adjust_brightness_contrast is a gain and an offset: the additive form, and no gamma
+    # (the official strong view has none)
+    "jitter": "additive",
+    "gamma": 0.0,
     "p_jitter": 1.0,
     "p_blur": 0.75,
     "sigma": (0.8, 1.4),
