@@ -70,10 +70,14 @@ def test_sampler_batches_shapes_pad_and_holdout(tiny_volume):
     vols, _ = make_volumes([image], [sparse_labels(labels, few)])
     s = SliceSampler(vols, patch_size=48, batch_size=5, seed=1, holdout_fraction=0.25)
     assert s.holdout == [] and len(s.labeled_index) == 4  # too few to hold one out
-    many = [0, 1, 2, 4, 5, 6, 8, 9]
+    eight = [0, 1, 2, 4, 5, 6, 8, 9]  # fewer than MIN_HOLDOUT_LABELED (10): all trained on
+    vols, _ = make_volumes([image], [sparse_labels(labels, eight)])
+    s = SliceSampler(vols, patch_size=48, batch_size=5, seed=1, holdout_fraction=0.25)
+    assert s.holdout == [] and len(s.labeled_index) == 8
+    many = [0, 1, 2, 3, 4, 5, 6, 8, 9, 10]
     vols, _ = make_volumes([image], [sparse_labels(labels, many)])
     s = SliceSampler(vols, patch_size=48, batch_size=5, seed=1, holdout_fraction=0.25)
-    assert len(s.holdout) == 2 and len(s.labeled_index) == 6, s.holdout
+    assert len(s.holdout) == 2 and len(s.labeled_index) == 8, s.holdout
     b = s.labeled()
     assert b.image.shape == (5, 1, 48, 48) and b.label.shape == (5, 48, 48)
     assert b.label.dtype == torch.int64 and set(b.label.unique().tolist()) <= {0, 1, 2}

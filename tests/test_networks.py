@@ -80,3 +80,80 @@ def test_every_network_backward_on_the_avx2_code_path():
     )
     assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-2000:]}"
     assert proc.stdout.strip().startswith("OK")
+
+
+# -- initialisation (issue 12, item 5) -----------------------------------------------------
+def _kaiming_std(weight: torch.Tensor) -> float:
+    """std of kaiming_normal_(a=0, mode='fan_in'): √2 / √fan_in, fan_in as torch computes it."""
+    fan_in = nn.init._calculate_fan_in_and_fan_out(weight)[0]
+    return (2.0 / fan_in) ** 0.5
+
+
+def _check_kaiming(layers, rel: float = 0.12) -> int:
+    """Every layer with enough weights has the Kaiming-normal std (within ``rel``) and mean
+    near 0; returns how many layers were checked."""
+    checked = 0
+    for m in layers:
+        w = m.weight.detach()
+        if w.numel() < 2000:
+            continue
+        std, expected = float(w.std()), _kaiming_std(w)
+        assert abs(std / expected - 1) < rel, (m, std, expected)
+        assert abs(float(w.mean())) < 0.1 * expected
+        checked += 1
+    return checked
+
+
+def test_sdcl_unet_has_the_official_kaiming_initialisation():
+    """SDCL's UNet_2d (code/networks/unet.py): kaiming_normal_ on every Conv2d /
+    ConvTranspose2d, BatchNorm weight 1 and bias 0; PyTorch's default stays the default."""
+    from src_models.methods.base import get_method, make_config
+    from src_models.networks.unet import UNet
+
+    torch.manual_seed(0)
+    net = UNet(1, 3, init="kaiming")
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert _check_kaiming(convs) >= 10
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            assert torch.equal(m.weight, torch.ones_like(m.weight))
+            assert torch.equal(m.bias, torch.zeros_like(m.bias))
+    # PyTorch's default (kaiming_uniform_ a=√5: std 1/√(3·fan_in)) is clearly different
+    plain = UNet(1, 3)
+    big = [m for m in plain.modules() if isinstance(m, nn.Conv2d) and m.weight.numel() > 2000]
+    assert all(float(m.weight.detach().std()) < 0.6 * _kaiming_std(m.weight) for m in big)
+    with pytest.raises(ValueError, match="init"):
+        UNet(1, 3, init="xavier")
+    # the SDCL method builds student A (and its teacher copy) with it
+    cls = get_method("sdcl")
+    method = cls(make_config(cls.Config, {}), 1, 3)
+    assert method.config.init == "kaiming"
+    for name in ("student_a", "teacher", "student_b"):
+        convs = [m for m in getattr(method, name).modules() if isinstance(m, nn.Conv2d)]
+        assert _check_kaiming(convs) >= 10, name
+
+
+def test_diffusion_networks_have_the_reference_initialisation():
+    """unet_ddpm's init_weights(model, 'kaiming') (dac1ad6): Kaiming-normal fan_in weights of
+    every conv and linear layer with zero biases, BatchNorm2d weight N(1, 0.02), bias 0."""
+    from src_models.methods.base import get_method, make_config
+    from src_models.networks.ddpm_unet import DDPMUNet
+
+    torch.manual_seed(0)
+    net = DDPMUNet(4, 3, base_width=32)
+    layers = [m for m in net.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    assert _check_kaiming(layers) >= 8
+    assert any(isinstance(m, nn.Linear) and m.weight.numel() >= 2000 for m in layers)
+    assert all(float(m.bias.abs().max()) == 0 for m in layers if m.bias is not None)
+    bn_w = torch.cat([m.weight.detach() for m in net.modules() if isinstance(m, nn.BatchNorm2d)])
+    bn_b = torch.cat([m.bias.detach() for m in net.modules() if isinstance(m, nn.BatchNorm2d)])
+    assert abs(float(bn_w.mean()) - 1) < 0.005 and abs(float(bn_w.std()) - 0.02) < 0.004
+    assert float(bn_b.abs().max()) == 0
+    plain = DDPMUNet(4, 3, base_width=32, init="default")
+    assert any(float(m.bias.abs().max()) > 0 for m in plain.modules() if isinstance(m, nn.Linear))
+    cls = get_method("diffusion")
+    method = cls(make_config(cls.Config, {"base_width": 8}), 1, 3)
+    assert method.config.init == "kaiming"
+    for net in method.networks.values():
+        biases = [m.bias for m in net.modules() if isinstance(m, nn.Conv2d) and m.bias is not None]
+        assert all(float(b.abs().max()) == 0 for b in biases)

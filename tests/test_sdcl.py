@@ -13,6 +13,7 @@ from torch import nn
 
 from src_models.augment import random_box_mask
 from src_models.data import SliceSampler, make_volumes
+from src_models.data.sampler import MIN_HOLDOUT_LABELED
 from src_models.errors import SemisegError
 from src_models.losses import dice_loss, masked_cross_entropy
 from src_models.methods import sdcl
@@ -39,7 +40,8 @@ def _method(**params):
 
 def _sampler(tiny_volume, holdout=0.25, batch=4, seed=0):
     img, lab = tiny_volume
-    vols, k = make_volumes([img], [lab], axis=0, labeled_slices=[[0, 1, 3, 4, 6, 7, 9, 10]])
+    labeled = [0, 1, 2, 3, 4, 6, 7, 8, 9, 10]  # >= MIN_HOLDOUT_LABELED: some can be held out
+    vols, k = make_volumes([img], [lab], axis=0, labeled_slices=[labeled])
     assert k == 3
     return SliceSampler(vols, patch_size=32, batch_size=batch, seed=seed, holdout_fraction=holdout)
 
@@ -285,6 +287,35 @@ def test_switch_without_holdout_keeps_last_state(tiny_volume):
     assert _same(m.student_a, last_a) and _same(m.student_b, last_b)
     assert _same(m.teacher, last_a)
     assert m.train_step(data, 3, 6)["phase"] == 1.0
+
+
+def test_few_labeled_slices_are_all_trained_on_and_the_last_state_kept(tiny_volume):
+    """Issue 12: with fewer than MIN_HOLDOUT_LABELED (10) labeled slices SDCL holds none out
+    (5 labeled: trains on all 5) and ends phase A with its last state; with 10 or more it
+    holds out a fifth as before."""
+    img, lab = tiny_volume
+    assert MIN_HOLDOUT_LABELED == 10
+
+    def sampler(labeled):
+        vols, _ = make_volumes([img], [lab], axis=0, labeled_slices=[labeled])
+        return SliceSampler(
+            vols, patch_size=32, batch_size=4, seed=0, holdout_fraction=sdcl.SDCL.holdout_fraction
+        )
+
+    five = [1, 3, 5, 7, 9]
+    data = sampler(five)
+    assert data.holdout == [] and sorted(s for _, s in data.labeled_index) == five
+    m = _method(pretrain_fraction=0.5)
+    m.train()
+    for it in range(3):
+        m.train_step(data, it, 6)
+    last_a, last_b = _state(m.student_a), _state(m.student_b)
+    m.switch_to_self_training(data, 3)
+    assert _same(m.student_a, last_a) and _same(m.student_b, last_b)  # the last phase-A state
+    assert "best_a" not in m.extra_state and m.evaluate(data) is None
+    ten = [0, 1, 2, 3, 4, 5, 6, 8, 9, 10]
+    data = sampler(ten)
+    assert len(data.holdout) == 2 and len(data.labeled_index) == 8
 
 
 def test_phase_schedule_and_config_errors():

@@ -29,9 +29,10 @@ from src_models.data.volumes import Volume
 from src_models.errors import SemisegError
 from src_models.interpolation import interpolate_slices, prior_weights
 
-#: fewer labeled slices than this are all needed for training: none is held out (with the
-#: 3-5 labeled slices of the sparse-slice use, holding one out removed a quarter of them)
-MIN_HOLDOUT_LABELED = 8
+#: fewer labeled slices than this are all needed for training: none is held out and a method
+#: that selects on held-out slices (SDCL) keeps its last state instead (with the 3-5 labeled
+#: slices of the sparse-slice use, a hold-out of 0.2 would take one of the user's few slices)
+MIN_HOLDOUT_LABELED = 10
 #: defaults of the CLI and the plugin (docs/benchmarks.md, sparse-slice benchmark)
 DEFAULT_FOREGROUND_CROPS = 0.5
 DEFAULT_PRIOR_FRACTION = 0.0
@@ -48,7 +49,8 @@ def fitted_patch_size(volumes: list[Volume]) -> int:
 @dataclass
 class Batch:
     """image: float (B, C, P, P); label: int64 (B, P, P) or None for unlabeled batches;
-    mask: float (B, P, P) per-pixel weights of ``label`` in [0, 1], or None (all 1)."""
+    mask: float (B, P, P) per-pixel weights of ``label`` in [0, 1] (0 on unannotated voxels),
+    or None (all 1)."""
 
     image: torch.Tensor
     label: torch.Tensor | None = None
@@ -65,7 +67,8 @@ class SliceSampler:
         device: where batches are put.
         seed: seeds the CPU generator used for crops and augmentation.
         holdout_fraction: fraction of the labeled slices kept out of training for model
-            selection (at least one slice stays for training); 0 disables it.
+            selection (at least one slice stays for training); 0 disables it, and so do
+            fewer than :data:`MIN_HOLDOUT_LABELED` labeled slices (all are trained on).
         augment: apply the weak geometric augmentation to every batch.
         foreground_crops: share of labeled crops placed over a random foreground pixel.
         prior_fraction: share of each labeled batch drawn from interpolated slices (0: off).
@@ -249,6 +252,10 @@ class SliceSampler:
                     p_weight * self.prior_scale,
                 ]
             )
+        if (label < 0).any():  # unannotated voxels (IGNORE): weight 0, any class id
+            known = (label >= 0).float()
+            mask = known if mask is None else mask * known
+            label = label.clamp(min=0)
         if self.augment if augment is None else augment:
             if mask is None:
                 image, label = weak_geometric(

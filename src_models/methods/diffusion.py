@@ -123,6 +123,13 @@ class DiffusionConfig:
         (0.05, 0.1, 0.2, 0.3, 0.4), "encoder dropout per level (one more than width_mults)"
     )
     timesteps: int = param(1000, "diffusion steps T (sigmoid beta schedule)")
+    init: str = param(
+        "kaiming",
+        "initialisation of the three networks: 'kaiming' = reference init_weights "
+        "(Kaiming-normal conv/linear, zero biases, BatchNorm weight N(1, 0.02)), "
+        "'default' = PyTorch's",
+        choices=("kaiming", "default"),
+    )
     pretrain_fraction: float = param(
         0.2,
         "fraction of the iterations spent on phase 1 "
@@ -242,6 +249,7 @@ class Diffusion(Method):
                 c.base_width,
                 tuple(int(m) for m in c.width_mults),
                 tuple(float(d) for d in c.dropout),
+                init=c.init,
             )
 
         self.teacher_seg = unet(k + ch, k)  # noised mask prior ⊕ image -> x0 mask logits

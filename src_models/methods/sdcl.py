@@ -1,7 +1,8 @@
 """SDCL: Students Discrepancy-Informed Correction Learning (Song & Wang, MICCAI 2024).
 
-Two students of different architecture, A (the common U-Net) and B (a ResUNet: ResNet-34
-encoder + U-Net decoder, :mod:`src_models.networks.resunet`), and a non-trainable teacher T,
+Two students of different architecture, A (the common U-Net, with the official ``UNet_2d``'s
+Kaiming-normal initialisation) and B (a ResUNet: ResNet-34 encoder + U-Net decoder,
+:mod:`src_models.networks.resunet`, Kaiming-normal too), and a non-trainable teacher T,
 an exponential moving average of A. One training run has two phases, split by
 ``pretrain_fraction`` of the iteration budget:
 
@@ -52,8 +53,10 @@ Differences from the official code, all deliberate:
 - the official ``generate_mask`` draws the box corner with ``np.random.randint(0, S − s)``,
   which never places the box against the bottom/right border; ``random_box_mask`` draws all
   ``S − s + 1`` positions;
-- model selection uses labeled slices held out from training (``holdout_fraction``), never
-  test data; without any, the last state is used;
+- model selection uses labeled slices held out from training (``holdout_fraction`` 0.2),
+  never test data. With fewer than ``MIN_HOLDOUT_LABELED`` (10) labeled slices none is held
+  out: SDCL trains on all of them and keeps the last phase-A state (and, in phase B, the last
+  state): a held-out fifth of 3-5 slices would be one of the user's few annotations;
 - the official self-training also keeps the pair with the best validation mean Dice (every
   200 iterations) and tests it; ``select_best`` does the same on the held-out slices (with
   the prediction chosen by ``predict_with``).
@@ -86,8 +89,8 @@ from src_models.data.sampler import Batch, SliceSampler
 from src_models.errors import SemisegError
 from src_models.losses import dice_loss, masked_cross_entropy, one_hot
 from src_models.methods.base import Method, Prediction, confidence_map, param, register
-from src_models.methods.supervised import make_unet
 from src_models.networks.resunet import ResUNet
+from src_models.networks.unet import UNet
 from src_models.postprocess import largest_component_torch
 
 #: BCP's Dice smoothing (``DiceLoss._dice_mask_loss``)
@@ -122,6 +125,12 @@ class SDCLConfig:
         "mean", "prediction: mean of both students, A or B", choices=("mean", "a", "b")
     )
     channels: tuple = param((16, 32, 64, 128, 256), "U-Net (student A, teacher) widths")
+    init: str = param(
+        "kaiming",
+        "initialisation of student A (and the teacher): 'kaiming' = official UNet_2d "
+        "(Kaiming-normal convolutions, BatchNorm 1/0), 'default' = PyTorch's",
+        choices=("kaiming", "default"),
+    )
     res_channels: tuple = param(
         (16, 32, 64, 128, 256), "ResUNet (student B) widths: stem and 4 ResNet-34 stages"
     )
@@ -266,7 +275,12 @@ class SDCL(Method):
         for ok, message in checks:
             if not ok:
                 raise SemisegError(f"sdcl: {message} (set it with --set key=value)")
-        self.student_a = make_unet(cfg, self.in_channels, self.num_classes)
+        self.student_a = UNet(
+            self.in_channels,
+            self.num_classes,
+            channels=tuple(int(c) for c in cfg.channels),
+            init=cfg.init,
+        )
         self.student_b = ResUNet(
             self.in_channels, self.num_classes, channels=tuple(int(c) for c in cfg.res_channels)
         )

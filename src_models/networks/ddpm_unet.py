@@ -13,6 +13,12 @@ Widths: ``(w, w·m_1, ..., w·m_L)`` for base width ``w`` and multipliers ``m`` 
 w = 64, m = (1, 2, 4, 8), i.e. 64-64-128-256-512). Conditioning is channel concatenation,
 done by the caller: the network just maps (B, in_channels, H, W) and t (B,) to
 (B, out_channels, H, W).
+
+Initialisation (``init="kaiming"``, the reference): ``unet_ddpm`` calls
+``init_weights(model, 'kaiming')`` (``get_network``'s and ``train_semi_superdiff_2d.py``'s
+default), which gives every convolution and linear layer (the time MLP included)
+Kaiming-normal weights (``kaiming_normal_(a=0, mode='fan_in')``, gain √2) and zero biases, and
+every BatchNorm2d a weight drawn from N(1, 0.02) and a zero bias. ``"default"``: PyTorch's.
 """
 
 from __future__ import annotations
@@ -43,6 +49,21 @@ class SinusoidalTimeEmbedding(nn.Module):
         return torch.cat([args.sin(), args.cos()], dim=-1)
 
 
+INITS = ("kaiming", "default")
+
+
+def reference_init(net: nn.Module) -> None:
+    """The reference ``init_weights(net, 'kaiming')`` of ``unet_ddpm.py`` (dac1ad6)."""
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight, a=0, mode="fan_in")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
 class DDPMUNet(nn.Module):
     """U-Net with a time embedding.
 
@@ -52,6 +73,7 @@ class DDPMUNet(nn.Module):
         base_width: w, the width of the first level.
         width_mults: multipliers of the L deeper levels (1 <= L <= 4).
         dropout: L + 1 dropout rates, first level to deepest (encoder only).
+        init: ``"kaiming"`` (the reference's, :func:`reference_init`) or ``"default"``.
     Shapes: x (B, in, H, W), t (B,) int -> (B, out, H, W); H, W divisible by 2^L.
     """
 
@@ -62,8 +84,11 @@ class DDPMUNet(nn.Module):
         base_width: int = 16,
         width_mults: Sequence[int] = (1, 2, 4, 8),
         dropout: Sequence[float] = (0.05, 0.1, 0.2, 0.3, 0.4),
+        init: str = "kaiming",
     ) -> None:
         super().__init__()
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
         if not 1 <= len(width_mults) <= 4:
             raise ValueError("width_mults needs 1 to 4 multipliers")
         if len(dropout) != len(width_mults) + 1:
@@ -89,6 +114,8 @@ class DDPMUNet(nn.Module):
         levels = reversed(range(len(width_mults)))
         self.up = nn.ModuleList([UpBlock(widths[i + 1], widths[i], widths[i]) for i in levels])
         self.head = nn.Conv2d(widths[0], out_channels, 3, padding=1)
+        if init == "kaiming":
+            reference_init(self)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         h = self.stem(x) + self.time_mlp(t)[:, :, None, None]
