@@ -34,15 +34,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from src_models.errors import SemisegError
+from src_models.files import Staged, commit, discard, stage_dir, stage_file
 
 SUPPORTED = (".nii", ".nii.gz", ".tif", ".tiff", ".zarr", ".npy")
 _NIFTI = (".nii", ".nii.gz")
@@ -58,6 +56,9 @@ class ImageMeta:
     spacing: tuple[float, ...] = (1.0, 1.0, 1.0)  # voxel size per spatial axis (array order)
     source: str | None = None  # path it came from
     header: object | None = None  # the nibabel header when read from NIfTI (kept for writing)
+    #: axes of the array as read: "ZYX", "CZYX", "YX" (one 2D image) or "CYX" (2D, channels)
+    layout: str = ""
+    unit: str | None = None  # physical unit of the spacing ("mm", "µm", ...) when known
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -161,6 +162,39 @@ def _spacing_from_meta(meta: ImageMeta | None, ndim: int) -> tuple[float, ...]:
 # ----------------------------------------------------------------------------- reading
 
 
+_UNITS = {"micron": "µm", "um": "µm", "\\u00b5m": "µm", "µm": "µm", "μm": "µm", "mm": "mm"}
+_UNITS.update({"millimeter": "mm", "nm": "nm", "nanometer": "nm", "m": "m", "meter": "m"})
+
+
+def _unit(text) -> str | None:
+    """A unit name as this tool spells it ("µm", "mm", ...), None when absent or a pixel."""
+    if not text:
+        return None
+    text = str(text).strip()
+    return _UNITS.get(text.lower(), _UNITS.get(text, text)) if text.lower() != "pixel" else None
+
+
+def _with_layout(array: np.ndarray, meta: ImageMeta) -> tuple[np.ndarray, ImageMeta]:
+    """Unpack colour (structured RGB) voxels into channels first, drop trailing singleton axes
+    beyond three (X, Y, Z, 1), and name the axes in ``meta.layout`` when the reader did not:
+    a (Y, X, 3|4) uint8 array is one RGB(A) image, not three slices."""
+    if array.dtype.names:  # NIfTI RGB24 / RGBA32: one field per colour
+        array = np.stack([array[name] for name in array.dtype.names])
+        meta.layout = "C" + (meta.layout or "ZYX"[-(array.ndim - 1) :])
+        return array, meta
+    while array.ndim > 3 and array.shape[-1] == 1 and not meta.layout:
+        array = array[..., 0]
+    if not meta.layout:
+        if array.ndim == 3 and array.shape[-1] in (3, 4) and array.dtype == np.uint8:
+            if min(array.shape[:2]) >= 8:
+                array = np.moveaxis(array, -1, 0)
+                meta.layout = "CYX"
+                meta.spacing = tuple(meta.spacing[:2]) if len(meta.spacing) >= 2 else (1.0, 1.0)
+                return array, meta
+        meta.layout = {2: "YX", 3: "ZYX", 4: "CZYX"}.get(array.ndim, "")
+    return array, meta
+
+
 def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, ImageMeta]:
     """Read an image volume and its geometry; see the module docstring for layouts."""
     path = Path(path).expanduser()
@@ -168,12 +202,14 @@ def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, ImageMeta]:
     _check_exists(path)
     try:
         if fmt in _NIFTI:
-            return _read_nifti(path)
-        if fmt in _TIFF:
-            return _read_tiff(path)
-        if fmt == ".zarr":
-            return _read_zarr(path)
-        return _read_npy(path)
+            array, meta = _read_nifti(path)
+        elif fmt in _TIFF:
+            array, meta = _read_tiff(path)
+        elif fmt == ".zarr":
+            array, meta = _read_zarr(path)
+        else:
+            array, meta = _read_npy(path)
+        return _with_layout(array, meta)
     except SemisegError:
         raise
     except Exception as exc:  # nibabel, gzip, zlib, tifffile, zarr all raise their own types
@@ -203,6 +239,8 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, ImageMeta]:
     array = np.asarray(np.asanyarray(img.dataobj))
     if array.dtype == np.float64 and header.get_data_dtype() != np.float64:
         array = array.astype(np.float32)  # nibabel scales in float64; halve the memory
+    while array.ndim > 3 and array.shape[-1] == 1:  # (X, Y, Z, 1): no channel axis
+        array = array[..., 0]
     ndim = min(array.ndim, 3)
     # Zooms are float32 in the header: report their shortest decimal form (0.8, not 0.800..01).
     zooms = tuple(float(str(np.float32(z))) for z in header.get_zooms()[:ndim])
@@ -217,6 +255,8 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, ImageMeta]:
         spacing=zooms,
         source=str(path),
         header=header.copy(),
+        layout={2: "YX", 3: "ZYX", 4: "CZYX"}[array.ndim] if not array.dtype.names else "",
+        unit=_unit(header.get_xyzt_units()[0]) if header.get_xyzt_units()[0] != "unknown" else None,
     )
     return array, meta
 
@@ -237,6 +277,7 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, ImageMeta]:
                 if num > 0 and den > 0 and (num, den) != (1, 1):
                     spacing[ax] = den / num
         ij = tf.imagej_metadata or {}
+        unit = _unit(ij.get("unit"))
         if "spacing" in ij:
             spacing["Z"] = float(ij["spacing"])
         props = ij.get("Properties") or {}
@@ -249,6 +290,7 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, ImageMeta]:
                 spacing[ax] = float(s)
         if shaped.get("affine") is not None:
             affine = np.asarray(shaped["affine"], dtype=np.float64)
+        unit = unit or _unit(shaped.get("unit"))
     # Move a channel (or sample) axis first, drop other singleton axes tifffile reports.
     for ch in ("C", "S"):
         if ch in axes and axes.index(ch) != 0:
@@ -257,7 +299,10 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, ImageMeta]:
             axes = ch + axes[:i] + axes[i + 1 :]
     space = tuple(spacing[a] for a in axes if a in "ZYX")
     space = space or _default_spacing(_spatial_ndim(array))
-    return array, ImageMeta(affine=affine, spacing=space, source=str(path))
+    layout = axes.replace("S", "C")
+    layout = layout if len(layout) == array.ndim and set(layout) <= set("CZYX") else ""
+    meta = ImageMeta(affine=affine, spacing=space, source=str(path), layout=layout, unit=unit)
+    return array, meta
 
 
 def _zarr_array(root):
@@ -284,7 +329,10 @@ def _read_zarr(path: Path) -> tuple[np.ndarray, ImageMeta]:
     spacing = tuple(float(s) for s in spacing) if spacing else _default_spacing(ndim)
     affine = attrs.get("affine")
     affine = np.asarray(affine, dtype=np.float64) if affine is not None else None
-    return array, ImageMeta(affine=affine, spacing=spacing, source=str(path))
+    meta = ImageMeta(
+        affine=affine, spacing=spacing, source=str(path), unit=_unit(attrs.get("unit"))
+    )
+    return array, meta
 
 
 def _read_npy(path: Path) -> tuple[np.ndarray, ImageMeta]:
@@ -318,6 +366,30 @@ def write_volume(
     are written as float32 and other dtypes as given. ``meta`` supplies the affine, spacing
     and (NIfTI) the source header so the output is aligned with the source image.
     """
+    return write_volumes([(path, array, meta, labels)])[0]
+
+
+def write_volumes(items) -> list[Path]:
+    """Write several volumes, all or nothing: each ``(path, array, meta, labels)`` is staged
+    under a temporary name first and the outputs are renamed onto their paths only once all
+    are complete; on failure no output appears and nothing existing is touched."""
+    staged: list[Staged] = []
+    try:
+        for path, array, meta, labels in items:
+            staged.append(stage_volume(path, array, meta, labels=labels))
+        return commit(staged)
+    except OSError as exc:
+        raise SemisegError(
+            f"cannot write {path} ({_one_line(exc)}); check free disk space and permissions"
+        ) from exc
+    finally:
+        discard(s for s in staged if s.tmp.exists())
+
+
+def stage_volume(
+    path: str | os.PathLike, array: np.ndarray, meta: ImageMeta | None = None, *, labels=False
+) -> Staged:
+    """Write ``array`` under a temporary name beside ``path`` (see :mod:`src_models.files`)."""
     path = Path(str(path).rstrip("/\\")).expanduser()
     fmt = volume_format(path)
     array = np.asarray(array)
@@ -337,62 +409,17 @@ def write_volume(
         ) from exc
     if path.is_dir() and fmt != ".zarr":
         raise SemisegError(f"{path} is a folder; choose a file name for the output")
-    try:
-        if fmt == ".zarr":
-            _atomic_dir(path, lambda tmp: _write_zarr(tmp, array, meta, labels))
-        else:
-            writer = {
-                ".nii": _write_nifti,
-                ".nii.gz": _write_nifti,
-                ".tif": _write_tiff,
-                ".tiff": _write_tiff,
-                ".npy": _write_npy,
-            }[fmt]
-            _atomic_file(path, fmt, lambda tmp: writer(tmp, array, meta, labels))
-    except OSError as exc:
-        raise SemisegError(
-            f"cannot write {path} ({_one_line(exc)}); check free disk space and permissions"
-        ) from exc
-    return path
-
-
-def _atomic_file(path: Path, fmt: str, write) -> None:
+    if fmt == ".zarr":
+        return stage_dir(path, lambda tmp: _write_zarr(tmp, array, meta, labels))
+    writer = {
+        ".nii": _write_nifti,
+        ".nii.gz": _write_nifti,
+        ".tif": _write_tiff,
+        ".tiff": _write_tiff,
+        ".npy": _write_npy,
+    }[fmt]
     # Keep the real extension last: nibabel picks gzip from the suffix.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{fmt}", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_dir(path: Path, write) -> None:
-    """Write a directory under a temporary name, then swap it in; the old one is removed
-    only after the new one is in place (restored if the swap fails)."""
-    if path.exists() and not path.is_dir():
-        raise SemisegError(f"{path} exists and is not a zarr folder; remove it or pick a name")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    old = None
-    try:
-        write(tmp)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(path, old)
-        try:
-            os.replace(tmp, path)
-        except BaseException:
-            if old is not None:
-                os.replace(old, path)
-                old = None
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    return stage_file(path, lambda tmp: writer(tmp, array, meta, labels), suffix=fmt)
 
 
 def _write_nifti(tmp: Path, array: np.ndarray, meta: ImageMeta | None, labels: bool) -> None:
@@ -428,6 +455,9 @@ def _write_nifti(tmp: Path, array: np.ndarray, meta: ImageMeta | None, labels: b
     out = img.header
     out.set_data_dtype(data.dtype)
     out.set_slope_inter(1.0, 0.0)
+    nifti_unit = {"mm": "mm", "µm": "micron", "m": "meter"}.get(getattr(meta, "unit", None) or "")
+    if nifti_unit:
+        out.set_xyzt_units(xyz=nifti_unit)
     out["cal_min"], out["cal_max"] = 0.0, 0.0
     if labels:
         out.set_intent("label")
@@ -450,7 +480,8 @@ def _write_tiff(tmp: Path, array: np.ndarray, meta: ImageMeta | None, labels: bo
         # ImageJ hyperstack order is (T)ZCYX: channels after Z.
         data = np.moveaxis(array, 0, 1) if array.ndim == 4 else array
         ij_axes = "ZCYX" if array.ndim == 4 else axes
-        metadata: dict = {"axes": ij_axes, "unit": "mm"}
+        unit = getattr(meta, "unit", None) or "mm"
+        metadata: dict = {"axes": ij_axes, "unit": "micron" if unit == "µm" else unit}
         if ndim == 3:
             metadata["spacing"] = float(spacing[0])
         if affine is not None:
@@ -462,6 +493,8 @@ def _write_tiff(tmp: Path, array: np.ndarray, meta: ImageMeta | None, labels: bo
         )
     else:
         metadata = {"axes": axes, "spacing": [float(s) for s in spacing]}
+        if getattr(meta, "unit", None):
+            metadata["unit"] = meta.unit
         if affine is not None:
             metadata["affine"] = np.asarray(affine, float).tolist()
         tifffile.imwrite(str(tmp), array, resolution=(1.0 / sx, 1.0 / sy), metadata=metadata)
@@ -477,6 +510,8 @@ def _write_zarr(tmp: Path, array: np.ndarray, meta: ImageMeta | None, labels: bo
         "spacing": [float(s) for s in _spacing_from_meta(meta, _spatial_ndim(array))],
         "semiseg": {"labels": bool(labels)},
     }
+    if getattr(meta, "unit", None):
+        attrs["unit"] = meta.unit
     affine = getattr(meta, "affine", None)
     if affine is not None:
         attrs["affine"] = np.asarray(affine, dtype=float).tolist()

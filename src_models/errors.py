@@ -16,3 +16,7 @@ class TrainingStopped(SemisegError):
 
 class NonFiniteLossError(SemisegError):
     """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class CheckpointError(SemisegError):
+    """A checkpoint could not be written (e.g. a full disk); the previous one is intact."""

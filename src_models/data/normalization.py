@@ -51,7 +51,8 @@ def fit_normalization(
 ) -> Normalization:
     """Compute clip bounds and z-score statistics of ``image`` (C, ...) per channel.
 
-    Raises SemisegError for NaN/inf intensities or a constant channel.
+    A channel whose percentiles coincide (a sparse image, mostly one value) keeps its full
+    range. Raises SemisegError for NaN/inf intensities or a constant channel.
     """
     lows, highs, means, stds = [], [], [], []
     for c in range(image.shape[0]):
@@ -62,6 +63,10 @@ def fit_normalization(
                 "(e.g. numpy.nan_to_num) before segmenting"
             )
         lo, hi = np.percentile(channel, percentiles)
+        if hi <= lo:
+            # A sparse image (e.g. fluorescence: > 99.5 % of the voxels are 0) has equal
+            # percentiles: clipping would erase the signal. Keep its full range instead.
+            lo, hi = float(channel.min()), float(channel.max())
         clipped = np.clip(channel, lo, hi)
         mean, std = float(clipped.mean()), float(clipped.std())
         if hi <= lo or std < 1e-8:

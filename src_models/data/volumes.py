@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from src_models.data.label_values import IGNORE
 from src_models.data.normalization import Normalization, fit_normalization
 from src_models.errors import SemisegError
 
@@ -76,8 +77,11 @@ def check_axis(axis: int) -> int:
     return axis
 
 
-def check_labels(labels: np.ndarray, num_classes: int | None = None) -> np.ndarray:
-    """Validate a label volume: integer values >= 0 (and < num_classes when given)."""
+def check_labels(
+    labels: np.ndarray, num_classes: int | None = None, allow_ignore: bool = False
+) -> np.ndarray:
+    """Validate a label volume: integer values >= 0 (and < num_classes when given); with
+    ``allow_ignore``, :data:`IGNORE` (-1, unannotated voxels) too."""
     labels = np.asarray(labels)
     if labels.dtype.kind == "f":
         if not np.all(np.isfinite(labels)) or not np.all(labels == np.round(labels)):
@@ -87,7 +91,7 @@ def check_labels(labels: np.ndarray, num_classes: int | None = None) -> np.ndarr
             )
     elif labels.dtype.kind not in "iub":
         raise SemisegError(f"labels have dtype {labels.dtype}: use an integer label volume")
-    if labels.size and labels.min() < 0:
+    if labels.size and labels.min() < (IGNORE if allow_ignore else 0):
         raise SemisegError("labels contain negative values: class ids must be 0 (background)..K")
     if num_classes is not None and labels.size and labels.max() >= num_classes:
         raise SemisegError(
@@ -98,9 +102,12 @@ def check_labels(labels: np.ndarray, num_classes: int | None = None) -> np.ndarr
 
 
 def detect_labeled_slices(labels_slices: np.ndarray) -> list[int]:
-    """Indices of slices (first axis) that contain a nonzero label."""
+    """Indices of slices (first axis) that contain a nonzero label; when some voxels are
+    marked unannotated (:data:`IGNORE`), of the slices with any annotated voxel (background
+    included: it was painted)."""
     flat = labels_slices.reshape(labels_slices.shape[0], -1)
-    return [int(i) for i in np.flatnonzero(flat.any(axis=1))]
+    annotated = flat >= 0 if (flat == IGNORE).any() else flat > 0
+    return [int(i) for i in np.flatnonzero(annotated.any(axis=1))]
 
 
 def make_volumes(
@@ -115,7 +122,8 @@ def make_volumes(
 
     Args:
         images: each (Z, Y, X) or (C, Z, Y, X); all with the same channel count.
-        labels: each (Z, Y, X) int, same spatial shape as its image, or None (unlabeled).
+        labels: each (Z, Y, X) int, same spatial shape as its image, or None (unlabeled);
+            :data:`IGNORE` (-1) marks unannotated voxels (see :mod:`label_values`).
         axis: spatial axis to slice along.
         labeled_slices: per volume, explicit labeled slice indices (None = detect).
         num_classes: class count including background; default max label + 1 (at least 2).
@@ -143,7 +151,7 @@ def make_volumes(
                 "all images must have the same channels"
             )
         if lbl is not None:
-            lbl = check_labels(lbl)
+            lbl = check_labels(lbl, allow_ignore=True)
             if lbl.shape != img.shape[1:]:
                 raise SemisegError(
                     f"image {i} has spatial shape {img.shape[1:]} but its labels have shape "

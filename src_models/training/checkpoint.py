@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import torch
 
 from src_models import __version__
 from src_models.errors import SemisegError
+from src_models.files import commit, discard, stage_file
 from src_models.methods.base import Method, config_to_dict, get_method, make_config
 
 FORMAT = "napari-semiseg-model"
@@ -92,33 +92,28 @@ def create_model(
     return ModelBundle(cls(config, in_channels, num_classes, device), **bundle_fields)
 
 
-def atomic_write_bytes(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``; no partial file on failure."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_model(bundle: ModelBundle, run_dir: str | os.PathLike) -> Path:
-    """Write ``model.pt`` and ``model.json`` into ``run_dir`` atomically; returns the dir."""
+    """Write ``model.pt`` and ``model.json`` into ``run_dir``; returns the dir.
+
+    Both files are staged first and renamed only when both are complete, so a full disk or a
+    crash leaves the previous checkpoint whole; the ``OSError`` is raised after cleaning up.
+    """
     run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     payload = {
         "format_version": FORMAT_VERSION,
         "method": bundle.method.name,
         "state": bundle.method.state_dict(),
         "trainer": bundle.trainer_state,
     }
-    atomic_write_bytes(run_dir / WEIGHTS_FILE, lambda tmp: torch.save(payload, tmp))
     text = json.dumps(bundle.metadata(), indent=2)
-    atomic_write_bytes(run_dir / META_FILE, lambda tmp: Path(tmp).write_text(text))
+    staged = []
+    try:
+        staged.append(stage_file(run_dir / WEIGHTS_FILE, lambda tmp: torch.save(payload, tmp)))
+        staged.append(stage_file(run_dir / META_FILE, lambda tmp: Path(tmp).write_text(text)))
+        commit(staged)
+    finally:
+        discard(s for s in staged if s.tmp.exists())
     return run_dir
 
 

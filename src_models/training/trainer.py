@@ -18,6 +18,7 @@ and restores the last good weights (whose checkpoint stays on disk).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -29,7 +30,8 @@ from pathlib import Path
 import torch
 
 from src_models.data.sampler import SliceSampler
-from src_models.errors import NonFiniteLossError, SemisegError
+from src_models.errors import CheckpointError, NonFiniteLossError, SemisegError
+from src_models.files import atomic_write
 from src_models.training.checkpoint import ModelBundle, save_model
 from src_models.training.control import TrainingControl
 from src_models.training.warmup import LossPlateau
@@ -125,23 +127,46 @@ def train(
     warm_end = None if has_warmup and saved < 0 else (saved if has_warmup else 0)
     total = _estimate_total(config, it, start, 0.0)
     log_file = None
+    #: iteration of the last checkpoint on disk (a resumed run starts from one)
+    saved_at = start if start > 0 else None
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        log_file = (out / LOG_FILE).open("a")
-        (out / "train_config.json").write_text(json.dumps(asdict(config), indent=2))
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            text = json.dumps(asdict(config), indent=2)
+            atomic_write(out / "train_config.json", lambda tmp: tmp.write_text(text))
+            log_file = (out / LOG_FILE).open("a")
+        except OSError as exc:
+            raise SemisegError(
+                f"cannot write to the run folder {out} ({exc.strerror or exc}): choose a "
+                "writable location with free space"
+            ) from None
     last_good = copy.deepcopy(method.state_dict())
     t0 = time.perf_counter()
     paused = 0.0
     lr = 0.0
 
     def checkpoint() -> None:
-        nonlocal last_good
+        nonlocal last_good, saved_at
         bundle.iteration = it
         bundle.trainer_state = {"torch_rng": torch.get_rng_state(), "sampler": data.state_dict()}
         bundle.trainer_state["warmup_end"] = -1 if warm_end is None else int(warm_end)
         last_good = copy.deepcopy(method.state_dict())
-        if out is not None:
+        if out is None:
+            return
+        try:
             save_model(bundle, out)
+        except OSError as exc:
+            kept = (
+                f"the previous checkpoint (iteration {saved_at}) in it is intact: free space "
+                "and continue with --resume"
+                if saved_at is not None
+                else "no earlier checkpoint exists: free space and train again"
+            )
+            raise CheckpointError(
+                f"could not save the checkpoint of iteration {it} in {out} "
+                f"({exc.strerror or exc}); {kept}"
+            ) from None
+        saved_at = it
 
     def emit(logs: dict, done: bool = False, message: str = "") -> None:
         elapsed = time.perf_counter() - t0 - paused
@@ -151,9 +176,11 @@ def train(
             eta = max(0.0, config.minutes * 60 - elapsed)
         event = Progress(it, total, elapsed, eta, lr, logs, done, message)
         if log_file is not None and logs and not done:
-            log_file.write(
-                json.dumps({"iteration": it, "lr": lr, "elapsed": round(elapsed, 3), **logs}) + "\n"
-            )
+            row = {"iteration": it, "lr": lr, "elapsed": round(elapsed, 3), **logs}
+            try:
+                log_file.write(json.dumps(row) + "\n")
+            except OSError:  # a full disk: the checkpoint reports it; the log just stops
+                pass
         if callback is not None:
             callback(event)
 
@@ -211,6 +238,7 @@ def train(
         ) from None
     finally:
         if log_file is not None:
-            log_file.close()
+            with contextlib.suppress(OSError):
+                log_file.close()
         method.eval()
     return bundle
