@@ -7,30 +7,32 @@ here as plain functions and generators that a dock hands to napari's ``create_wo
 - :func:`interpolate_labels` is the zero-training baseline and the instant first preview:
   the shape-based interpolation ("fill between slices", :mod:`src_models.interpolation`) of
   the sparse labels, as an :class:`InterpolationPreview`.
-- :func:`training_events` is a generator: it first yields that interpolation when the job
-  asks for it (so it reaches the viewer before any training event), then validates and
-  slices the volume, builds (or continues) the model, runs
-  :func:`src_models.training.train` in a helper thread whose callback only queues events,
-  and yields :class:`TrainingUpdate` batches at most every ``UPDATE_PERIOD`` seconds (so a
-  fast tiny model never floods the GUI thread). Every ``preview_seconds`` seconds of
-  training (pauses excluded) the callback also predicts the slice the viewer shows (its
-  index is read from :attr:`Session.preview_index`, written by the GUI thread) and queues
-  it as a :class:`Preview`. The generator returns the trained bundle.
+- :func:`training_events` is a generator: it saves the labels to train on in the run folder
+  (:data:`LABELS_FILE`, so what the user painted survives any crash), starts the training
+  in a child process (:mod:`napari_semiseg._train_process`; the child runs
+  :func:`train_job`), yields the interpolation when the job asks for it (so it reaches the
+  viewer before any training event), and relays what the child sends as
+  :class:`TrainingUpdate` batches at most every ``UPDATE_PERIOD`` seconds (so a fast tiny
+  model never floods the GUI thread). Every ``preview_seconds`` seconds of training (pauses
+  excluded) the child also predicts the slice the viewer shows (its index is read from
+  :attr:`Session.preview_index`, written by the GUI thread, and handed on by the generator)
+  and sends it as a :class:`Preview`. At the end the generator loads the trained bundle from
+  the run folder's checkpoint and returns it; when the child dies it raises
+  :class:`TrainingProcessDied`, holding the last good checkpoint.
 - :func:`predict_layers` predicts the whole volume with every map the method offers.
 
-Nothing here touches a widget; the docks update layers from the worker's signals on the GUI
-thread.
+Nothing here touches a widget (nor imports napari or Qt: the training process imports this
+module); the docks update layers from the worker's signals on the GUI thread.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import os
-import queue
-import sys
 import tempfile
 import threading
-import time
 import weakref
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
@@ -40,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_semiseg._train_process import ChildError, ChildProcess, describe_exit, tail_lines
 from src_models.data.sampler import (
     DEFAULT_FOREGROUND_CROPS,
     DEFAULT_PRIOR_FRACTION,
@@ -54,15 +57,34 @@ from src_models.data.volumes import (
 )
 from src_models.device import select_device
 from src_models.errors import SemisegError
+from src_models.files import atomic_write
 from src_models.inference import VolumePrediction, predict_slices, predict_volume
 from src_models.interpolation import interpolate_volume
 from src_models.methods.base import get_method, make_config
-from src_models.training.checkpoint import ModelBundle, create_model
+from src_models.training.checkpoint import (
+    META_FILE,
+    ModelBundle,
+    create_model,
+    load_model,
+    save_model,
+)
 from src_models.training.control import TrainingControl
 from src_models.training.trainer import Progress, TrainConfig, train
 
 #: seconds between two batches of events handed to the GUI thread
 UPDATE_PERIOD = 0.05
+#: longest wait for the training process before the generator checks control and liveness
+POLL_PERIOD = 0.1
+#: files of a run folder: the labels a run trained on, their slices, the process's log
+LABELS_FILE = "labels.npy"
+SLICES_FILE = "labeled_slices.json"
+PROCESS_LOG = "process.log"
+#: log a progress line in the process log every this many seconds of training
+LOG_SECONDS = 10.0
+#: seconds to wait for the exit code of a child that closed its end of the pipe
+KILL_WAIT = 10.0
+
+log = logging.getLogger(__name__)
 #: fewer labeled slices leave nothing to fill in between
 MIN_INTERPOLATION_SLICES = 2
 
@@ -148,12 +170,14 @@ class TrainRequest:
     #: the first one after that long, and one at the end (0: off)
     preview_seconds: float = 15.0
     checkpoint_every: int = 250
-    #: how much lower the training thread's CPU priority is (Linux per-thread nice, 0-19):
-    #: the GUI thread then wins the CPU whenever it needs it (see benchmarks/gui_responsiveness)
+    #: how much lower the training process's CPU priority is (nice, 0-19): the viewer then
+    #: wins the CPU whenever it needs it (see benchmarks/gui_responsiveness)
     nice: int = 10
-    #: torch intra-op threads of the training thread; 0: all CPUs but one (at least one),
+    #: torch intra-op threads of the training process; 0: all CPUs but one (at least one),
     #: which leaves a core to the GUI thread and avoids oversubscribing busy machines
     threads: int = 0
+    #: seconds a stopped training process gets to checkpoint and end before it is terminated
+    stop_grace: float = 5.0
 
     def thread_count(self) -> int:
         if self.threads > 0:
@@ -187,6 +211,8 @@ class TrainRequest:
             raise SemisegError(f"patch size {self.patch_size} must be a multiple of 16 (>= 16)")
         if not self.preview_seconds >= 0:
             raise SemisegError("the preview interval must be 0 (off) or more seconds")
+        if not self.stop_grace >= 0:
+            raise SemisegError("the stop grace period must be 0 or more seconds")
         select_device(self.device)
         return config
 
@@ -223,7 +249,8 @@ class TrainingUpdate:
 
 @dataclass
 class TrainingJob:
-    """Everything the worker needs, gathered on the GUI thread."""
+    """Everything the worker needs, gathered on the GUI thread; ``pid`` is the training
+    process's once it started."""
 
     image: Any  #: (Z, Y, X), (C, Z, Y, X) or RGB (Z, Y, X, C) raw intensities, read lazily
     labels: np.ndarray  #: (Z, Y, X) integer, a copy (the user may paint during training)
@@ -239,6 +266,37 @@ class TrainingJob:
     interpolate: bool = False
     info: dict[str, Any] = field(default_factory=dict)
     finished: threading.Event = field(default_factory=threading.Event)
+    #: a module-level function (or a partial of one) the training process calls before it
+    #: trains: a hook for tests that inject faults into the child
+    child_setup: Callable[[], Any] | None = None
+    pid: int | None = None
+
+
+@dataclass
+class ChildJob:
+    """What the training process gets (pickled into it at its start): the image (C, Z, Y,
+    X) as a torch tensor in shared memory (or an array when torch cannot hold its dtype);
+    the labels are read from the run folder, where :func:`prepare_run` saved them, and the
+    model to continue (``resume``) from its checkpoint there."""
+
+    image: Any
+    axis: int
+    labeled: list[int]
+    request: TrainRequest
+    run_dir: str
+    resume: bool
+    device: str
+    info: dict[str, Any]
+    setup: Callable[[], Any] | None = None
+
+
+class TrainingProcessDied(SemisegError):
+    """The training process ended without a result (a signal, a native crash, an
+    out-of-memory kill); ``bundle`` is the run's last good checkpoint, or None."""
+
+    def __init__(self, message: str, bundle: ModelBundle | None = None) -> None:
+        super().__init__(message)
+        self.bundle = bundle
 
 
 class LossHistory:
@@ -384,21 +442,6 @@ def _predict_slice(bundle: ModelBundle, volume: Volume, index: int) -> np.ndarra
         torch.set_rng_state(rng)
 
 
-def lower_thread_priority(niceness: int) -> bool:
-    """Lower the calling thread's CPU priority by ``niceness`` (Linux, where nice values are
-    per thread; threads it starts, such as torch's intra-op pool, inherit it). Lowering needs
-    no privilege. Returns whether it was applied (elsewhere it is a no-op)."""
-    if niceness <= 0 or not sys.platform.startswith("linux"):
-        return False
-    try:
-        tid = threading.get_native_id()
-        current = os.getpriority(os.PRIO_PROCESS, tid)
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, current + niceness))
-    except (AttributeError, OSError):
-        return False
-    return True
-
-
 def _friendly(exc: BaseException) -> BaseException:
     """Turn memory errors into a SemisegError naming the fix; keep the rest."""
     text = str(exc).lower()
@@ -410,56 +453,101 @@ def _friendly(exc: BaseException) -> BaseException:
     return exc
 
 
-def training_events(
-    job: TrainingJob,
-) -> Generator[TrainingUpdate | InterpolationPreview, None, ModelBundle]:
-    """Train as described by ``job``; yields :class:`TrainingUpdate` and returns the bundle.
+def save_labels(run_dir: Path, labels: np.ndarray, axis: int, labeled: list[int], info=None):
+    """Write the labels a run trains on (``labels.npy``) and their slicing (axis, labeled
+    slices, layer names: ``labeled_slices.json``) into ``run_dir``, atomically."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    array = np.asarray(labels)
 
-    With ``job.interpolate`` the first thing yielded, before the volume is even normalised,
-    is the :class:`InterpolationPreview` of the labels: the instant preview. The trainer
-    runs in a helper thread (its callback can only queue, not yield); this generator relays
-    the queue, so the napari worker that iterates it stays responsive to the GUI.
-    ``job.control`` pauses, resumes and stops the trainer; ``job.finished`` is set when
-    everything has ended (also on error).
-    """
+    def write_array(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+
+    atomic_write(run_dir / LABELS_FILE, write_array)
+    meta = {"axis": int(axis), "labeled_slices": [int(s) for s in labeled]}
+    meta.update({k: str(v) for k, v in (info or {}).items() if v is not None})
+    text = json.dumps(meta, indent=2)
+    atomic_write(run_dir / SLICES_FILE, lambda tmp: Path(tmp).write_text(text))
+
+
+def _share(array: np.ndarray) -> Any:
+    """A torch tensor in shared memory for ``array`` (passed to a child without a copy
+    through the pipe), or the array itself when torch has no such dtype."""
     try:
-        req = job.request
-        if job.interpolate:
-            classes = None if job.bundle is None else job.bundle.num_classes
-            yield interpolate_labels(job.labels, job.axis, job.labeled, classes)
+        return torch.from_numpy(np.ascontiguousarray(array)).share_memory_()
+    except TypeError:
+        return array
+
+
+def prepare_run(job: TrainingJob) -> ChildJob:
+    """Parent side of a run: check a model to continue against the job, save the labels (and
+    that model) into the run folder, put the image in shared memory."""
+    image = image_channels_first(job.image, job.rgb)
+    bundle = job.bundle
+    if bundle is not None:
+        if bundle.axis != job.axis:
+            raise SemisegError(
+                f"the model was trained on slices along axis {bundle.axis}, the labels are "
+                f"set to axis {job.axis}: set the axis back to {bundle.axis} or train anew"
+            )
+        if bundle.method.in_channels != image.shape[0]:
+            raise SemisegError(
+                f"the model expects {bundle.method.in_channels} channel(s), the image has "
+                f"{image.shape[0]}: pick the image it was trained on or train anew"
+            )
+    run_dir = Path(job.run_dir)
+    save_labels(run_dir, job.labels, job.axis, job.labeled, job.info)
+    if bundle is not None:
+        save_model(bundle, run_dir)  # the child resumes from it, trainer state included
+    device = job.request.device if bundle is None else str(bundle.method.device)
+    return ChildJob(
+        _share(image),
+        job.axis,
+        list(job.labeled),
+        job.request,
+        str(run_dir),
+        bundle is not None,
+        device,
+        dict(job.info),
+        job.child_setup,
+    )
+
+
+def train_job(
+    spec: ChildJob,
+    send: Callable[[Any], None],
+    control: TrainingControl,
+    preview_index: Callable[[], int | None],
+) -> int:
+    """Child side of a run (the training process's target; also callable in-process): build
+    or resume the model, train it into the run folder, ``send`` every :class:`Progress` and
+    :class:`Preview`. Returns the iteration reached (the checkpoint holds the model)."""
+    if spec.setup is not None:
+        spec.setup()
+    req, run_dir = spec.request, Path(spec.run_dir)
+    image = spec.image.numpy() if isinstance(spec.image, torch.Tensor) else spec.image
+    labels = np.load(run_dir / LABELS_FILE)
+    try:
+        resumed = load_model(run_dir, device=select_device(spec.device)) if spec.resume else None
         volumes, num_classes = make_volumes(
-            [image_channels_first(job.image, job.rgb)],
-            [job.labels],
-            job.axis,
-            [job.labeled],
-            num_classes=None if job.bundle is None else job.bundle.num_classes,
+            [image],
+            [labels],
+            spec.axis,
+            [spec.labeled],
+            num_classes=None if resumed is None else resumed.num_classes,
         )
         volume = volumes[0]
-        if job.bundle is None:
-            device = select_device(req.device)
-            bundle = create_model(
-                req.method,
-                req.params,
-                volume.slices.shape[1],
-                num_classes,
-                device,
-                req.seed,
-                axis=job.axis,
-                patch_size=req.patch_size,
-            )
-        else:
-            bundle = job.bundle
-            if bundle.axis != job.axis:
-                raise SemisegError(
-                    f"the model was trained on slices along axis {bundle.axis}, the labels are "
-                    f"set to axis {job.axis}: set the axis back to {bundle.axis} or train anew"
-                )
-            if bundle.method.in_channels != volume.slices.shape[1]:
-                raise SemisegError(
-                    f"the model expects {bundle.method.in_channels} channel(s), the image has "
-                    f"{volume.slices.shape[1]}: pick the image it was trained on or train anew"
-                )
-        bundle.info.update(job.info)
+        bundle = resumed or create_model(
+            req.method,
+            req.params,
+            volume.slices.shape[1],
+            num_classes,
+            select_device(req.device),
+            req.seed,
+            axis=spec.axis,
+            patch_size=req.patch_size,
+        )
+        bundle.info.update(spec.info)
         bundle.info["labeled_slices"] = list(volume.labeled)
         sampler = SliceSampler(
             volumes,
@@ -472,51 +560,121 @@ def training_events(
             prior_fraction=DEFAULT_PRIOR_FRACTION,
         )
         config = req.train_config(start=bundle.iteration)
-        events: queue.SimpleQueue = queue.SimpleQueue()
-        outcome: dict[str, Any] = {}
-        done = object()
-        # seconds of training (Progress.elapsed: pauses excluded) of the next preview
-        next_preview = req.preview_seconds
+        # seconds of training (Progress.elapsed: pauses excluded) of the next preview / log
+        next_preview, next_log = req.preview_seconds, 0.0
 
         def callback(progress: Progress) -> None:
-            nonlocal next_preview
-            events.put(progress)
+            nonlocal next_preview, next_log
+            send(progress)
+            if progress.elapsed >= next_log or progress.done:
+                next_log = progress.elapsed + LOG_SECONDS
+                logs = " ".join(f"{k} {v:.4g}" for k, v in progress.logs.items())
+                log.info("iteration %d/%d %s", progress.iteration, progress.total, logs)
             every = req.preview_seconds
             if every > 0 and (progress.elapsed >= next_preview or progress.done):
                 next_preview = progress.elapsed + every
-                index = job.preview_index()
+                index = preview_index()
                 n = volume.slices.shape[0]
                 index = n // 2 if index is None else min(max(int(index), 0), n - 1)
                 labels = _predict_slice(bundle, volume, index)
-                events.put(Preview(job.axis, index, labels, progress.iteration))
+                send(Preview(spec.axis, index, labels, progress.iteration))
 
-        def run() -> None:
-            lower_thread_priority(req.nice)
-            before = torch.get_num_threads()
-            torch.set_num_threads(req.thread_count())
-            try:
-                outcome["bundle"] = train(
-                    bundle, sampler, config, job.run_dir, callback, job.control
-                )
-            except BaseException as exc:  # noqa: BLE001  (re-raised in the generator)
-                outcome["error"] = exc
-            finally:
-                torch.set_num_threads(before)
-                events.put(done)
+        log.info(
+            "training %s on %s from iteration %d",
+            req.method,
+            bundle.method.device,
+            bundle.iteration,
+        )
+        train(bundle, sampler, config, run_dir, callback, control)
+        return bundle.iteration
+    except (MemoryError, RuntimeError) as exc:
+        raise _friendly(exc) from None
 
-        trainer = threading.Thread(target=run, name="semiseg-train", daemon=True)
-        trainer.start()
-        finished = False
+
+def _last_checkpoint(run_dir: Path, device: Any) -> ModelBundle | None:
+    """The model of the run folder's checkpoint, None when there is none or it is damaged."""
+    if not (run_dir / META_FILE).exists():
+        return None
+    try:
+        return load_model(run_dir, device=device)
+    except SemisegError:
+        return None
+
+
+def _ended_without_result(job: TrainingJob, child: ChildProcess, device: Any, last) -> Any:
+    """The bundle of a run whose process was ended after a stop request (its last checkpoint),
+    or the error to raise for one that died."""
+    run_dir = Path(job.run_dir)
+    checkpoint = _last_checkpoint(run_dir, device)
+    grace = job.request.stop_grace
+    if child.stop_time is not None and child.terminated:
+        if checkpoint is not None:
+            return checkpoint
+        return SemisegError(
+            f"the training process did not stop within {grace:g} s and was ended before its "
+            "first checkpoint: nothing to keep; train again"
+        )
+    how = describe_exit(child.exitcode)
+    hint = " (what the system's out-of-memory killer sends)" if child.exitcode == -9 else ""
+    where = f" at iteration {last.iteration}" if last is not None else " before its first iteration"
+    lines = tail_lines(run_dir / PROCESS_LOG)
+    tail = f" Last log lines: {' | '.join(lines)}." if lines else ""
+    if checkpoint is not None:
+        kept = (
+            f"The last good checkpoint (iteration {checkpoint.iteration}, {run_dir}) is kept "
+            "and loaded: continue training from it, save it or train anew."
+        )
+    else:
+        kept = (
+            "No checkpoint was written before it died (every "
+            f"{job.request.checkpoint_every} iterations); the previous model is kept."
+        )
+    return TrainingProcessDied(
+        f"the training process died ({how}{hint}){where}.{tail} {kept} The labels it trained "
+        f"on are saved in {run_dir / LABELS_FILE}.",
+        checkpoint,
+    )
+
+
+def training_events(
+    job: TrainingJob,
+) -> Generator[TrainingUpdate | InterpolationPreview, None, ModelBundle]:
+    """Train as described by ``job`` in a child process; yields :class:`TrainingUpdate` and
+    returns the bundle loaded from the run folder's checkpoint.
+
+    With ``job.interpolate`` the first thing yielded is the :class:`InterpolationPreview` of
+    the labels: the instant preview, computed while the child starts. ``job.control``
+    pauses, resumes and stops the child (a stopped child that has not ended within
+    ``request.stop_grace`` seconds is terminated; its last checkpoint is returned); a child
+    that dies raises :class:`TrainingProcessDied`. ``job.finished`` is set when everything
+    has ended (also on error) and the child is gone.
+    """
+    child: ChildProcess | None = None
+    try:
+        req = job.request
+        spec = prepare_run(job)
+        device = select_device(spec.device)
+        child = ChildProcess(
+            train_job,
+            (spec,),
+            Path(job.run_dir) / PROCESS_LOG,
+            nice=req.nice,
+            threads=req.thread_count(),
+            name="semiseg-train",
+        )
+        job.pid = child.pid
+        del spec  # the child holds the shared image now
+        if job.interpolate:
+            classes = None if job.bundle is None else job.bundle.num_classes
+            yield interpolate_labels(job.labels, job.axis, job.labeled, classes)
         last: Progress | None = None
-        while not finished:
-            batch = [events.get()]
-            deadline = time.monotonic() + UPDATE_PERIOD
-            while batch[-1] is not done and time.monotonic() < deadline:
-                try:
-                    batch.append(events.get(timeout=max(0.0, deadline - time.monotonic())))
-                except queue.Empty:
-                    break
-            finished = batch[-1] is done
+        while not child.ended:
+            if job.control.stop_requested:
+                child.request_stop()
+            child.set_paused(job.control.paused)
+            child.set_preview_index(job.preview_index())
+            child.enforce_stop(req.stop_grace)
+            batch = child.receive(POLL_PERIOD, UPDATE_PERIOD)
             progress = [e for e in batch if isinstance(e, Progress)]
             previews = [e for e in batch if isinstance(e, Preview)]
             last = progress[-1] if progress else last
@@ -528,13 +686,23 @@ def training_events(
                     [(p.iteration, dict(p.logs)) for p in progress if p.logs and not p.done],
                     previews[-1] if previews else None,
                 )
-        trainer.join()
-        if "error" in outcome:
-            raise _friendly(outcome["error"])
-        return outcome["bundle"]
+        child.join(KILL_WAIT)
+        if child.failure is not None:
+            failure = child.failure
+            if failure.user_error:
+                raise SemisegError(failure.message)
+            raise _friendly(ChildError(failure))
+        if child.has_result:
+            return load_model(job.run_dir, device=device)
+        outcome = _ended_without_result(job, child, device, last)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
     except (MemoryError, RuntimeError) as exc:
         raise _friendly(exc) from None
     finally:
+        if child is not None:
+            child.close(job.request.stop_grace)
         job.finished.set()
 
 

@@ -5,11 +5,14 @@ of the labeled slices in the ``interpolation`` layer: 3D Slicer's "fill between 
 zero-training baseline, computed in a worker and there at once.
 
 Pattern (after napari-nninteractive's ``widget_main.py``): the work runs in
-``create_worker(training_events, job)`` from :mod:`napari_semiseg._session`; the worker never
-touches a widget; its ``yielded`` events update the progress bar, the loss curve and the
-preview layer on the GUI thread; the controls are disabled while it runs and re-enabled in the
-``finished`` handler (after ``errored`` showed the core's message as a notification); closing
-the dock or the viewer stops the trainer through :class:`TrainingControl` and waits for it.
+``create_worker(training_events, job)`` from :mod:`napari_semiseg._session`, which trains in
+a child process (a crash or an out-of-memory kill there leaves the viewer and its labels
+alive) and relays its events; the worker never touches a widget; its ``yielded`` events
+update the progress bar, the loss curve and the preview layer on the GUI thread; the controls
+are disabled while it runs and re-enabled in the ``finished`` handler (after ``errored``
+showed the core's message as a notification: for a process that died, its exit signal, last
+log lines and the checkpoint kept, which becomes the current model); closing the dock or the
+viewer stops the training process through :class:`TrainingControl` and waits for it.
 
 Nothing about the methods is written here: the method list, descriptions and parameter forms
 come from the registry in :mod:`src_models.methods.base`.
@@ -17,6 +20,7 @@ come from the registry in :mod:`src_models.methods.base`.
 
 from __future__ import annotations
 
+import sys
 import time
 import traceback
 from functools import partial
@@ -53,6 +57,7 @@ from napari_semiseg._session import (
     AXIS_NAMES,
     InterpolationPreview,
     TrainingJob,
+    TrainingProcessDied,
     TrainingUpdate,
     TrainRequest,
     class_count,
@@ -64,13 +69,15 @@ from napari_semiseg._session import (
     session_for,
     training_events,
 )
+from napari_semiseg._train_process import ChildError
 from src_models.device import DEVICE_CHOICES, select_device
 from src_models.errors import SemisegError
 from src_models.methods.base import config_to_dict, get_method, method_names
 from src_models.training.checkpoint import ModelBundle, load_model, save_model
 from src_models.training.control import TrainingControl
 
-#: seconds the dock waits for the trainer to stop when it is closed mid-run
+#: seconds the dock waits for the training process to end when it is closed mid-run (it is
+#: terminated after ``TrainRequest.stop_grace`` seconds)
 STOP_TIMEOUT = 60.0
 #: the layer the shape-based interpolation goes to (added or updated in place)
 INTERPOLATION_LAYER = "interpolation"
@@ -80,7 +87,8 @@ def error_message(exc: BaseException) -> str:
     """The core's message for SemisegError; type and message for anything unexpected."""
     if isinstance(exc, SemisegError):
         return str(exc)
-    return f"unexpected {type(exc).__name__}: {exc} (see the console for the traceback)"
+    kind = exc.kind if isinstance(exc, ChildError) else type(exc).__name__
+    return f"unexpected {kind}: {exc} (see the console for the traceback)"
 
 
 class TrainingDock(QWidget):
@@ -406,7 +414,10 @@ class TrainingDock(QWidget):
         )
         start = job.bundle.iteration if job.bundle is not None else 0
         verb = "continuing" if resume else "starting"
-        self.status.setText(f"{verb} {job.request.method} from iteration {start}…")
+        self.progress.setRange(0, 0)  # busy until the training process reports
+        self.status.setText(
+            f"{verb} {job.request.method} from iteration {start}: starting the training process…"
+        )
         self.session.busy = "training"
         self.session.notify("busy")
         self.worker.start()
@@ -464,10 +475,11 @@ class TrainingDock(QWidget):
         if self._closed:
             return
         if isinstance(update, InterpolationPreview):
-            self.show_interpolation(update, self._job_labels)
+            if self.show_interpolation(update, self._job_labels) is not None:
+                self.status.setText(f"{self.status.text()} · starting the training process…")
             return
         p = update.progress
-        self.progress.setMaximum(max(p.total, 1))
+        self.progress.setRange(0, max(p.total, 1))
         self.progress.setValue(min(p.iteration, p.total))
         self.progress.setFormat(f"%v / %m · ETA {format_seconds(p.eta)}")
         self.session.history.extend(update.history)
@@ -596,8 +608,15 @@ class TrainingDock(QWidget):
         self.session.notify("model")
 
     def _on_error(self, exc: BaseException) -> None:
-        if not isinstance(exc, SemisegError):
+        if isinstance(exc, ChildError):
+            print(exc.remote_traceback, file=sys.stderr)
+        elif not isinstance(exc, SemisegError):
             traceback.print_exception(type(exc), exc, exc.__traceback__)
+        if isinstance(exc, TrainingProcessDied) and exc.bundle is not None:
+            self.session.bundle = exc.bundle  # the last good checkpoint
+            if self.job is not None:
+                self.job.bundle = exc.bundle
+            self.session.notify("model")
         message = error_message(exc)
         show_error(message)
         self.status.setText(f"error: {message}")
@@ -628,9 +647,11 @@ class TrainingDock(QWidget):
             w.setEnabled(not busy)
         self.pause_button.setEnabled(training)
         self.stop_button.setEnabled(training)
-        self.save_button.setEnabled(not busy or (training and self.pause_button.text() == "Resume"))
+        self.save_button.setEnabled(not busy)
         if not training:
             self.pause_button.setText("Pause")
+            if self.progress.maximum() == 0:  # never reported: leave the busy look
+                self.progress.setRange(0, 1)
 
     def toggle_pause(self) -> None:
         if self.job is None or self.worker is None:
@@ -643,13 +664,16 @@ class TrainingDock(QWidget):
         else:
             control.pause()
             self.pause_button.setText("Resume")
-            self.status.setText("paused (the model can be saved now)")
+            self.status.setText("paused (stop to keep the model: it checkpoints at once)")
         self._set_busy(True)
 
     def stop(self) -> None:
         if self.job is not None and self.worker is not None:
             self.job.control.stop()
-            self.status.setText("stopping after this iteration…")
+            grace = self.job.request.stop_grace
+            self.status.setText(
+                f"stopping after this iteration (ended after {grace:g} s if it hangs)…"
+            )
 
     # -- models -----------------------------------------------------------------------------
     def save_model_to(self, path: str | Path) -> Path | None:
@@ -657,8 +681,8 @@ class TrainingDock(QWidget):
         try:
             if bundle is None:
                 raise SemisegError("no model yet: train or load one first")
-            if self.worker is not None and not (self.job and self.job.control.paused):
-                raise SemisegError("training is running: pause or stop it before saving")
+            if self.worker is not None:
+                raise SemisegError("training is running: stop it before saving")
             out = save_model(bundle, path)
         except (SemisegError, OSError) as exc:
             show_error(
@@ -714,7 +738,8 @@ class TrainingDock(QWidget):
 
     # -- shutdown ---------------------------------------------------------------------------
     def shutdown(self, timeout: float = STOP_TIMEOUT) -> None:
-        """Stop the trainer (a checkpoint is written) and wait for it; release hooks."""
+        """Stop the training process (a checkpoint is written) and wait until it is gone;
+        release hooks."""
         if self._closed:
             return
         self._closed = True

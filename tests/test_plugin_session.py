@@ -1,6 +1,13 @@
-"""The plugin's Qt-free state and background work (napari_semiseg._session): no viewer needed."""
+"""The plugin's Qt-free state and background work (napari_semiseg._session): no viewer needed.
+
+Training runs in a child process; ``train_job``, its body, also runs in-process where a test
+monkeypatches the trainer.
+"""
 
 from __future__ import annotations
+
+import json
+import os
 
 import numpy as np
 import pytest
@@ -22,7 +29,9 @@ from napari_semiseg._session import (
     interpolate_labels,
     interpolation_problem,
     labeled_slices,
+    prepare_run,
     rank_slices,
+    train_job,
     training_events,
 )
 from src_models.errors import SemisegError
@@ -141,7 +150,16 @@ def test_training_events_yields_progress_previews_and_returns_bundle(tmp_path):
     full = predict_volume(bundle, image)
     np.testing.assert_array_equal(last.labels, full.labels[4])
     assert bundle.iteration == 6 and bundle.info["labeled_slices"] == [2, 6, 9]
-    assert load_model(tmp_path).iteration == 6
+    saved = load_model(tmp_path)  # the bundle is the checkpoint's model
+    assert saved.iteration == 6
+    weights = bundle.method.net.state_dict()
+    for key, value in saved.method.net.state_dict().items():
+        assert torch.equal(weights[key], value), key
+    # the labels it trained on are in the run folder
+    np.testing.assert_array_equal(np.load(tmp_path / "labels.npy"), labels)
+    meta = json.loads((tmp_path / "labeled_slices.json").read_text())
+    assert meta["axis"] == 0 and meta["labeled_slices"] == [2, 6, 9]
+    assert job.pid is not None and job.pid != os.getpid()
 
 
 def test_interpolate_labels_fills_between_slices_and_rejects_too_few_or_bad_labels():
@@ -172,8 +190,6 @@ def test_interpolate_labels_fills_between_slices_and_rejects_too_few_or_bad_labe
 
 
 def test_training_events_yield_the_interpolation_before_training_starts(tmp_path):
-    import threading
-
     torch.set_num_threads(1)
     labels = growing_disc()
     image = np.where(labels > 0, 200.0, 100.0).astype(np.float32)
@@ -189,11 +205,11 @@ def test_training_events_yield_the_interpolation_before_training_starts(tmp_path
     job = TrainingJob(image, labels, 0, [2, 9], req, tmp_path, interpolate=True)
     gen = training_events(job)
     first = next(gen)
-    # the generator is suspended at its first yield: no trainer thread, no log line yet
+    # the interpolation comes first, while the training process starts; the labels it
+    # trains on are already in the run folder
     assert isinstance(first, InterpolationPreview)
-    assert not any(t.name == "semiseg-train" for t in threading.enumerate())
-    assert not (tmp_path / "train_log.jsonl").exists()
     np.testing.assert_array_equal(first.labels, interpolate_volume(labels, [2, 9], 0))
+    np.testing.assert_array_equal(np.load(tmp_path / "labels.npy"), labels)
     updates, bundle = run_to_end(gen)
     assert updates and all(isinstance(u, TrainingUpdate) for u in updates)
     assert bundle.iteration == 2
@@ -202,7 +218,7 @@ def test_training_events_yield_the_interpolation_before_training_starts(tmp_path
 def test_previews_follow_seconds_of_training_not_iterations(tmp_path, monkeypatch):
     """A fake clock drives Progress.elapsed: previews come at the first iteration past each
     interval (and at the end), however many iterations that takes; they leave the run's
-    randomness alone."""
+    randomness alone. The training body runs in-process here, where the fakes reach it."""
     torch.set_num_threads(1)
     image, truth = synthetic_volume()
     labels = sparse(truth, [2, 6, 9])
@@ -239,8 +255,14 @@ def test_previews_follow_seconds_of_training_not_iterations(tmp_path, monkeypatc
             preview_seconds=seconds,
         )
         job = TrainingJob(image, labels, 0, [2, 6, 9], req, tmp_path / name)
-        updates, bundle = run_to_end(training_events(job))
-        return list(predicted), updates, bundle
+        events: list = []
+        iteration = train_job(prepare_run(job), events.append, TrainingControl(), lambda: None)
+        assert iteration == 10
+        updates = [TrainingUpdate(e, []) for e in events if not isinstance(e, Preview)]
+        previews = [e for e in events if isinstance(e, Preview)]
+        if previews:
+            updates[-1].preview = previews[-1]
+        return list(predicted), updates, load_model(tmp_path / name)
 
     # every 3 s: at 3.1 s (iteration 4), 9.0 s (7: more than 3 s after 3.1), 12.5 s (10)
     # and at the end; every 3 iterations would have given 3, 6, 9
@@ -276,8 +298,12 @@ def test_training_events_continue_and_errors(tmp_path):
     method = bundle.method
     more = TrainingJob(image, sparse(truth, [2, 6, 8]), 0, [2, 6, 8], req, tmp_path, bundle=bundle)
     updates, again = run_to_end(training_events(more))
-    assert again is bundle and again.method is method and again.iteration == 6
+    # the child continued the model from its checkpoint: a new bundle, 3 more iterations
+    assert again.iteration == 6 and again.info["labeled_slices"] == [2, 6, 8]
+    assert again.method.name == method.name and again.method.config == method.config
     assert [it for u in updates for it, _ in u.history] == [4, 5, 6]
+    pairs = zip(again.method.net.parameters(), method.net.parameters(), strict=True)
+    assert any(not torch.equal(a, b) for a, b in pairs)
     wrong_axis = TrainingJob(image, labels, 1, [2], req, tmp_path, bundle=bundle)
     with pytest.raises(SemisegError, match="axis 0"):
         run_to_end(training_events(wrong_axis))
@@ -289,31 +315,18 @@ def test_training_events_continue_and_errors(tmp_path):
     assert fresh.iteration == 0 and updates[-1].progress.message == "stopped"
 
 
-def test_training_thread_leaves_the_gui_a_core_and_priority():
-    import os
-    import sys
-    import threading
-
-    from napari_semiseg._session import lower_thread_priority
-
+def test_training_process_leaves_the_gui_a_core_and_priority(tmp_path):
     assert TrainRequest("supervised", threads=3).thread_count() == 3
     auto = TrainRequest("supervised").thread_count()
     assert 1 <= auto <= max(1, (os.cpu_count() or 2) - 1)
-    assert not lower_thread_priority(0)
-    seen = {}
-
-    def worker():
-        tid = threading.get_native_id()
-        before = os.getpriority(os.PRIO_PROCESS, tid)
-        seen["applied"] = lower_thread_priority(3)
-        seen["delta"] = os.getpriority(os.PRIO_PROCESS, tid) - before
-
-    if not sys.platform.startswith("linux"):
-        pytest.skip("per-thread priorities are a Linux feature")
-    main_before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    t = threading.Thread(target=worker)
-    t.start()
-    t.join()
-    assert seen["applied"] and seen["delta"] == min(3, 19 - main_before)
-    # only the worker thread was lowered
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_before
+    image, truth = synthetic_volume()
+    req = TrainRequest(
+        "supervised", TINY, iterations=1, batch_size=2, patch_size=32, device="cpu", nice=3
+    )
+    req.preview_seconds = 0
+    job = TrainingJob(image, sparse(truth, [2, 6]), 0, [2, 6], req, tmp_path)
+    run_to_end(training_events(job))
+    # the child lowered its own priority (the viewer's is untouched) and kept to the threads
+    expected = min(3, 19 - os.nice(0)) if hasattr(os, "nice") else 0
+    started = (tmp_path / "process.log").read_text().splitlines()[0]
+    assert f"process {job.pid} started: nice +{expected}, {auto} torch thread(s)" in started
