@@ -44,6 +44,40 @@ def dice_loss(
     return dice.mean()
 
 
+def sample_dice_loss(
+    probs: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    smooth: float = 1.0,
+    classes: str = "target",
+) -> torch.Tensor:
+    """Per-sample soft Dice loss: the ``DiceLoss`` of the diffusion reference
+    (``ciampluca/hebbian-bootstraping-semi-supervised-medical-imaging``,
+    ``loss/loss_function.py``: ``BinaryDiceLoss(smooth=1, p=2)`` per class, mean over the batch).
+
+    Per sample b and class k: ``1 - (2 Σ m p y + s) / (Σ m (p² + y²) + s)`` with sums over the
+    pixels only; the mean over samples, then the mean over classes 0..C-1. ``target``: class
+    ids (B, H, W). ``classes="target"`` (the reference) takes C from the one-hot of the target,
+    ``F.one_hot(target)`` without ``num_classes``, i.e. C = (largest id in the batch) + 1: a
+    batch without the last class(es) leaves them out of the loss and weighs the others more
+    (a defect of the reference, kept by default for fidelity); ``classes="all"`` uses all K
+    classes of ``probs``. A sample with every pixel ignored contributes 0 for each class.
+    """
+    k = probs.shape[1]
+    if classes not in ("target", "all"):
+        raise ValueError(f"classes must be 'target' or 'all', got {classes!r}")
+    c = k if classes == "all" else min(k, int(target.max()) + 1)
+    y = one_hot(target, k)[:, :c]
+    p = probs[:, :c]
+    m = torch.ones_like(probs[:, 0]) if mask is None else mask.float()
+    m = m[:, None]
+    inter = (p * y * m).sum((2, 3))  # (B, C)
+    denom = ((p * p + y * y) * m).sum((2, 3))
+    dice = 1 - (2 * inter + smooth) / (denom + smooth)
+    return dice.mean(dim=0).sum() / c
+
+
 def masked_cross_entropy(
     logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
 ) -> torch.Tensor:

@@ -144,13 +144,15 @@ def test_diffusion_networks_have_the_reference_initialisation():
     layers = [m for m in net.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
     assert _check_kaiming(layers) >= 8
     assert any(isinstance(m, nn.Linear) and m.weight.numel() >= 2000 for m in layers)
-    assert all(float(m.bias.abs().max()) == 0 for m in layers if m.bias is not None)
+    assert all(float(m.bias.detach().abs().max()) == 0 for m in layers if m.bias is not None)
     bn_w = torch.cat([m.weight.detach() for m in net.modules() if isinstance(m, nn.BatchNorm2d)])
     bn_b = torch.cat([m.bias.detach() for m in net.modules() if isinstance(m, nn.BatchNorm2d)])
     assert abs(float(bn_w.mean()) - 1) < 0.005 and abs(float(bn_w.std()) - 0.02) < 0.004
     assert float(bn_b.abs().max()) == 0
     plain = DDPMUNet(4, 3, base_width=32, init="default")
-    assert any(float(m.bias.abs().max()) > 0 for m in plain.modules() if isinstance(m, nn.Linear))
+    assert any(
+        float(m.bias.detach().abs().max()) > 0 for m in plain.modules() if isinstance(m, nn.Linear)
+    )
     cls = get_method("diffusion")
     method = cls(make_config(cls.Config, {"base_width": 8}), 1, 3)
     assert method.config.init == "kaiming"

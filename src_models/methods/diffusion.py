@@ -29,11 +29,13 @@ The images are z-scored volumes (``data/normalization.py``) and are noised as th
 reference applies ``normalize_to_neg_one_to_one`` (2x − 1) on top of its z-scoring, which only
 rescales the signal-to-noise ratio.
 
-Mask prior. The reference feeds ``zeros_like(mask)`` and its ``forward`` turns a 1-channel
-zero target into cat([0, 1]) → ±1 one-hot of channel 1, except the student's labeled call,
-``zeros_like(pred_train_sup2)`` (K channels) → all −1: two different priors in training, the
-first one at test. We use ONE prior everywhere (training, rounds, inference): the ±1 one-hot
-of the background class.
+Mask prior. The reference feeds ``zeros_like(mask)``; at dac1ad6 its ``forward`` one-hot
+encodes a 1-channel target with ``one_hot(target, K)``, so the zero target becomes the ±1
+one-hot of class 0, the background (the e72b886 code built ``cat([0, 1])``, the one-hot of
+channel 1, instead). The exception is the student's labeled call, ``zeros_like(pred_train_sup2)``
+(K channels), which skips the one-hot → all −1: two different priors in training, the
+background one at test. We use ONE prior everywhere (training, rounds, inference): the ±1
+one-hot of the background class, the dac1ad6 reference's main prior.
 
 Phase 1 (iterations < ``pretrain_fraction``·total): teacher only, on ALL training slices
 (labeled ones taken without their labels): z = seg(x), L_rec of rec denoising x conditioned on
@@ -54,16 +56,25 @@ times the linear ramp λu = ``unsup_weight``·(k + 1)/K over the K phase-2 itera
 reference ramps per epoch). Labeled (x, y): the same with y for every pseudo-label:
 ``Ls = S(mS, y) + S(mT, y) + (w/R)·Σ_r [S(m_r, y) + l_r]`` with S = Dice (reference,
 ``sup_loss='dice'``) or (CE + Dice)/2 (``'ce_dice'``, default: the loss of the supervised
-baseline, which converges faster in a short budget). Because the masks are detached before
-``rec``, L_rec trains only ``rec`` in phase 2; the Dice of m_r trains only ``seg_T``.
-The unlabeled and labeled batches go through each network as one concatenated batch (the
-reference does two forward/backward passes; the gradient is the same up to BatchNorm
-statistics), and independent rounds are batched into one rec and one seg pass.
+baseline, which converges faster in a short budget). Every Dice term has the reference's form
+by default (``dice_form='reference'``, :func:`~src_models.losses.sample_dice_loss`: per
+sample, smoothing 1, the class count taken from the one-hot of the target, i.e. the largest
+class id in the batch + 1); ``'all_classes'`` is the same over all K classes (the reference's
+class count depends on which classes a batch happens to contain: a defect), ``'pooled'`` the
+batch-pooled Dice of the other methods (smoothing 1e-5, all K classes) used here before.
+Because the masks are detached before ``rec``, L_rec trains only ``rec`` in phase 2; the Dice
+of m_r trains only ``seg_T``. The unlabeled and labeled batches go through each network as
+one concatenated batch (the reference does two forward/backward passes; the gradient is the
+same up to BatchNorm statistics), and independent rounds are batched into one rec and one
+seg pass.
 
-Optimisation: separate Adam optimisers for T (seg + rec) and S. Reference: lr 1e-2 (scripts)
-with a gradual warm-up (20 of 200 epochs) then StepLR(50 epochs, γ = 0.5), in both phases,
-the teacher's optimiser created afresh for phase 2. Here lr 1e-3 (the spec's phase-1 value;
-1e-2 is aggressive for Adam on BatchNorm U-Nets with batch 8 — not benchmarked here), per
+Optimisation: separate Adam optimisers for T (seg + rec) and S. Reference (dac1ad6): Adam
+lr 1e-3 in phase 1 (``reproduce_superdiff_unsupervised_pretraining_2d.sh``) and 1e-2 in
+phase 2 (``reproduce_superdiff_semi_supervised_2d.sh``), batch 8 (the scripts' argparse
+defaults, lr 0.5 and batch 2, are always overridden), each with a gradual warm-up (20 of 200
+epochs) then StepLR(50 epochs, γ = 0.5), the teacher's optimiser created afresh for phase 2.
+Here lr 1e-3 in both phases (the reference's phase-1 value; its phase-2 1e-2 is aggressive
+for Adam on BatchNorm U-Nets with batch 8 — not benchmarked here), per
 phase: linear warm-up over
 ``warmup_fraction`` of the phase, then ×0.5 every quarter of the phase (``lr_schedule='step'``);
 the teacher's Adam state is reset when phase 2 starts.
@@ -108,7 +119,7 @@ from torch import nn
 from src_models.data.sampler import SliceSampler
 from src_models.diffusion_schedule import NoiseSchedule
 from src_models.errors import SemisegError
-from src_models.losses import ce_dice_loss, dice_loss
+from src_models.losses import ce_dice_loss, dice_loss, masked_cross_entropy, sample_dice_loss
 from src_models.methods.base import Method, Prediction, confidence_map, param, poly_lr, register
 from src_models.networks.ddpm_unet import DDPMUNet
 
@@ -153,6 +164,12 @@ class DiffusionConfig:
         choices=("step", "poly", "constant"),
     )
     warmup_fraction: float = param(0.1, "linear lr warm-up, as a fraction of each phase")
+    dice_form: str = param(
+        "reference",
+        "Dice terms: per sample, smoothing 1, classes from the target's one-hot (reference); "
+        "the same over all K classes (all_classes); batch-pooled, smoothing 1e-5 (pooled)",
+        choices=("reference", "all_classes", "pooled"),
+    )
     sup_loss: str = param(
         "ce_dice",
         "loss against the ground truth: (CE + Dice)/2 or Dice (reference)",
@@ -396,10 +413,23 @@ class Diffusion(Method):
         loss_rec = loss_rec.mean()
         return {"loss": loss_rec, "loss_rec": loss_rec}
 
+    def dice(
+        self, probs: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The Dice term of every loss here, in the configured ``dice_form``."""
+        form = self.config.dice_form
+        if form == "pooled":
+            return dice_loss(probs, y, mask)
+        return sample_dice_loss(
+            probs, y, mask, smooth=1.0, classes="target" if form == "reference" else "all"
+        )
+
     def _sup(self, z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None):
         if self.config.sup_loss == "dice":
-            return dice_loss(z.softmax(dim=1), y, mask)
-        return ce_dice_loss(z, y, mask)
+            return self.dice(z.softmax(dim=1), y, mask)
+        if self.config.dice_form == "pooled":
+            return ce_dice_loss(z, y, mask)
+        return 0.5 * (masked_cross_entropy(z, y, mask) + self.dice(z.softmax(dim=1), y, mask))
 
     def phase2_losses(
         self,
@@ -421,8 +451,8 @@ class Diffusion(Method):
         rounds = self.cycle_rounds(both, z_t)
         w = c.round_weight / len(rounds)
 
-        cross = dice_loss(p_s[:n], y_t) + dice_loss(p_t[:n], y_s)
-        cross = cross + w * sum(dice_loss(r.logits[:n].softmax(dim=1), y_s) for r in rounds)
+        cross = self.dice(p_s[:n], y_t) + self.dice(p_t[:n], y_s)
+        cross = cross + w * sum(self.dice(r.logits[:n].softmax(dim=1), y_s) for r in rounds)
         rec_u = w * sum(r.loss_rec[:n].mean() for r in rounds)
         sup = self._sup(z_s[n:], y, y_mask) + self._sup(z_t[n:], y, y_mask)
         sup = sup + w * sum(self._sup(r.logits[n:], y, y_mask) for r in rounds)
