@@ -55,11 +55,14 @@ def slow_steps(seconds: float) -> None:
     _wrap_step(slow)
 
 
-def hang_after(iterations: int) -> None:
-    """Iterations past ``iterations`` never return (a hung native call)."""
+def hang_after(iterations: int, marker: str | None = None) -> None:
+    """Iterations past ``iterations`` never return (a hung native call); the first to hang
+    creates the file ``marker``."""
 
     def hang(original, self, data, it, total):
         if it >= iterations:
+            if marker is not None:
+                Path(marker).touch()
             while True:
                 time.sleep(1)
         return original(self, data, it, total)
