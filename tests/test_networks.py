@@ -158,4 +158,4 @@ def test_diffusion_networks_have_the_reference_initialisation():
     assert method.config.init == "kaiming"
     for net in method.networks.values():
         biases = [m.bias for m in net.modules() if isinstance(m, nn.Conv2d) and m.bias is not None]
-        assert all(float(b.abs().max()) == 0 for b in biases)
+        assert all(float(b.detach().abs().max()) == 0 for b in biases)
