@@ -102,9 +102,72 @@ def _check_fraction(name: str, value: float, high_open: bool = False) -> None:
         raise SemisegError(f"{name} must be a number in {bound}, got {value}")
 
 
-def _interpolate(args: argparse.Namespace, volumes, label_metas, num_classes: int) -> int:
+def _check_at_least(name: str, value: int | None, low: int) -> None:
+    if value is not None and value < low:
+        raise SemisegError(f"{name} must be at least {low}, got {value}")
+
+
+def _resolved(path: str | Path) -> Path:
+    return Path(str(path).rstrip("/\\")).expanduser().resolve()
+
+
+def _refuse_overlap(flag: str, output: str | Path, inputs: list[str | Path]) -> None:
+    """An output that is, contains or lies inside an input would overwrite or delete it."""
+    out = _resolved(output)
+    for given in inputs:
+        inp = _resolved(given)
+        how = (
+            "is"
+            if out == inp
+            else "is inside"
+            if inp in out.parents
+            else "contains"
+            if out in inp.parents
+            else ""
+        )
+        if how:
+            raise SemisegError(
+                f"{flag} {output} {how} the input {given}: it would be overwritten; choose "
+                "another output path (inputs are never written)"
+            )
+
+
+def _volume_pair(img_path: str, lbl_path: str, ignore_geometry: bool):
+    """An image (C, Z, Y, X) and its labels (Z, Y, X) read from disk and checked to lie on
+    one voxel grid."""
+    from napari_semiseg.io import (
+        geometry_mismatch,
+        image_volume,
+        label_volume,
+        read_labels,
+        read_volume,
+    )
+
+    img, meta = read_volume(img_path)
+    lbl, lbl_meta = read_labels(lbl_path)
+    problem = "" if ignore_geometry else geometry_mismatch(meta, lbl_meta)
+    if problem:
+        raise SemisegError(
+            f"{img_path} and {lbl_path} are not on the same voxel grid ({problem}): resample "
+            "the labels onto the image (e.g. in 3D Slicer), or pass --ignore-geometry if only "
+            "the headers differ"
+        )
+    return image_volume(img, meta), label_volume(lbl, lbl_meta), meta, lbl_meta
+
+
+INTERPOLATE = "interpolate"
+INTERPOLATE_HELP = (
+    "no training, instant: shape-based interpolation between the labeled slices, per class, "
+    "along --axis (3D Slicer's / ITK-SNAP's 'fill between slices'); the bar every method "
+    "must beat. Writes <labels-stem>_interpolation.<ext> per labeled volume into --out."
+)
+#: files a training run writes into its folder
+RUN_FILES = ("model.pt", "model.json", "train_log.jsonl", "train_config.json", "config.json")
+
+
+def _interpolate(args: argparse.Namespace, volumes, label_metas, values) -> int:
     """``train --method interpolate``: write the interpolation of each labeled volume."""
-    from napari_semiseg.io import map_path, write_volume
+    from napari_semiseg.io import map_path, write_volumes
     from src_models.data.volumes import from_slices
     from src_models.interpolation import interpolate_slices
 
@@ -114,41 +177,43 @@ def _interpolate(args: argparse.Namespace, volumes, label_metas, num_classes: in
         target = map_path(out / Path(str(path).rstrip("/\\")).name, "interpolation")
         if target.exists():
             raise SemisegError(f"{target} exists: choose another --out (nothing is overwritten)")
+        _refuse_overlap("--out", target, [*args.image, *args.labels])
         targets.append((vol, meta, target))
-    out.mkdir(parents=True, exist_ok=True)
+    items, notes = [], []
     for vol, meta, target in targets:
         t0 = time.perf_counter()
-        interp = interpolate_slices(vol.labels, vol.labeled, num_classes)
-        mask = from_slices(interp.labels, vol.axis).astype(
-            np.uint8 if num_classes <= 256 else np.uint16
-        )
-        write_volume(target, mask, meta, labels=True)
+        interp = interpolate_slices(vol.labels.clip(min=0), vol.labeled, values.num_classes)
+        mask = values.decode(from_slices(interp.labels, vol.axis))
+        if meta.layout in ("YX", "CYX"):
+            mask = mask[0]
+        items.append((target, mask, meta, True))
         covered = int(interp.covered.sum())
-        print(
+        notes.append(
             f"wrote {target}: {len(vol.labeled)} labeled slice(s), {covered - len(vol.labeled)} "
             f"filled between them, in {time.perf_counter() - t0:.2f} s"
         )
+    write_volumes(items)
+    print("\n".join(notes))
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from napari_semiseg.io import read_labels, read_volume
-    from src_models.data import SliceSampler, make_volumes
-    from src_models.data.sampler import DEFAULT_FOREGROUND_CROPS, DEFAULT_PRIOR_FRACTION
-    from src_models.device import select_device
-    from src_models.methods.base import config_to_dict, get_method
-    from src_models.training import TrainConfig, TrainingControl, train
-    from src_models.training.checkpoint import create_model, load_model
-
+def _check_train_args(args: argparse.Namespace) -> None:
     if len(args.labels) != len(args.image):
         raise SemisegError(
             f"{len(args.image)} --image but {len(args.labels)} --labels: give one labels file "
             "per image (use --unlabeled for volumes without labels)"
         )
-    if args.iterations is not None and args.iterations < 1:
-        raise SemisegError("--iterations must be at least 1")
+    _check_at_least("--iterations", args.iterations, 1)
     if args.minutes is not None and not (math.isfinite(args.minutes) and args.minutes > 0):
         raise SemisegError("--minutes must be a positive number")
+    _check_at_least("--batch-size", args.batch_size, 1)
+    if args.patch < 16 or args.patch % 16:
+        raise SemisegError(f"--patch {args.patch} must be a multiple of 16 (16, 32, ..., 128)")
+    _check_at_least("--checkpoint-every", args.checkpoint_every, 0)
+    _check_at_least("--log-every", args.log_every, 1)
+    _check_at_least("--seed", args.seed, 0)
+    _check_at_least("--classes", args.classes, 2)
+    _check_at_least("--ignore-label", args.ignore_label, 1)
     _check_fraction("--warmup", args.warmup)
     _check_fraction("--warmup-plateau", args.warmup_plateau)
     _check_fraction("--prior-final", args.prior_final)
@@ -156,30 +221,135 @@ def cmd_train(args: argparse.Namespace) -> int:
         _check_fraction("--prior-fraction", args.prior_fraction, high_open=True)
     if args.foreground_crops is not None:
         _check_fraction("--foreground-crops", args.foreground_crops)
+    if args.resume and args.force:
+        raise SemisegError("--resume continues the run in --out, --force replaces it: pick one")
+    if args.binary and args.classes not in (None, 2):
+        raise SemisegError("--binary trains 2 classes: drop --classes")
+    from src_models.data.volumes import check_axis
+
+    check_axis(args.axis)
     if args.method == INTERPOLATE and args.resume:
         raise SemisegError("--method interpolate trains nothing: drop --resume")
+
+
+def _prepare_run_folder(args: argparse.Namespace) -> tuple[Path, list[str]]:
+    """Check, before any work, that the run folder can be written and that training it
+    replaces nothing; returns the folder and the run files it already holds."""
+    from src_models.files import check_writable
+
+    out = Path(args.out).expanduser()
+    _refuse_overlap("--out", out, [*args.image, *args.labels, *(args.unlabeled or [])])
+    check_writable(out, "run folder")
+    existing = [f for f in RUN_FILES if (out / f).exists()]
+    if args.resume and "model.json" not in existing:
+        raise SemisegError(f"--resume: no model in {out} to continue; drop --resume")
+    if existing and not (args.resume or args.force):
+        held = "a trained model" if "model.json" in existing else "files of an earlier run"
+        raise SemisegError(
+            f"{out} already holds {held} ({', '.join(existing)}): continue it with --resume, "
+            "replace it with --force (the old files are moved to a 'replaced-...' subfolder), "
+            "or choose another --out"
+        )
+    return out, existing
+
+
+def _resume_values(args, meta: dict, labels: list, channels: int):
+    """The label values of the run being resumed, after checking the new data fits it."""
+    from src_models.data.label_values import LabelValues, _present
+
+    if meta["axis"] != args.axis:
+        raise SemisegError(
+            f"--resume: the model in {args.out} slices along axis {meta['axis']}, not "
+            f"--axis {args.axis}: use --axis {meta['axis']} or train a new run"
+        )
+    if meta["in_channels"] != channels:
+        raise SemisegError(
+            f"--resume: the model in {args.out} was trained on {meta['in_channels']}-channel "
+            f"images, this image has {channels}: use the same kind of image or train a new run"
+        )
+    info = meta.get("info", {})
+    values = LabelValues(
+        tuple(info.get("label_values", range(meta["num_classes"]))),
+        info.get("ignore_label"),
+        bool(info.get("binary", False)),
+    )
+    if args.ignore_label is not None and args.ignore_label != values.ignore:
+        raise SemisegError(
+            f"--resume: the run was trained with ignore label {values.ignore}, not "
+            f"{args.ignore_label}: drop --ignore-label or train a new run"
+        )
+    if not values.binary:
+        new = sorted(set(_present(labels, values.ignore).tolist()) - set(values.values))
+        if new:
+            raise SemisegError(
+                f"--resume: the labels hold value(s) {new} that the model in {args.out} does "
+                f"not know (its classes: {list(values.values)}): train a new run (another "
+                "--out, or --force) to add classes"
+            )
+    return values
+
+
+def _move_aside(out: Path, existing: list[str]) -> Path:
+    """--force: the previous run's files go to a subfolder; nothing is deleted."""
+    aside = out / time.strftime("replaced-%Y%m%d-%H%M%S")
+    aside.mkdir()
+    for name in existing:
+        (out / name).replace(aside / name)
+    print(f"moved the previous run's files to {aside}")
+    return aside
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from napari_semiseg.io import image_volume, read_volume
+    from src_models.data import SliceSampler, make_volumes
+    from src_models.data.label_values import interpret_labels
+    from src_models.data.sampler import DEFAULT_FOREGROUND_CROPS, DEFAULT_PRIOR_FRACTION
+    from src_models.device import select_device
+    from src_models.files import atomic_write
+    from src_models.methods.base import config_to_dict, get_method, make_config
+    from src_models.training import TrainConfig, TrainingControl, train
+    from src_models.training.checkpoint import create_model, load_model, read_metadata
+
+    _check_train_args(args)
     method_cls = None if args.method == INTERPOLATE else get_method(args.method)
     params = _parse_set(args.set)
+    if method_cls is not None:
+        make_config(method_cls.Config, params)  # bad values fail before any work
     device = select_device(args.device)
+    if method_cls is not None:
+        out, existing = _prepare_run_folder(args)
     images, labels, spacing, label_metas = [], [], None, []
     for img_path, lbl_path in zip(args.image, args.labels, strict=True):
-        img, meta = read_volume(img_path)
-        lbl, lbl_meta = read_labels(lbl_path)
+        img, lbl, meta, lbl_meta = _volume_pair(img_path, lbl_path, args.ignore_geometry)
         images.append(img)
         labels.append(lbl)
         label_metas.append(lbl_meta)
         spacing = spacing or meta.spacing
     for path in args.unlabeled or []:
-        images.append(read_volume(path)[0])
+        images.append(image_volume(*read_volume(path)))
         labels.append(None)
+    given = [lbl for lbl in labels if lbl is not None]
+    if method_cls is not None and args.resume:
+        run_meta = read_metadata(out)
+        values = _resume_values(args, run_meta, given, images[0].shape[0])
+    else:
+        values = interpret_labels(given, args.classes, args.ignore_label, args.binary)
+    if values.remapped and not args.resume:
+        shown = (
+            "every nonzero value -> 1"
+            if values.binary
+            else ", ".join(f"{v} -> {i}" for i, v in enumerate(values.values))
+        )
+        print(f"label values as classes: {shown} (predictions use the original values)")
+    encoded = [None if lbl is None else values.encode(lbl) for lbl in labels]
     chosen = _parse_slices(args.labeled_slices, len(args.labels))
     if chosen is not None:
         chosen = chosen + [None] * (len(images) - len(chosen))
     volumes, num_classes = make_volumes(
-        images, labels, axis=args.axis, labeled_slices=chosen, num_classes=args.classes
+        images, encoded, axis=args.axis, labeled_slices=chosen, num_classes=values.num_classes
     )
     if method_cls is None:
-        return _interpolate(args, volumes, label_metas, num_classes)
+        return _interpolate(args, volumes, label_metas, values)
     n_lab = sum(len(v.labeled) for v in volumes)
     n_unl = sum(len(v.unlabeled) for v in volumes)
     print(
@@ -202,7 +372,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     if sampler.patch_size != args.patch:
         print(f"training crops of {sampler.patch_size} pixels (the slices are no larger)")
-    out = Path(args.out)
     if args.resume:
         bundle = load_model(out, device=device, expect_method=args.method)
         print(f"resuming from iteration {bundle.iteration}")
@@ -216,7 +385,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             seed=args.seed,
             axis=args.axis,
             patch_size=args.patch,
-            info={"spacing": list(spacing or ())},
+            info={
+                "spacing": list(spacing or ()),
+                "unit": label_metas[0].unit,
+                "label_values": list(values.values),
+                "ignore_label": values.ignore,
+                "binary": values.binary,
+            },
+            class_names=[str(v) for v in values.values],
         )
     iterations = (
         args.iterations if args.iterations is not None else (1000 if args.minutes is None else 0)
@@ -241,9 +417,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         control.stop()
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
+    created = not out.exists()
+    if args.force and existing:
+        _move_aside(out, existing)
     previous = signal.signal(signal.SIGINT, stop_gracefully)
     try:
         train(bundle, sampler, config, out_dir=out, callback=printer, control=control)
+    except BaseException:
+        if not (out / "model.json").exists():  # nothing worth keeping: undo this command
+            for name in RUN_FILES:
+                (out / name).unlink(missing_ok=True)
+            if created and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()
+        raise
     finally:
         signal.signal(signal.SIGINT, previous)
     final = {
@@ -257,9 +443,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             "labeled_slices": [v.labeled for v in volumes],
             "axis": args.axis,
             "num_classes": num_classes,
+            "label_values": list(values.values),
         },
     }
-    (out / "config.json").write_text(json.dumps(final, indent=2))
+    text = json.dumps(final, indent=2)
+    atomic_write(out / "config.json", lambda tmp: tmp.write_text(text))
     if control.stop_requested:
         print(
             f"stopped at iteration {bundle.iteration}: checkpoint in {out} "
@@ -271,59 +459,71 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from napari_semiseg.io import map_path, read_volume, volume_format, write_volume
+    from napari_semiseg.io import image_volume, map_path, read_volume, volume_format, write_volumes
+    from src_models.data.label_values import LabelValues
     from src_models.device import select_device
+    from src_models.files import check_writable
     from src_models.inference import predict_volume
-    from src_models.training.checkpoint import load_model
+    from src_models.training.checkpoint import META_FILE, WEIGHTS_FILE, load_model
 
     volume_format(args.out)  # fail early on an unsupported extension
+    _check_at_least("--batch-size", args.batch_size, 1)
     maps = [m.strip() for m in (args.maps or "").split(",") if m.strip()]
+    twice = sorted({m for m in maps if maps.count(m) > 1})
+    if twice:
+        raise SemisegError(f"--maps lists {', '.join(twice)} more than once: name each map once")
+    targets = [Path(args.out).expanduser()] + [map_path(args.out, m) for m in maps]
+    model_files = [Path(args.model) / META_FILE, Path(args.model) / WEIGHTS_FILE]
+    for target in targets:
+        _refuse_overlap("--out", target, [args.image, *model_files])
+        if target.exists() and not args.force:
+            raise SemisegError(
+                f"{target} exists: choose another --out, or pass --force to replace it"
+            )
+    check_writable(targets[0].parent)
     bundle = load_model(args.model, device=select_device(args.device))
     image, meta = read_volume(args.image)
-    pred = predict_volume(bundle, image, maps, batch_size=args.batch_size)
+    pred = predict_volume(bundle, image_volume(image, meta), maps, batch_size=args.batch_size)
     if args.largest_component:
         from src_models.postprocess import largest_component_3d
 
         pred.labels = largest_component_3d(pred.labels, bundle.num_classes)
-    written: list[Path] = []
-    try:
-        written.append(write_volume(args.out, pred.labels, meta, labels=True))
-        for name in maps:
-            written.append(write_volume(map_path(args.out, name), pred.maps[name], meta))
-    except BaseException:
-        for path in written:
-            _remove(path)
-        raise
     counts = np.bincount(pred.labels.ravel(), minlength=bundle.num_classes)
-    print(f"wrote {written[0]} (voxels per class: {counts.tolist()})")
+    info = bundle.info
+    values = LabelValues(tuple(info.get("label_values", range(bundle.num_classes))))
+    values = LabelValues(values.values, binary=bool(info.get("binary", False)))
+    arrays = [(targets[0], values.decode(pred.labels), True)]
+    arrays += [(t, pred.maps[m], False) for t, m in zip(targets[1:], maps, strict=True)]
+    flat = meta.layout in ("YX", "CYX")  # a 2D image gets a 2D mask
+    written = write_volumes([(t, a[0] if flat else a, meta, lab) for t, a, lab in arrays])
+    shown = ", ".join(f"{v}: {c}" for v, c in zip(values.values, counts.tolist(), strict=False))
+    print(f"wrote {written[0]} (voxels per label value: {shown})")
     for path in written[1:]:
         print(f"wrote {path}")
     return 0
 
 
-def _remove(path: Path) -> None:
-    import shutil
-
-    path = Path(path)
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists():
-        path.unlink()
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from napari_semiseg.io import read_labels
+    from napari_semiseg.io import label_volume, read_labels
     from src_models.metrics import evaluate, json_ready
 
-    pred, _ = read_labels(args.pred)
+    _check_at_least("--classes", args.classes, 2)
+    _check_at_least("--ignore-label", args.ignore_label, 1)
+    pred, pred_meta = read_labels(args.pred)
     truth, meta = read_labels(args.truth)
+    if args.ignore_label is not None:  # unannotated voxels of the truth are not scored
+        unknown = truth == args.ignore_label
+        if pred.shape == truth.shape:
+            pred = np.where(unknown, 0, pred)
+        truth = np.where(unknown, 0, truth)
     if args.exclude_slices:
         from src_models.data.volumes import check_axis
 
         check_axis(args.axis)
-        if pred.shape != truth.shape or pred.ndim != 3:
+        pred, truth = label_volume(pred, pred_meta), label_volume(truth, meta)
+        if pred.shape != truth.shape:
             raise SemisegError(
-                f"prediction {pred.shape} and truth {truth.shape} must be 3D volumes of one "
+                f"prediction {pred.shape} and truth {truth.shape} must be volumes of one "
                 "shape to exclude slices"
             )
         (skip,) = _parse_slices(args.exclude_slices, 1)
@@ -409,6 +609,28 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--log-every", type=int, default=50)
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.add_argument(
+        "--force",
+        action="store_true",
+        help="start over in an --out that holds a run; its files move to a 'replaced-<time>' "
+        "subfolder (nothing is deleted)",
+    )
+    t.add_argument(
+        "--ignore-label",
+        type=int,
+        help="label value of unannotated voxels (nnU-Net's 'ignore label', e.g. 255): not "
+        "trained on; slices holding only this value are unlabeled",
+    )
+    t.add_argument(
+        "--binary",
+        action="store_true",
+        help="train every nonzero label value as one foreground class (e.g. instance masks)",
+    )
+    t.add_argument(
+        "--ignore-geometry",
+        action="store_true",
+        help="train even when the image's and the labels' headers (affine/spacing) differ",
+    )
+    t.add_argument(
         "--warmup",
         type=float,
         default=0.4,
@@ -454,6 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto")
+    p.add_argument("--force", action="store_true", help="replace existing output files")
     p.add_argument(
         "--largest-component",
         action="store_true",
@@ -472,6 +695,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="e.g. 10,16,22: score only the other slices along --axis (the ones not labeled)",
     )
     e.add_argument("--axis", type=int, default=0, help="axis of --exclude-slices (default 0)")
+    e.add_argument("--ignore-label", type=int, help="truth value of unannotated voxels: not scored")
     e.set_defaults(func=cmd_evaluate)
 
     m = sub.add_parser("methods", help="list methods, their maps and parameters")

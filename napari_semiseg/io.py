@@ -223,10 +223,58 @@ def read_labels(path: str | os.PathLike) -> tuple[np.ndarray, ImageMeta]:
     """Read a label volume as integer class ids (uint8/uint16/int32).
 
     Float files whose values are whole numbers are accepted (many NIfTI masks are stored as
-    float32); fractions, NaN or negative values raise :class:`SemisegError`.
+    float32); fractions, NaN or negative values, and colour (multi-channel) images raise
+    :class:`SemisegError`.
     """
     array, meta = read_volume(path)
+    if meta.layout.startswith("C"):
+        raise SemisegError(
+            f"{path} is a colour (multi-channel) image of shape {array.shape}, not a label map: "
+            "labels must be one channel of integer ids (0 = background); export the label "
+            "map itself, not a coloured overlay"
+        )
     return _as_labels(array, str(path)), meta
+
+
+def image_volume(array: np.ndarray, meta: ImageMeta) -> np.ndarray:
+    """An image as read, as (C, Z, Y, X): a 2D image is one slice (Z = 1) and an RGB image's
+    colours are channels."""
+    lift = {"YX": (None, None), "CYX": (slice(None), None), "ZYX": (None,), "CZYX": ()}
+    if meta.layout not in lift:
+        raise SemisegError(
+            f"{meta.source}: an array of shape {array.shape} is not an image volume: expected "
+            "(Z, Y, X), (C, Z, Y, X), a 2D image (Y, X) or an RGB image (Y, X, 3)"
+        )
+    return array[lift[meta.layout]]
+
+
+def label_volume(array: np.ndarray, meta: ImageMeta) -> np.ndarray:
+    """Labels as read, as (Z, Y, X): a 2D label image is one slice."""
+    if array.ndim == 2:
+        return array[None]
+    if array.ndim != 3:
+        raise SemisegError(
+            f"{meta.source}: labels of shape {array.shape} are not a label volume (Z, Y, X)"
+        )
+    return array
+
+
+def geometry_mismatch(image: ImageMeta, labels: ImageMeta) -> str:
+    """How the voxel grids of an image and its labels differ ("" when they agree, or when
+    one of them does not say): spacing, or the affine (orientation/origin)."""
+    a, b = image.affine, labels.affine
+    if a is not None and b is not None and a.shape == b.shape:
+        tol = 1e-3 * max(1e-6, float(np.abs(a[:3, :3]).max()))
+        if not np.allclose(a, b, atol=tol):
+            sa, sb = np.round(a[:3, 3], 3).tolist(), np.round(b[:3, 3], 3).tolist()
+            if np.allclose(a[:3, :3], b[:3, :3], atol=tol):
+                return f"origins {sa} vs {sb}"
+            return "voxel sizes or orientations differ (affines disagree)"
+        return ""
+    sa, sb = tuple(image.spacing), tuple(labels.spacing)
+    if a is None and b is None and len(sa) == len(sb) and not np.allclose(sa, sb, rtol=1e-3):
+        return f"spacing {sa} vs {sb}"
+    return ""
 
 
 def _read_nifti(path: Path) -> tuple[np.ndarray, ImageMeta]:

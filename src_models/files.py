@@ -154,15 +154,8 @@ def check_writable(folder: str | os.PathLike, what: str = "output folder") -> Pa
     problem = ""
     if not existing.is_dir():
         problem = f"{existing} is a file, not a folder"
-    elif existing == folder:
-        try:
-            fd, probe = tempfile.mkstemp(prefix=".semiseg-write-test-", dir=folder)
-            os.close(fd)
-            os.unlink(probe)
-        except OSError as exc:
-            problem = exc.strerror or type(exc).__name__
-    elif not os.access(existing, os.W_OK | os.X_OK):
-        problem = f"{existing} is not writable"
+    elif not os.access(existing, os.W_OK | os.X_OK):  # also EROFS on read-only mounts
+        problem = "permission denied" if existing == folder else f"{existing} is not writable"
     if problem:
         raise SemisegError(
             f"cannot write to the {what} {folder} ({problem}): choose a writable location"

@@ -181,7 +181,9 @@ def evaluate(
         num_classes: K (background included); default ``max(pred, truth) + 1``. Values
             ``>= K`` raise :class:`SemisegError`.
         spacing: voxel size per axis (distances are in these units, e.g. mm).
-        classes: class ids to evaluate; default ``1 .. K-1``.
+        classes: class ids to evaluate; default ``1 .. K-1`` when ``num_classes`` is given,
+            else the nonzero values present in ``pred`` or ``truth`` (so label values 0, 2, 5
+            average two classes, not five).
         hd_mode: ``"pooled"`` (medpy, default) or ``"max"`` (MONAI); see the module docstring.
         connectivity: erosion connectivity for surfaces; default full (``ndim``).
 
@@ -205,6 +207,7 @@ def evaluate(
     if lo < 0:
         raise SemisegError(f"label values must be class ids >= 0, found {lo}")
     hi = max(int(pred.max()), int(truth.max())) if pred.size else 0
+    given_classes = num_classes
     if num_classes is None:
         num_classes = hi + 1
     elif hi >= num_classes:
@@ -212,7 +215,13 @@ def evaluate(
             f"label value {hi} exceeds the class count {num_classes} (ids 0..{num_classes - 1}); "
             "pass the right number of classes"
         )
-    classes = list(range(1, num_classes)) if classes is None else [int(c) for c in classes]
+    if classes is None and given_classes is None:
+        # the values present: ids 0, 2, 5 are two classes, not five (three never used)
+        classes = [int(c) for c in np.union1d(np.unique(pred), np.unique(truth)) if c != 0]
+    elif classes is None:
+        classes = list(range(1, num_classes))
+    else:
+        classes = [int(c) for c in classes]
 
     per_class: dict[int, dict] = {}
     empty: dict[str, list[int]] = {"both": [], "pred": [], "truth": []}

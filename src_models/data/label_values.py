@@ -120,7 +120,7 @@ def interpret_labels(
         raise SemisegError(
             f"the labels hold {len(present) - 1} different nonzero values ({shown}, ...): this "
             "looks like an instance mask (one id per object), not class ids; pass --binary "
-            "to train every nonzero value as one class, or convert the mask to class ids"
+            "to train every nonzero value as one class, or --classes N if they are N classes"
         )
     if ignore is None and 255 in present and 2 < len(present) and present[-2] < 64:
         others = ", ".join(str(v) for v in present[1:-1])

@@ -30,6 +30,17 @@ FORMAT = "napari-semiseg-model"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.pt"
 META_FILE = "model.json"
+#: what model.json must hold to rebuild and use a model
+REQUIRED_KEYS = (
+    "method",
+    "config",
+    "num_classes",
+    "in_channels",
+    "normalization",
+    "axis",
+    "patch_size",
+    "iteration",
+)
 
 
 @dataclass
@@ -138,6 +149,12 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
             f"(found {meta.get('format')!r} v{meta.get('format_version')}): "
             "retrain with this version"
         )
+    missing = [key for key in REQUIRED_KEYS if key not in meta]
+    if missing:
+        raise SemisegError(
+            f"{meta_path} lacks {', '.join(missing)}: the model folder is damaged or was "
+            "edited; copy it again or retrain"
+        )
     return meta
 
 
@@ -165,9 +182,23 @@ def load_model(
         ) from None
     if payload.get("method") != meta["method"]:
         raise SemisegError(f"{run_dir}: model.pt and model.json disagree on the method; retrain")
-    cls = get_method(meta["method"])
-    config = make_config(cls.Config, meta["config"])
-    method = cls(config, meta["in_channels"], meta["num_classes"], device)
+    try:
+        cls = get_method(meta["method"])
+        config = make_config(cls.Config, meta["config"])
+        method = cls(config, int(meta["in_channels"]), int(meta["num_classes"]), device)
+        fields = {
+            "axis": int(meta["axis"]),
+            "patch_size": int(meta["patch_size"]),
+            "percentiles": tuple(float(p) for p in meta["normalization"]["percentiles"]),
+            "iteration": int(meta["iteration"]),
+            "class_names": list(meta.get("class_names", [])),
+            "info": dict(meta.get("info", {})),
+        }
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SemisegError(
+            f"{run_dir / META_FILE} holds an invalid value ({type(exc).__name__}: {exc}): the "
+            "model folder is damaged or was edited; copy it again or retrain"
+        ) from None
     try:
         method.load_state_dict(payload["state"])
     except RuntimeError as exc:
@@ -175,13 +206,4 @@ def load_model(
             f"the weights in {run_dir} do not fit method {meta['method']!r} with its saved "
             f"parameters ({str(exc).splitlines()[0]}): the model is from another version"
         ) from None
-    return ModelBundle(
-        method,
-        axis=int(meta["axis"]),
-        patch_size=int(meta["patch_size"]),
-        percentiles=tuple(meta["normalization"]["percentiles"]),
-        iteration=int(meta["iteration"]),
-        class_names=list(meta.get("class_names", [])),
-        trainer_state=payload.get("trainer", {}),
-        info=dict(meta.get("info", {})),
-    )
+    return ModelBundle(method, trainer_state=payload.get("trainer", {}), **fields)
