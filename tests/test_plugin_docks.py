@@ -1,14 +1,18 @@
 """The training and review docks in a real napari viewer (pytest-qt, run under xvfb).
 
 Tiny settings everywhere: U-Net widths 4..64 through the parameter form, patch 32, batch 2,
-a handful of iterations, on a 12x40x36 synthetic volume with three labeled slices.
+a handful of iterations, on a 12x40x36 synthetic volume with three labeled slices. Training
+runs in a child process: faults and probes reach it through ``plugin_child_hooks``.
 """
 
 from __future__ import annotations
 
-import threading
+import os
+import signal
+from functools import partial
 
 import numpy as np
+import plugin_child_hooks as hooks
 import pytest
 import torch
 from conftest import growing_disc, synthetic_volume
@@ -103,6 +107,21 @@ def tiny(
     dock.patch_size.setValue(32)
     dock.preview_seconds.setValue(preview_seconds)
     dock.device_combo.setCurrentText("cpu")
+
+
+def in_child(dock: TrainingDock, setup, **request) -> None:
+    """Make the dock's next runs call ``setup`` in their training process and override
+    fields of their request."""
+    make_job = dock._make_job
+
+    def with_setup(*args, **kw):
+        job = make_job(*args, **kw)
+        job.child_setup = setup
+        for name, value in request.items():
+            setattr(job.request, name, value)
+        return job
+
+    dock._make_job = with_setup
 
 
 def wait_idle(qtbot, *docks_) -> None:
@@ -252,21 +271,19 @@ def check_pause_resume_stop_mid_run(docks, qtbot):
 
 def check_training_error_is_notified_and_controls_come_back(docks, qtbot, errors, monkeypatch):
     _, train, _, _ = docks
-    cls = get_method("supervised")
-    monkeypatch.setattr(cls, "train_step", lambda self, data, it, total: {"loss": float("nan")})
+    monkeypatch.setattr(train, "_make_job", train._make_job)  # undone after the test
+    in_child(train, hooks.nan_loss)
     tiny(train)
     assert train.start_training()
     wait_idle(qtbot, train)
     assert errors and "NaN" in errors[-1]
     assert train.train_button.isEnabled() and train.status.text().startswith("error")
 
-    def boom(self, data, it, total):
-        raise ValueError("synthetic failure")
-
-    monkeypatch.setattr(cls, "train_step", boom)
+    in_child(train, hooks.fail_step)
     assert train.start_training()
     wait_idle(qtbot, train)
-    assert "synthetic failure" in errors[-1] and train.train_button.isEnabled()
+    assert errors[-1].startswith("unexpected ValueError: synthetic failure")
+    assert train.train_button.isEnabled()
 
 
 def check_closing_the_dock_stops_the_worker(docks, qtbot):
@@ -308,21 +325,18 @@ def check_review_next_accept_continue(docks, qtbot):
     bundle = train.session.bundle
     done = bundle.iteration
     start = {k: v.clone() for k, v in bundle.method.net.state_dict().items()}
-    first_step: dict = {}
-    original = type(bundle.method).train_step
-
-    def spy(self, data, it, total):
-        if not first_step:
-            first_step["it"] = it
-            first_step["weights"] = {k: v.clone() for k, v in self.net.state_dict().items()}
-            first_step["labeled"] = sorted({s for _, s in data.labeled_index})
-        return original(self, data, it, total)
-
-    bundle.method.train_step = spy.__get__(bundle.method)
+    record = train.session.run_dir / "first_step.pt"
+    make_job = train._make_job
+    in_child(train, partial(hooks.record_first_step, str(record)))
     review.continue_iterations.setValue(2)
-    assert review.continue_training()
-    wait_idle(qtbot, train)
-    assert train.session.bundle is bundle and bundle.iteration == done + 2
+    try:
+        assert review.continue_training()
+        wait_idle(qtbot, train)
+    finally:
+        train._make_job = make_job
+    again = train.session.bundle
+    assert again.iteration == done + 2 and again.method.config == bundle.method.config
+    first_step = torch.load(record, weights_only=True)
     assert first_step["it"] == done and first_step["labeled"] == [2, 4, 6, 9]
     for k, v in start.items():
         assert torch.equal(first_step["weights"][k], v), k  # started from the current weights
@@ -428,22 +442,14 @@ def use_growing_disc(viewer, train: TrainingDock) -> np.ndarray:
     return labels
 
 
-def test_train_shows_the_interpolation_before_the_first_training_event(docks, qtbot, monkeypatch):
-    """The first training step blocks until the test has seen the interpolation layer, and
-    the dock's first training update already finds it there."""
+def test_train_shows_the_interpolation_before_the_first_training_event(docks, qtbot, tmp_path):
+    """The first training step (in the child) blocks until the test has seen the
+    interpolation layer, and the dock's first training update already finds it there."""
     viewer, train, _, _ = docks
     labels = use_growing_disc(viewer, train)
     expected = interpolate_volume(labels, [2, 9], 0)
-    cls = get_method("supervised")
-    original = cls.train_step
-    gate, reached = threading.Event(), threading.Event()
-
-    def blocked(self, data, it, total):
-        reached.set()
-        assert gate.wait(TIMEOUT / 1000), "the test never released training"
-        return original(self, data, it, total)
-
-    monkeypatch.setattr(cls, "train_step", blocked)
+    gate, reached = tmp_path / "gate", tmp_path / "reached"
+    in_child(train, partial(hooks.gate_first_step, str(reached), str(gate)))
     at_first_update: list[np.ndarray | None] = []
     on_update = train._on_update
 
@@ -460,8 +466,8 @@ def test_train_shows_the_interpolation_before_the_first_training_event(docks, qt
     try:
         assert train.start_training()
         qtbot.waitUntil(lambda: INTERPOLATION_LAYER in viewer.layers, timeout=TIMEOUT)
-        assert reached.wait(TIMEOUT / 1000)
-        qtbot.wait(100)  # let any queued event reach the GUI
+        qtbot.waitUntil(reached.exists, timeout=TIMEOUT)
+        qtbot.wait(200)  # let any queued event reach the GUI
         # training is held in its first step: no training event can have been shown
         assert not at_first_update and len(train.session.history) == 0
         assert train.progress.value() <= 0
@@ -469,8 +475,9 @@ def test_train_shows_the_interpolation_before_the_first_training_event(docks, qt
         np.testing.assert_array_equal(layer.data, expected)
         assert layer.opacity == pytest.approx(0.5) and layer.metadata["semiseg_output"]
         assert "interpolated between 2 labeled slices" in train.status.text()
+        assert "starting the training process" in train.status.text()
     finally:
-        gate.set()
+        gate.touch()
     wait_idle(qtbot, train)
     assert train.session.bundle is not None and train.session.bundle.iteration == 2
     assert len(at_first_update) == 1 and at_first_update[0] is not None
@@ -534,3 +541,43 @@ def test_interpolate_button_fills_between_slices_without_training(docks, qtbot, 
     train.labels_combo.set_layer("flat")
     assert not train.interpolate()
     assert errors and "3D" in errors[-1] and train.interpolation_worker is None
+
+
+def test_a_killed_training_process_leaves_the_viewer_and_its_labels_working(docks, qtbot, errors):
+    """SIGKILL the training process mid-run (what the out-of-memory killer does; a native
+    crash ends it the same way): the viewer lives on, the error names the signal, the
+    controls come back, the last checkpoint becomes the model and the painted labels are in
+    the run folder."""
+    viewer, train, review, truth = docks
+    painted = np.array(viewer.layers["labels"].data)
+    tiny(train, iterations=100_000, preview_seconds=0)
+    in_child(train, partial(hooks.slow_steps, 0.05), checkpoint_every=2)
+    assert train.start_training()
+    job = train.job
+    qtbot.waitUntil(lambda: len(train.session.history) >= 3, timeout=TIMEOUT)
+    os.kill(job.pid, signal.SIGKILL)
+    wait_idle(qtbot, train)
+    assert job.finished.is_set()
+    assert errors and "the training process died (signal 9 SIGKILL" in errors[-1]
+    assert train.status.text().startswith("error: the training process died")
+    assert train.train_button.isEnabled() and train.load_button.isEnabled()
+    assert not train.stop_button.isEnabled() and not train.pause_button.isEnabled()
+    viewer.add_points([[1, 2, 3]], name="still usable")
+    viewer.dims.set_point(0, 5)
+    assert "still usable" in viewer.layers
+    run_dir = train.session.run_dir
+    saved = load_model(run_dir)
+    assert saved.iteration >= 2 and f"iteration {saved.iteration}" in errors[-1]
+    kept = train.session.bundle
+    assert kept is not None and kept.iteration == saved.iteration
+    for key, value in saved.method.net.state_dict().items():
+        assert torch.equal(kept.method.net.state_dict()[key], value), key
+    np.testing.assert_array_equal(np.load(run_dir / "labels.npy"), painted)
+    # the controls work: predict with the kept model, then continue training it
+    assert review.predict()
+    wait_idle(qtbot, review)
+    assert viewer.layers["vol prediction"].data.shape == truth.shape
+    assert train.continue_training(2)
+    wait_idle(qtbot, train)
+    assert train.session.bundle.iteration == saved.iteration + 2
+    assert "finished" in train.status.text()
