@@ -339,8 +339,9 @@ class Session:
         bundle: the current model (trained, stopped, loaded) or None.
         axis: the slicing axis of the current model / labels.
         accepted: slices accepted in review; counted as labeled even if all background.
-        preview_index: the slice index along ``axis`` the viewer shows (GUI thread writes,
-            the training thread reads; a plain int assignment is atomic in CPython).
+        preview_index: the slice index along ``axis`` the viewer shows (the GUI thread
+            writes it, the worker reads it and hands it to the training process; a plain int
+            assignment is atomic in CPython).
         busy: what runs in the background ("" when idle): "training" or "predicting".
     """
 
@@ -388,7 +389,7 @@ class Session:
         return sorted(found)
 
 
-# -- background work (runs in a worker thread; touches no Qt) -------------------------------
+# -- background work (a worker thread or the training process; touches no Qt) --------------
 def interpolation_problem(labeled: list[int] | int, axis: int) -> str:
     """Why the labeled slices cannot be interpolated ("" when they can): with fewer than
     two there is nothing between them, the result would be the labeled slices alone."""
