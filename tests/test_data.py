@@ -101,7 +101,8 @@ def test_sampler_batches_shapes_pad_and_holdout(tiny_volume):
         (lambda im, lb: ([im], [lb[:-1]]), "must match"),
         (lambda im, lb: ([im], [np.zeros_like(lb)]), "no labeled slice"),
         (lambda im, lb: ([im], [lb + 0.5]), "non-integer"),
-        (lambda im, lb: ([im], [lb.astype(int) - 2]), "negative"),  # -1 is IGNORE
+        (lambda im, lb: ([im], [lb.astype(int) - 2]), "negative"),
+        (lambda im, lb: ([im], [lb.astype(int) * 40]), "instance mask"),  # -1 is IGNORE
         (lambda im, lb: ([np.where(lb > 0, np.nan, im)], [lb]), "NaN"),
         (lambda im, lb: ([np.full_like(im, 3.0)], [lb]), "constant"),
         (lambda im, lb: ([im[:, :4, :]], [lb[:, :4, :]]), "smaller than the minimum"),

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from src_models.data.label_values import IGNORE
+from src_models.data.label_values import IGNORE, MAX_CLASSES
 from src_models.data.normalization import Normalization, fit_normalization
 from src_models.errors import SemisegError
 
@@ -168,6 +168,12 @@ def make_volumes(
         (int(lbl.max()) for _, lbl in checked if lbl is not None and lbl.size), default=0
     )
     if num_classes is None:
+        if max_label + 1 > MAX_CLASSES:
+            raise SemisegError(
+                f"the labels hold ids up to {max_label}: that would be {max_label + 1} classes; "
+                "this looks like an instance mask (one id per object): convert it to class ids "
+                "(e.g. every object -> 1) or give the class count explicitly"
+            )
         num_classes = max(2, max_label + 1)
     elif max_label >= num_classes:
         raise SemisegError(
