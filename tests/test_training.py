@@ -31,7 +31,9 @@ def _weights(bundle):
 
 def test_supervised_learns_the_tiny_volume(tiny_volume):
     image, labels = tiny_volume
-    bundle, sampler = _setup(tiny_volume, params={**TINY, "lr": 0.05})
+    # AdamW 0.01: with the official weak view (75 % of the crops mirrored or rotated) 0.05
+    # was too noisy to pass 0.8 in 100 iterations (0.74-0.84 over seeds; 0.01: 0.90-0.96)
+    bundle, sampler = _setup(tiny_volume, params={**TINY, "lr": 0.01})
     before = predict_volume(bundle, image).labels
     train(bundle, sampler, TrainConfig(iterations=100, checkpoint_every=0))
     after = predict_volume(bundle, image, maps=["confidence"])
@@ -208,7 +210,9 @@ def test_tiled_inference_matches_shape_and_agrees_mostly(tiny_volume):
     vols, k = make_volumes([image], [labels])
     bundle = create_model("supervised", TINY, 1, k, seed=1)
     sampler = SliceSampler(vols, patch_size=32, batch_size=4)
-    train(bundle, sampler, TrainConfig(iterations=30, checkpoint_every=0))
+    # 60 iterations: a barely trained net disagrees at tile borders (30 were enough with the
+    # milder weak view used before issue 12)
+    train(bundle, sampler, TrainConfig(iterations=60, checkpoint_every=0))
     full = predict_volume(bundle, image, tile_size=512)
     tiled = predict_volume(bundle, image, tile_size=32)
     assert tiled.labels.shape == image.shape
