@@ -56,6 +56,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--set", nargs="*", default=[])
     ap.add_argument("--tag", default="")
+    ap.add_argument(
+        "--warmup",
+        type=float,
+        default=0.0,
+        help="supervised warm-up share (the protocol predates the warm-up: 0 keeps it)",
+    )
     ap.add_argument("--data", default=str(HIPPOCAMPUS))
     args = ap.parse_args()
     if args.threads:
@@ -100,6 +106,7 @@ def main() -> None:
             patch_size=args.patch,
             seed=args.seed,
             checkpoint_every=0,
+            warmup=args.warmup,
         ),
         callback=log,
     )
