@@ -170,6 +170,8 @@ class TrainRequest:
     #: the first one after that long, and one at the end (0: off)
     preview_seconds: float = 15.0
     checkpoint_every: int = 250
+    #: ...and at least every this many seconds of training, so a crashed run keeps recent work
+    checkpoint_seconds: float = 60.0
     #: how much lower the training process's CPU priority is (nice, 0-19): the viewer then
     #: wins the CPU whenever it needs it (see benchmarks/gui_responsiveness)
     nice: int = 10
@@ -195,6 +197,7 @@ class TrainRequest:
             seed=self.seed,
             device=self.device,
             checkpoint_every=self.checkpoint_every,
+            checkpoint_seconds=self.checkpoint_seconds,
         )
 
     def validate(self) -> Any:
@@ -628,7 +631,8 @@ def _ended_without_result(job: TrainingJob, child: ChildProcess, device: Any, la
     else:
         kept = (
             "No checkpoint was written before it died (every "
-            f"{job.request.checkpoint_every} iterations); the previous model is kept."
+            f"{job.request.checkpoint_every} iterations or {job.request.checkpoint_seconds:g} s"
+            "); the previous model is kept."
         )
     return TrainingProcessDied(
         f"the training process died ({how}{hint}){where}.{tail} {kept} The labels it trained "

@@ -260,3 +260,24 @@ def test_tiled_class_id_maps_stay_class_ids(tiny_volume):
     # the continuous map is a true average where tiles overlap (values between tile values)
     conf = maps["confidence"].unique().tolist()
     assert any(v not in (0.0, 0.5, 1.0) for v in conf)
+
+
+def test_time_based_checkpoints(tiny_volume, tmp_path, monkeypatch):
+    from src_models.training import trainer as trainer_module
+
+    saved = []
+    real = trainer_module.save_model
+
+    def counting(bundle, out):
+        saved.append(bundle.iteration)
+        return real(bundle, out)
+
+    monkeypatch.setattr(trainer_module, "save_model", counting)
+    bundle, sampler = _setup(tiny_volume)
+    config = TrainConfig(iterations=4, checkpoint_every=0, checkpoint_seconds=1e-9)
+    train(bundle, sampler, config, out_dir=tmp_path)
+    assert saved == [1, 2, 3, 4]  # every iteration is "late", plus the final checkpoint
+    saved.clear()
+    bundle, sampler = _setup(tiny_volume)
+    train(bundle, sampler, TrainConfig(iterations=4, checkpoint_every=0), out_dir=tmp_path / "b")
+    assert saved == [4]

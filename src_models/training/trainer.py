@@ -50,6 +50,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     checkpoint_every: int = 250  #: iterations between checkpoints (0: only at the end)
+    #: also checkpoint once this many seconds of training passed since the last one (0: off);
+    #: the plugin uses it so a crash loses at most that much of a slow model's training
+    checkpoint_seconds: float = 0.0
     #: share of the budget for the supervised warm-up of semi-supervised methods (0: none;
     #: 1: only the plateau rule ends it)
     warmup: float = 0.4
@@ -143,6 +146,7 @@ def train(
     last_good = copy.deepcopy(method.state_dict())
     t0 = time.perf_counter()
     paused = 0.0
+    saved_elapsed = 0.0  # training seconds at the last checkpoint
     lr = 0.0
 
     def checkpoint() -> None:
@@ -223,8 +227,13 @@ def train(
             if config.minutes is not None and elapsed >= config.minutes * 60:
                 total = it
             emit(logs)
-            if config.checkpoint_every and it % config.checkpoint_every == 0 and it < total:
+            due = config.checkpoint_every and it % config.checkpoint_every == 0
+            late = (
+                config.checkpoint_seconds and elapsed - saved_elapsed >= config.checkpoint_seconds
+            )
+            if (due or late) and it < total:
                 checkpoint()
+                saved_elapsed = elapsed
         if warm_end is None:  # stopped inside the warm-up (a resume continues it)
             method.end_warmup(data)
         method.finish(data)
