@@ -132,6 +132,51 @@ def _refuse_overlap(flag: str, output: str | Path, inputs: list[str | Path]) -> 
             )
 
 
+INTERPOLATE = "interpolate"
+INTERPOLATE_HELP = (
+    "no training, instant: shape-based interpolation between the labeled slices, per class, "
+    "along --axis (3D Slicer's / ITK-SNAP's 'fill between slices'); the bar every method "
+    "must beat. Writes <labels-stem>_interpolation.<ext> per labeled volume into --out."
+)
+
+
+def _check_fraction(name: str, value: float, high_open: bool = False) -> None:
+    ok = math.isfinite(value) and 0.0 <= value and (value < 1.0 if high_open else value <= 1.0)
+    if not ok:
+        bound = "[0, 1)" if high_open else "[0, 1]"
+        raise SemisegError(f"{name} must be a number in {bound}, got {value}")
+
+
+def _check_at_least(name: str, value: int | None, low: int) -> None:
+    if value is not None and value < low:
+        raise SemisegError(f"{name} must be at least {low}, got {value}")
+
+
+def _resolved(path: str | Path) -> Path:
+    return Path(str(path).rstrip("/\\")).expanduser().resolve()
+
+
+def _refuse_overlap(flag: str, output: str | Path, inputs: list[str | Path]) -> None:
+    """An output that is, contains or lies inside an input would overwrite or delete it."""
+    out = _resolved(output)
+    for given in inputs:
+        inp = _resolved(given)
+        how = (
+            "is"
+            if out == inp
+            else "is inside"
+            if inp in out.parents
+            else "contains"
+            if out in inp.parents
+            else ""
+        )
+        if how:
+            raise SemisegError(
+                f"{flag} {output} {how} the input {given}: it would be overwritten; choose "
+                "another output path (inputs are never written)"
+            )
+
+
 def _volume_pair(img_path: str, lbl_path: str, ignore_geometry: bool):
     """An image (C, Z, Y, X) and its labels (Z, Y, X) read from disk and checked to lie on
     one voxel grid."""
@@ -253,7 +298,7 @@ def _prepare_run_folder(args: argparse.Namespace) -> tuple[Path, list[str]]:
     return out, existing
 
 
-def _resume_values(args, meta: dict, labels: list, channels: int):
+def _resume_values(args, meta: dict, labels: list):
     """The label values of the run being resumed, after checking the new data fits it."""
     from src_models.data.label_values import LabelValues, _present
 
@@ -261,11 +306,6 @@ def _resume_values(args, meta: dict, labels: list, channels: int):
         raise SemisegError(
             f"--resume: the model in {args.out} slices along axis {meta['axis']}, not "
             f"--axis {args.axis}: use --axis {meta['axis']} or train a new run"
-        )
-    if meta["in_channels"] != channels:
-        raise SemisegError(
-            f"--resume: the model in {args.out} was trained on {meta['in_channels']}-channel "
-            f"images, this image has {channels}: use the same kind of image or train a new run"
         )
     info = meta.get("info", {})
     values = LabelValues(
@@ -300,8 +340,8 @@ def _move_aside(out: Path, existing: list[str]) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from napari_semiseg.io import image_volume, read_volume
-    from src_models.data import SliceSampler, make_volumes
+    from napari_semiseg.training_data import load_training_data
+    from src_models.data import SliceSampler
     from src_models.data.label_values import interpret_labels
     from src_models.data.sampler import DEFAULT_FOREGROUND_CROPS, DEFAULT_PRIOR_FRACTION
     from src_models.device import select_device
@@ -318,22 +358,40 @@ def cmd_train(args: argparse.Namespace) -> int:
     device = select_device(args.device)
     if method_cls is not None:
         out, existing = _prepare_run_folder(args)
-    images, labels, spacing, label_metas = [], [], None, []
-    for img_path, lbl_path in zip(args.image, args.labels, strict=True):
-        img, lbl, meta, lbl_meta = _volume_pair(img_path, lbl_path, args.ignore_geometry)
-        images.append(img)
-        labels.append(lbl)
-        label_metas.append(lbl_meta)
-        spacing = spacing or meta.spacing
-    for path in args.unlabeled or []:
-        images.append(image_volume(*read_volume(path)))
-        labels.append(None)
-    given = [lbl for lbl in labels if lbl is not None]
-    if method_cls is not None and args.resume:
-        run_meta = read_metadata(out)
-        values = _resume_values(args, run_meta, given, images[0].shape[0])
-    else:
-        values = interpret_labels(given, args.classes, args.ignore_label, args.binary)
+    chosen = _parse_slices(args.labeled_slices, len(args.labels))
+    run_meta = read_metadata(out) if method_cls is not None and args.resume else None
+
+    def decide_values(given):
+        if run_meta is not None:
+            return _resume_values(args, run_meta, given)
+        return interpret_labels(given, args.classes, args.ignore_label, args.binary)
+
+    ignore = args.ignore_label
+    if run_meta is not None and ignore is None:
+        ignore = run_meta.get("info", {}).get("ignore_label")
+    data = load_training_data(
+        args.image,
+        args.labels,
+        args.unlabeled or [],
+        args.axis,
+        chosen,
+        decide_values,
+        ignore=ignore,
+        ignore_geometry=args.ignore_geometry,
+    )
+    volumes, values, label_metas, spacing = (
+        data.volumes,
+        data.values,
+        data.label_metas,
+        data.spacing,
+    )
+    num_classes = values.num_classes
+    channels = volumes[0].slices.shape[1]
+    if run_meta is not None and run_meta["in_channels"] != channels:
+        raise SemisegError(
+            f"--resume: the model in {args.out} was trained on {run_meta['in_channels']}-channel "
+            f"images, this image has {channels}: use the same kind of image or train a new run"
+        )
     if values.remapped and not args.resume:
         shown = (
             "every nonzero value -> 1"
@@ -341,14 +399,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             else ", ".join(f"{v} -> {i}" for i, v in enumerate(values.values))
         )
         print(f"label values as classes: {shown} (predictions use the original values)")
-    encoded = [None if lbl is None else values.encode(lbl) for lbl in labels]
-    chosen = _parse_slices(args.labeled_slices, len(args.labels))
-    if chosen is not None:
-        chosen = chosen + [None] * (len(images) - len(chosen))
-    volumes, num_classes = make_volumes(
-        images, encoded, axis=args.axis, labeled_slices=chosen, num_classes=values.num_classes
-    )
+    if data.lazy:
+        print("volumes larger than memory are read slab by slab (only labeled slices kept)")
     if method_cls is None:
+        if data.lazy:
+            raise SemisegError(
+                "--method interpolate needs the volume in memory: this one is larger than "
+                "memory allows; train a method instead"
+            )
         return _interpolate(args, volumes, label_metas, values)
     n_lab = sum(len(v.labeled) for v in volumes)
     n_unl = sum(len(v.unlabeled) for v in volumes)
@@ -459,11 +517,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from napari_semiseg.io import image_volume, map_path, read_volume, volume_format, write_volumes
+    from napari_semiseg.io import image_volume, map_path, open_volume, volume_format
     from src_models.data.label_values import LabelValues
+    from src_models.data.lazy import ChannelsFirst, is_lazy
     from src_models.device import select_device
     from src_models.files import check_writable
-    from src_models.inference import predict_volume
     from src_models.training.checkpoint import META_FILE, WEIGHTS_FILE, load_model
 
     volume_format(args.out)  # fail early on an unsupported extension
@@ -482,25 +540,78 @@ def cmd_predict(args: argparse.Namespace) -> int:
             )
     check_writable(targets[0].parent)
     bundle = load_model(args.model, device=select_device(args.device))
-    image, meta = read_volume(args.image)
-    pred = predict_volume(bundle, image_volume(image, meta), maps, batch_size=args.batch_size)
-    if args.largest_component:
-        from src_models.postprocess import largest_component_3d
-
-        pred.labels = largest_component_3d(pred.labels, bundle.num_classes)
-    counts = np.bincount(pred.labels.ravel(), minlength=bundle.num_classes)
+    image, meta = open_volume(args.image)
+    lazy = is_lazy(image)
+    if lazy and args.largest_component:
+        raise SemisegError(
+            "--largest-component needs the whole mask in memory: this volume is larger; drop it"
+        )
+    img = ChannelsFirst(image, meta.layout == "CZYX") if lazy else image_volume(image, meta)
     info = bundle.info
-    values = LabelValues(tuple(info.get("label_values", range(bundle.num_classes))))
-    values = LabelValues(values.values, binary=bool(info.get("binary", False)))
-    arrays = [(targets[0], values.decode(pred.labels), True)]
-    arrays += [(t, pred.maps[m], False) for t, m in zip(targets[1:], maps, strict=True)]
-    flat = meta.layout in ("YX", "CYX")  # a 2D image gets a 2D mask
-    written = write_volumes([(t, a[0] if flat else a, meta, lab) for t, a, lab in arrays])
+    values = LabelValues(
+        tuple(info.get("label_values", range(bundle.num_classes))),
+        binary=bool(info.get("binary", False)),
+    )
+    if lazy and volume_format(args.out) == ".zarr":
+        counts = _predict_streaming(args, bundle, img, meta, maps, targets, values)
+        written = targets
+    else:
+        counts, written = _predict_in_memory(args, bundle, img, meta, maps, targets, values)
     shown = ", ".join(f"{v}: {c}" for v, c in zip(values.values, counts.tolist(), strict=False))
     print(f"wrote {written[0]} (voxels per label value: {shown})")
     for path in written[1:]:
         print(f"wrote {path}")
     return 0
+
+
+def _predict_in_memory(args, bundle, img, meta, maps, targets, values):
+    """Predict, then write the mask and the maps all or none."""
+    from napari_semiseg.io import write_volumes
+    from src_models.inference import predict_volume
+
+    pred = predict_volume(bundle, img, maps, batch_size=args.batch_size)
+    if args.largest_component:
+        from src_models.postprocess import largest_component_3d
+
+        pred.labels = largest_component_3d(pred.labels, bundle.num_classes)
+    counts = np.bincount(pred.labels.ravel(), minlength=bundle.num_classes)
+    arrays = [(targets[0], values.decode(pred.labels), True)]
+    arrays += [(t, pred.maps[m], False) for t, m in zip(targets[1:], maps, strict=True)]
+    flat = meta.layout in ("YX", "CYX")  # a 2D image gets a 2D mask
+    written = write_volumes([(t, a[0] if flat else a, meta, lab) for t, a, lab in arrays])
+    return counts, written
+
+
+def _predict_streaming(args, bundle, img, meta, maps, targets, values) -> np.ndarray:
+    """A volume larger than memory into zarr stores filled slab by slab (staged, renamed
+    when all are complete)."""
+    from napari_semiseg.io import stage_zarr
+    from src_models.files import commit, discard
+    from src_models.inference import predict_volume
+
+    spatial = tuple(img.shape[1:])
+    dtype = np.uint8 if max(values.values) < 256 else np.int32
+    staged, outs = [], {}
+    try:
+        for target, key in zip(targets, ["labels", *maps], strict=True):
+            is_labels = key == "labels"
+            st, arr = stage_zarr(
+                target, spatial, dtype if is_labels else np.float32, meta, is_labels
+            )
+            staged.append(st)
+            outs[key] = arr
+        predict_volume(bundle, img, maps, batch_size=args.batch_size, out=outs)
+        counts = np.zeros(bundle.num_classes, np.int64)
+        labels = outs["labels"]
+        for z0 in range(0, spatial[0], 16):  # class counts, and the user's values back
+            part = np.asarray(labels[z0 : z0 + 16])
+            counts += np.bincount(part.ravel(), minlength=bundle.num_classes)
+            if values.remapped:
+                labels[z0 : z0 + 16] = values.decode(part)
+        commit(staged)
+        return counts
+    finally:
+        discard(s for s in staged if s.tmp.exists())
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -113,7 +113,7 @@ def _label_dtype(max_value: int) -> np.dtype:
     return np.dtype(np.int32)
 
 
-def _as_labels(array: np.ndarray, source: str) -> np.ndarray:
+def as_labels(array: np.ndarray, source: str) -> np.ndarray:
     """Integer class ids in the smallest fitting dtype; SemisegError otherwise."""
     array = np.asarray(array)
     if array.dtype == bool:
@@ -164,6 +164,7 @@ def _spacing_from_meta(meta: ImageMeta | None, ndim: int) -> tuple[float, ...]:
 
 _UNITS = {"micron": "µm", "um": "µm", "\\u00b5m": "µm", "µm": "µm", "μm": "µm", "mm": "mm"}
 _UNITS.update({"millimeter": "mm", "nm": "nm", "nanometer": "nm", "m": "m", "meter": "m"})
+_UNITS.update({"micrometer": "µm"})
 
 
 def _unit(text) -> str | None:
@@ -233,7 +234,58 @@ def read_labels(path: str | os.PathLike) -> tuple[np.ndarray, ImageMeta]:
             "labels must be one channel of integer ids (0 = background); export the label "
             "map itself, not a coloured overlay"
         )
-    return _as_labels(array, str(path)), meta
+    return as_labels(array, str(path)), meta
+
+
+#: more voxels than this in a zarr, .npy or TIFF file: :func:`open_volume` reads it lazily
+LAZY_VOXELS = 64 * 2**20
+
+
+def open_volume(path: str | os.PathLike, lazy_above: int | None = None):
+    """Like :func:`read_volume`, but a zarr / OME-Zarr, ``.npy`` or TIFF volume (Z, Y, X) or
+    (C, Z, Y, X) of more than ``lazy_above`` voxels comes back lazy (a zarr array or a
+    memory map): nothing is read until it is indexed. Returns (array-like, meta)."""
+    lazy_above = LAZY_VOXELS if lazy_above is None else lazy_above
+    path = Path(path).expanduser()
+    fmt = volume_format(path)
+    _check_exists(path)
+    try:
+        if fmt == ".zarr":
+            arr, meta = _open_zarr(path)
+        elif fmt == ".npy":
+            arr, meta = np.load(str(path), mmap_mode="r"), ImageMeta(source=str(path))
+            meta.spacing = _default_spacing(min(arr.ndim, 3))
+        elif fmt in _TIFF:
+            arr, meta = _open_tiff(path)
+        else:
+            arr = None
+    except SemisegError:
+        raise
+    except Exception as exc:
+        raise SemisegError(
+            f"cannot read {path} ({_one_line(exc)}); the file may be truncated or corrupt"
+        ) from exc
+    size = int(np.prod(arr.shape)) if arr is not None else 0
+    if arr is None or size <= lazy_above or len(arr.shape) not in (3, 4) or arr.dtype.names:
+        return read_volume(path)
+    meta.layout = "ZYX" if len(arr.shape) == 3 else "CZYX"
+    return arr, meta
+
+
+def _open_tiff(path: Path):
+    """A (C)ZYX TIFF's first series as a lazy zarr array (tifffile's zarr store), else
+    (None, None)."""
+    import tifffile
+    import zarr
+
+    with tifffile.TiffFile(str(path)) as tf:
+        axes = tf.series[0].axes.upper()
+        if axes not in ("ZYX", "CZYX"):
+            return None, None
+        spacing, affine, unit = _tiff_geometry(tf, axes)
+    arr = zarr.open(tifffile.imread(str(path), aszarr=True), mode="r")
+    space = tuple(spacing[a] for a in "ZYX")
+    return arr, ImageMeta(affine=affine, spacing=space, source=str(path), unit=unit)
 
 
 def image_volume(array: np.ndarray, meta: ImageMeta) -> np.ndarray:
@@ -309,6 +361,34 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, ImageMeta]:
     return array, meta
 
 
+def _tiff_geometry(tf, axes: str) -> tuple[dict[str, float], np.ndarray | None, str | None]:
+    """Spacing per axis letter, affine and unit of an open TiffFile (ImageJ or tifffile
+    metadata; X/Y resolution tags)."""
+    spacing = {ax: 1.0 for ax in "ZYX"}
+    affine = None
+    page = tf.pages[0]
+    for ax, tag in (("X", "XResolution"), ("Y", "YResolution")):
+        if tag in page.tags:
+            num, den = page.tags[tag].value
+            if num > 0 and den > 0 and (num, den) != (1, 1):
+                spacing[ax] = den / num
+    ij = tf.imagej_metadata or {}
+    unit = _unit(ij.get("unit"))
+    if "spacing" in ij:
+        spacing["Z"] = float(ij["spacing"])
+    props = ij.get("Properties") or {}
+    if "semiseg_affine" in props:
+        affine = np.asarray(json.loads(props["semiseg_affine"]), dtype=np.float64)
+    shaped = tf.shaped_metadata[0] if tf.is_shaped and tf.shaped_metadata else {}
+    if "spacing" in shaped:
+        spatial_axes = [a for a in axes if a in "ZYX"]
+        for ax, sp in zip(spatial_axes, shaped["spacing"], strict=False):
+            spacing[ax] = float(sp)
+    if shaped.get("affine") is not None:
+        affine = np.asarray(shaped["affine"], dtype=np.float64)
+    return spacing, affine, unit or _unit(shaped.get("unit"))
+
+
 def _read_tiff(path: Path) -> tuple[np.ndarray, ImageMeta]:
     import tifffile
 
@@ -316,29 +396,7 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, ImageMeta]:
         series = tf.series[0]
         axes = series.axes.upper()
         array = series.asarray()
-        spacing = {ax: 1.0 for ax in "ZYX"}
-        affine = None
-        page = tf.pages[0]
-        for ax, tag in (("X", "XResolution"), ("Y", "YResolution")):
-            if tag in page.tags:
-                num, den = page.tags[tag].value
-                if num > 0 and den > 0 and (num, den) != (1, 1):
-                    spacing[ax] = den / num
-        ij = tf.imagej_metadata or {}
-        unit = _unit(ij.get("unit"))
-        if "spacing" in ij:
-            spacing["Z"] = float(ij["spacing"])
-        props = ij.get("Properties") or {}
-        if "semiseg_affine" in props:
-            affine = np.asarray(json.loads(props["semiseg_affine"]), dtype=np.float64)
-        shaped = tf.shaped_metadata[0] if tf.is_shaped and tf.shaped_metadata else {}
-        if "spacing" in shaped:
-            spatial_axes = [a for a in axes if a in "ZYX"]
-            for ax, s in zip(spatial_axes, shaped["spacing"], strict=False):
-                spacing[ax] = float(s)
-        if shaped.get("affine") is not None:
-            affine = np.asarray(shaped["affine"], dtype=np.float64)
-        unit = unit or _unit(shaped.get("unit"))
+        spacing, affine, unit = _tiff_geometry(tf, axes)
     # Move a channel (or sample) axis first, drop other singleton axes tifffile reports.
     for ch in ("C", "S"):
         if ch in axes and axes.index(ch) != 0:
@@ -364,23 +422,36 @@ def _zarr_array(root):
     return root["data" if "data" in keys else keys[0]], root
 
 
-def _read_zarr(path: Path) -> tuple[np.ndarray, ImageMeta]:
+def _open_zarr(path: Path):
+    """The zarr array of a store (lazy) and its geometry; an OME-Zarr multiscale group gives
+    its full-resolution level ("0") and the scale/unit of its first dataset."""
     import zarr
 
     root = zarr.open(store=str(path), mode="r")
     arr, group = _zarr_array(root)
     attrs = dict(group.attrs) if group is not None else {}
     attrs.update(dict(arr.attrs))
-    array = np.asarray(arr[...])
-    ndim = _spatial_ndim(array)
+    ndim = min(len(arr.shape), 3)
     spacing = attrs.get("spacing")
     spacing = tuple(float(s) for s in spacing) if spacing else _default_spacing(ndim)
+    unit = _unit(attrs.get("unit"))
+    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+    if multiscales:
+        ms = multiscales[0]
+        for t in ms["datasets"][0].get("coordinateTransformations", []):
+            if t.get("type") == "scale":
+                spacing = tuple(float(v) for v in t["scale"][-ndim:])
+        units = [a.get("unit") for a in ms.get("axes", []) if isinstance(a, dict)]
+        unit = unit or _unit(next((u for u in units[-ndim:] if u), None))
     affine = attrs.get("affine")
     affine = np.asarray(affine, dtype=np.float64) if affine is not None else None
-    meta = ImageMeta(
-        affine=affine, spacing=spacing, source=str(path), unit=_unit(attrs.get("unit"))
-    )
-    return array, meta
+    meta = ImageMeta(affine=affine, spacing=spacing, source=str(path), unit=unit)
+    return arr, meta
+
+
+def _read_zarr(path: Path) -> tuple[np.ndarray, ImageMeta]:
+    arr, meta = _open_zarr(path)
+    return np.asarray(arr[...]), meta
 
 
 def _read_npy(path: Path) -> tuple[np.ndarray, ImageMeta]:
@@ -442,7 +513,7 @@ def stage_volume(
     fmt = volume_format(path)
     array = np.asarray(array)
     if labels:
-        array = _as_labels(array, f"the mask for {path}")
+        array = as_labels(array, f"the mask for {path}")
     elif array.dtype == bool:
         array = array.astype(np.uint8)
     elif np.issubdtype(array.dtype, np.floating) and array.dtype != np.float32:
@@ -548,14 +619,14 @@ def _write_tiff(tmp: Path, array: np.ndarray, meta: ImageMeta | None, labels: bo
         tifffile.imwrite(str(tmp), array, resolution=(1.0 / sx, 1.0 / sy), metadata=metadata)
 
 
-def _write_zarr(tmp: Path, array: np.ndarray, meta: ImageMeta | None, labels: bool) -> None:
+def _empty_zarr(tmp: Path, shape, dtype, meta: ImageMeta | None, labels: bool):
+    """A zarr array at the root of the folder ``tmp`` with this tool's attributes."""
     import zarr
 
     # mkdtemp created the folder; the store must be created inside it.
-    arr = zarr.open_array(store=str(tmp), mode="w", shape=array.shape, dtype=array.dtype)
-    arr[...] = array
+    arr = zarr.open_array(store=str(tmp), mode="w", shape=tuple(shape), dtype=dtype)
     attrs: dict = {
-        "spacing": [float(s) for s in _spacing_from_meta(meta, _spatial_ndim(array))],
+        "spacing": [float(s) for s in _spacing_from_meta(meta, min(len(shape), 3))],
         "semiseg": {"labels": bool(labels)},
     }
     if getattr(meta, "unit", None):
@@ -564,6 +635,25 @@ def _write_zarr(tmp: Path, array: np.ndarray, meta: ImageMeta | None, labels: bo
     if affine is not None:
         attrs["affine"] = np.asarray(affine, dtype=float).tolist()
     arr.attrs.update(attrs)
+    return arr
+
+
+def _write_zarr(tmp: Path, array: np.ndarray, meta: ImageMeta | None, labels: bool) -> None:
+    _empty_zarr(tmp, array.shape, array.dtype, meta, labels)[...] = array
+
+
+def stage_zarr(path: str | os.PathLike, shape, dtype, meta: ImageMeta | None, labels=False):
+    """An empty zarr store staged beside ``path`` (to fill slab by slab, e.g. a prediction
+    larger than memory, then :func:`src_models.files.commit`): (Staged, zarr array)."""
+    path = Path(str(path).rstrip("/\\")).expanduser()
+    if volume_format(path) != ".zarr":
+        raise SemisegError(f"{path}: streaming needs a .zarr output")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    holder = {}
+    staged = stage_dir(
+        path, lambda tmp: holder.update(a=_empty_zarr(tmp, shape, dtype, meta, labels))
+    )
+    return staged, holder["a"]
 
 
 def _write_npy(tmp: Path, array: np.ndarray, meta: ImageMeta | None, labels: bool) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from src_models.data.lazy import SLAB_BYTES, ChannelsFirst
 from src_models.data.normalization import fit_normalization
 from src_models.data.volumes import MIN_SLICE_SIZE, as_channels_first, from_slices, to_slices
 from src_models.errors import SemisegError
@@ -117,7 +118,8 @@ def predict_volume(
 
     Args:
         bundle: a trained model (its axis and normalisation scheme are used).
-        image: raw intensities (Z, Y, X) or (C, Z, Y, X), not normalised.
+        image: raw intensities (Z, Y, X) or (C, Z, Y, X), not normalised: a numpy array, or
+            a lazy array (zarr, memmap, :class:`ChannelsFirst`) read slab by slab.
         maps: names of maps to return; each must be in ``bundle.method.map_names``.
         batch_size: slices per forward pass. slab_size: slices converted at a time.
         out: optional arrays to fill instead of allocating: keys ``labels`` (Z, Y, X),
@@ -133,7 +135,10 @@ def predict_volume(
             f"method {method.name!r} has no map(s) {unknown}: available maps are "
             f"{', '.join(method.map_names)}"
         )
-    img = as_channels_first(np.asarray(image))
+    if isinstance(image, np.ndarray) and not isinstance(image, np.memmap):
+        img = as_channels_first(image)
+    else:  # larger than memory (zarr, memmap): read slab by slab below
+        img = image if isinstance(image, ChannelsFirst) else ChannelsFirst(image, image.ndim == 4)
     if img.shape[0] != method.in_channels:
         raise SemisegError(
             f"the model expects {method.in_channels} channel(s), the image has {img.shape[0]}"
@@ -163,6 +168,9 @@ def predict_volume(
     }
     method.eval()
     device = method.device
+    # a slab's float32 slices and probabilities stay within SLAB_BYTES whatever the volume
+    plane = int(np.prod([n for a, n in enumerate(spatial) if a != axis]))
+    slab_size = max(1, min(slab_size, SLAB_BYTES // (4 * plane * (img.shape[0] + k + len(maps)))))
     for s0 in range(0, n_slices, slab_size):
         s1 = min(n_slices, s0 + slab_size)
         index = [slice(None)] * 4

@@ -46,14 +46,37 @@ class Normalization:
         return cls(**{k: tuple(float(x) for x in d[k]) for k in ("low", "high", "mean", "std")})
 
 
+#: volumes with more voxels (per channel) get statistics from a sample of planes
+EXACT_VOXELS = 64 * 2**20
+#: voxels per channel in that sample
+SAMPLE_VOXELS = 16 * 2**20
+
+
+def sample_normalization(
+    image, percentiles: tuple[float, float] = (0.5, 99.5), max_voxels: int = SAMPLE_VOXELS
+) -> Normalization:
+    """Statistics of a (C, Z, Y, X) array-like from evenly spaced Z planes (at most
+    ``max_voxels`` per channel): what a volume larger than memory is normalised with; the
+    planes depend only on the shape, so training and prediction compute the same numbers."""
+    c, z, *plane = image.shape
+    k = int(min(z, max(1, max_voxels // max(1, int(np.prod(plane))))))
+    planes = np.unique(np.linspace(0, z - 1, k).round().astype(int))
+    sample = np.stack([np.asarray(image[:, int(i)]) for i in planes], axis=1)
+    return fit_normalization(sample, percentiles)
+
+
 def fit_normalization(
     image: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5)
 ) -> Normalization:
-    """Compute clip bounds and z-score statistics of ``image`` (C, ...) per channel.
+    """Compute clip bounds and z-score statistics of ``image`` (C, ...) per channel; a
+    (C, Z, Y, X) volume of more than :data:`EXACT_VOXELS` voxels per channel uses
+    :func:`sample_normalization`.
 
     A channel whose percentiles coincide (a sparse image, mostly one value) keeps its full
     range. Raises SemisegError for NaN/inf intensities or a constant channel.
     """
+    if len(image.shape) == 4 and int(np.prod(image.shape[1:])) > EXACT_VOXELS:
+        return sample_normalization(image, percentiles)
     lows, highs, means, stds = [], [], [], []
     for c in range(image.shape[0]):
         channel = np.asarray(image[c], dtype=np.float32)

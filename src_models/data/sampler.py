@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from src_models.augment import weak_geometric
+from src_models.data.lazy import LazySlices, UnlabeledWindow
 from src_models.data.volumes import Volume
 from src_models.errors import SemisegError
 from src_models.interpolation import interpolate_slices, prior_weights
@@ -120,6 +121,10 @@ class SliceSampler:
             self.unlabeled_index = [
                 (v, s) for v, vol in enumerate(volumes) for s in range(vol.slices.shape[0])
             ]
+        #: volumes larger than memory: unlabeled crops come from a rotating, prefetched
+        #: window of slabs (in memory: from every unlabeled slice)
+        lazy = any(isinstance(v.slices, LazySlices) for v in volumes)
+        self.window = UnlabeledWindow(volumes, self.unlabeled_index, seed) if lazy else None
         self.in_channels = volumes[0].slices.shape[1]
         #: value for pixels rotated in from outside a crop: the volumes' mean background
         self.fill = float(np.mean([v.background for v in volumes]))
@@ -138,8 +143,8 @@ class SliceSampler:
         if prior_fraction > 0:
             for v, vol in enumerate(volumes):
                 used = [s for s in vol.labeled if (v, s) not in held]
-                if vol.labels is None or len(used) < 2:
-                    continue
+                if not isinstance(vol.labels, np.ndarray) or len(used) < 2:
+                    continue  # unlabeled, or larger than memory (no interpolation prior)
                 interp = interpolate_slices(vol.labels, used, self.num_classes)
                 weights = prior_weights(interp, band_per_slice=prior_band)
                 slices = [int(s) for s in np.flatnonzero(weights.reshape(len(weights), -1).max(1))]
@@ -151,10 +156,15 @@ class SliceSampler:
 
     # -- state for resumable runs -------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
+        state = {"generator": self.generator.get_state()}
+        if self.window is not None:
+            state["window"] = self.window.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
+        if self.window is not None and "window" in state:
+            self.window.load_state_dict(state["window"])
 
     # -- batches -----------------------------------------------------------------------
     def _target(self, source: str, v: int, s: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -275,7 +285,8 @@ class SliceSampler:
 
     def unlabeled(self, n: int | None = None, augment: bool | None = None) -> Batch:
         """A batch of ``n`` random unlabeled crops (weakly augmented unless disabled)."""
-        image, _ = self._crop(self.unlabeled_index, n or self.batch_size, False)
+        pairs = self.unlabeled_index if self.window is None else self.window.pairs()
+        image, _ = self._crop(pairs, n or self.batch_size, False)
         if self.augment if augment is None else augment:
             image, _ = weak_geometric(image, None, generator=self.generator, fill=self.fill)
         return Batch(image)

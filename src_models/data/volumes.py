@@ -117,6 +117,7 @@ def make_volumes(
     labeled_slices: Sequence[Sequence[int] | None] | None = None,
     num_classes: int | None = None,
     percentiles: tuple[float, float] = (0.5, 99.5),
+    require_labeled: bool = True,
 ) -> tuple[list[Volume], int]:
     """Validate, normalise and slice volumes; return them and the class count (K + 1).
 
@@ -127,6 +128,8 @@ def make_volumes(
         axis: spatial axis to slice along.
         labeled_slices: per volume, explicit labeled slice indices (None = detect).
         num_classes: class count including background; default max label + 1 (at least 2).
+        require_labeled: refuse volumes without any labeled slice (off when other, lazy
+            volumes hold the labels).
     """
     check_axis(axis)
     if len(images) == 0:
@@ -201,7 +204,7 @@ def make_volumes(
                 )
         background = min((norm.low[c] - norm.mean[c]) / norm.std[c] for c in range(channels))
         volumes.append(Volume(slices, lbl_slices, labeled, norm, axis, float(background)))
-    if not any(v.labeled for v in volumes):
+    if require_labeled and not any(v.labeled for v in volumes):
         raise SemisegError(
             "no labeled slice: paint at least one slice of the labels "
             "(or list the annotated slices explicitly with --labeled-slices)"
