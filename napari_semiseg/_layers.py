@@ -179,3 +179,51 @@ def check_pair(image: Image | None, labels: Labels | None) -> tuple[int, ...]:
             f"{image.name!r} has {shape}: pick the labels painted on this image"
         )
     return shape
+
+
+# -- dock layout ----------------------------------------------------------------------------
+#: least share of a shared dock column the review dock gets (it scrolls below its content)
+REVIEW_MIN_SHARE = 0.3
+
+
+def dock_of(widget) -> Any:
+    """The QDockWidget holding ``widget`` (None when not docked)."""
+    from qtpy.QtWidgets import QDockWidget
+
+    w = widget.parentWidget() if widget is not None else None
+    while w is not None and not isinstance(w, QDockWidget):
+        w = w.parentWidget()
+    return w
+
+
+def balance_docks(training, review) -> bool:
+    """Split a dock column shared by the training and review docks so that both work at
+    once: napari gives the first dock of a column its minimum height (the training dock's
+    Run section, ~430 px) and the rest to the next; the review dock gets what its content
+    asks (at least ``REVIEW_MIN_SHARE`` of the column, it scrolls), the training dock the
+    rest, so its loss curve grows. Returns whether it resized."""
+    from qtpy.QtCore import Qt
+
+    docks = [dock_of(training), dock_of(review)]
+    if any(d is None or d.isFloating() or not d.isVisible() for d in docks):
+        return False
+    window = docks[0].parentWidget()
+    if (
+        window is None
+        or not hasattr(window, "resizeDocks")
+        or docks[1].parentWidget() is not window
+    ):
+        return False
+    if window.dockWidgetArea(docks[0]) != window.dockWidgetArea(docks[1]):
+        return False
+    if docks[1] in window.tabifiedDockWidgets(docks[0]):
+        return False
+    if abs(docks[0].x() - docks[1].x()) > 4:  # side by side, not one column
+        return False
+    total = docks[0].height() + docks[1].height()
+    frame = docks[1].height() - review.height()
+    want = review.content_height() + frame
+    train_min = training.minimumSizeHint().height() + docks[0].height() - training.height()
+    review_h = max(min(want, total - train_min), int(REVIEW_MIN_SHARE * total))
+    window.resizeDocks(docks, [total - review_h, review_h], Qt.Orientation.Vertical)
+    return True

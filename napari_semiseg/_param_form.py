@@ -2,14 +2,18 @@
 
 One row per :class:`~src_models.methods.base.ParamInfo`: a combo box for fields with
 ``choices``, a check box for booleans, a spin box for integers and a line edit for floats
-(kept as text so ``1e-4`` stays readable), strings and tuples (``16, 32, 64``). The field's
-help is the tooltip; a changed value is shown in bold. :meth:`ParamForm.values` returns what
+(kept as text so ``1e-4`` stays readable), strings and tuples (``16, 32, 64``). Rows are
+labelled in words (``lr`` -> "Learning rate"; the identifier and the field's help are the
+tooltip); a value 0 that means "the method's default" (``lr 0: 3e-3 adamw, 0.01 sgd``) shows
+as an empty field saying so instead of a bare 0. A changed value is shown in bold, and
+edits survive switching to another method and back. :meth:`ParamForm.values` returns what
 :func:`~src_models.methods.base.make_config` accepts, so validation and error messages come
 from the core.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from qtpy.QtWidgets import (
@@ -19,6 +23,7 @@ from qtpy.QtWidgets import (
     QLabel,
     QLineEdit,
     QPushButton,
+    QSizePolicy,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -28,11 +33,65 @@ from src_models.methods.base import ParamInfo, config_params
 
 INT_LIMIT = 2**31 - 1
 
+#: words for identifiers that do not read as words
+WORDS = {
+    "lr": "learning rate",
+    "tau": "threshold τ",
+    "eta": "η (decoder share)",
+    "w_kd": "distillation weight",
+    "w_s": "strong-view weight",
+    "cutmix_p": "CutMix probability",
+    "strong_noise_p": "strong-view noise probability",
+    "strong_cutout_p": "strong-view cutout probability",
+    "partner_bn": "partner pass mode",
+    "fm_weight": "FixMatch weight",
+    "fm_target": "FixMatch target",
+    "cps_weight": "CPS weight",
+    "alpha": "teacher EMA decay α",
+    "lambda_mse": "correction MSE weight λ",
+    "lambda_kl": "entropy weight λ",
+    "cpu_bf16": "bfloat16 on the CPU",
+    "resnet_width": "ResNet width",
+    "resnet_stem": "ResNet stem",
+    "res_channels": "ResUNet channels",
+    "channels": "U-Net channels",
+    "discrepancy_k": "discrepancy passes K",
+}
+#: "0: 3e-3 adamw, 0.01 sgd" / "0 = the variant's default: ..." in a field's help
+_ZERO_MEANS = re.compile(r"\b0(?:\.0)?\s*(?::|=)\s*([^;]+)")
+
+
+def label_for(name: str) -> str:
+    """A parameter's row label in words: ``weight_decay`` -> "Weight decay"."""
+    text = WORDS.get(name, name.replace("_", " "))
+    return text[:1].upper() + text[1:]
+
+
+def zero_meaning(info: ParamInfo) -> str:
+    """What 0 means for a numeric field whose default is 0, from its help ("" if nothing)."""
+    if info.type not in (int, float) or info.choices is not None or info.default != 0:
+        return ""
+    match = _ZERO_MEANS.search(info.help or "")
+    if not match:
+        return ""
+    text = match.group(1).strip()
+    # drop an unmatched closing bracket of "(0: ...)"
+    while text.endswith(")") and text.count(")") > text.count("("):
+        text = text[:-1].rstrip()
+    return text
+
 
 def _text(value: Any) -> str:
     if isinstance(value, (tuple, list)):
         return ", ".join(str(v) for v in value)
     return repr(value) if isinstance(value, float) else str(value)
+
+
+def _is_zero(value: Any) -> bool:
+    try:
+        return float(value) == 0
+    except (TypeError, ValueError):
+        return False
 
 
 class ParamForm(QWidget):
@@ -43,11 +102,15 @@ class ParamForm(QWidget):
         self._infos: dict[str, ParamInfo] = {}
         self._editors: dict[str, QWidget] = {}
         self._labels: dict[str, QLabel] = {}
+        self._config_cls: type | None = None
+        #: edited values per config class, restored when the user comes back to a method
+        self._edits: dict[type, dict[str, Any]] = {}
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
         self._form_host = QWidget()
         self._form = QFormLayout(self._form_host)
         self._form.setContentsMargins(0, 0, 0, 0)
+        self._form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
         outer.addWidget(self._form_host)
         self.reset_button = QPushButton("Reset to defaults")
         self.reset_button.clicked.connect(self.reset)
@@ -55,19 +118,26 @@ class ParamForm(QWidget):
 
     # -- building ---------------------------------------------------------------------------
     def set_config_class(self, config_cls: type) -> None:
+        if self._config_cls is not None and self._config_cls is not config_cls:
+            self._edits[self._config_cls] = self.changed_values()
         while self._form.rowCount():
             self._form.removeRow(0)
+        self._config_cls = config_cls
         self._infos = {p.name: p for p in config_params(config_cls)}
         self._editors, self._labels = {}, {}
         for info in self._infos.values():
             editor = self._make_editor(info)
-            editor.setToolTip(info.help)
+            tip = f"{info.name}: {info.help}"
+            editor.setToolTip(tip)
             editor.setObjectName(f"param_{info.name}")
-            label = QLabel(info.name)
-            label.setToolTip(info.help)
+            label = QLabel(label_for(info.name))
+            label.setToolTip(tip)
+            label.setWordWrap(True)
             self._editors[info.name] = editor
             self._labels[info.name] = label
             self._form.addRow(label, editor)
+        if self._edits.get(config_cls):
+            self.set_values(self._edits[config_cls])
         self._mark_changed()
 
     def _make_editor(self, info: ParamInfo) -> QWidget:
@@ -84,10 +154,20 @@ class ParamForm(QWidget):
         elif info.type is int:
             w = QSpinBox()
             w.setRange(-INT_LIMIT, INT_LIMIT)
+            w.setMinimumWidth(60)
+            w.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+            meaning = zero_meaning(info)
+            if meaning:  # 0 shows as what it means
+                w.setMinimum(0)
+                w.setSpecialValueText(f"auto: {meaning}")
             w.setValue(int(info.default))
             w.valueChanged.connect(self._mark_changed)
         else:
-            w = QLineEdit(_text(info.default))
+            meaning = zero_meaning(info)
+            w = QLineEdit("" if meaning else _text(info.default))
+            if meaning:  # empty = 0 = what it means
+                w.setPlaceholderText(f"auto: {meaning}")
+            w.setMinimumWidth(60)
             w.textChanged.connect(self._mark_changed)
         return w
 
@@ -107,6 +187,8 @@ class ParamForm(QWidget):
             return w.isChecked()
         if isinstance(w, QSpinBox):
             return w.value()
+        if not w.text().strip() and zero_meaning(self._infos[name]):
+            return "0"
         return w.text()
 
     def values(self) -> dict[str, Any]:
@@ -120,6 +202,11 @@ class ParamForm(QWidget):
     def _is_default(self, name: str, value: Any) -> bool:
         default = self._infos[name].default
         if isinstance(value, str) and not isinstance(default, str):
+            if isinstance(default, (int, float)) and not isinstance(default, bool):
+                try:
+                    return float(value) == float(default)
+                except ValueError:
+                    return False
             return value.replace(" ", "") == _text(default).replace(" ", "")
         return value == default
 
@@ -138,6 +225,8 @@ class ParamForm(QWidget):
                 w.setChecked(bool(value))
             elif isinstance(w, QSpinBox):
                 w.setValue(int(value))
+            elif zero_meaning(self._infos[name]) and _is_zero(value):
+                w.setText("")
             else:
                 w.setText(_text(value))
         self._mark_changed()

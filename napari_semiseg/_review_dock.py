@@ -18,20 +18,23 @@ from typing import Any
 import numpy as np
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QEvent, QSize, Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
-    QGroupBox,
-    QHBoxLayout,
-    QLabel,
+    QFrame,
+    QGridLayout,
     QPushButton,
+    QScrollArea,
+    QSizePolicy,
     QSpinBox,
     QVBoxLayout,
     QWidget,
 )
+from superqt import QCollapsible
 
 from napari_semiseg._layers import (
     LayerCombo,
@@ -41,11 +44,27 @@ from napari_semiseg._layers import (
     go_to_slice,
     image_data,
 )
-from napari_semiseg._session import display_maps, predict_layers, rank_slices, session_for
-from napari_semiseg._training_dock import error_message
+from napari_semiseg._session import (
+    describe_training,
+    display_maps,
+    predict_layers,
+    rank_slices,
+    session_for,
+    slice_score,
+)
+from napari_semiseg._training_dock import (
+    DOCK_WIDTH,
+    _wrapping_label,
+    balance_later,
+    error_message,
+    prediction_colormap,
+    short,
+)
 from src_models.errors import SemisegError
 from src_models.inference import VolumePrediction
 
+#: unlabeled slices whose mean scores differ by no more than this all tie
+FLAT_SCORE = 1e-6
 #: export formats: label shown -> file suffix
 FORMATS = {"NIfTI (.nii.gz)": ".nii.gz", "zarr (.zarr)": ".zarr", "TIFF (.tif)": ".tif"}
 
@@ -61,6 +80,48 @@ MAP_STYLE = {
     "pseudo-labels": {"opacity": 0.5, "visible": False},
 }
 OTHER_MAP = {"colormap": "inferno", "blending": "additive", "opacity": 0.7, "visible": False}
+
+#: map key (``Method.map_names``, ``pseudo-labels``) -> (layer name after the image's,
+#: what it means and its range, for the dock's legend and the layer's metadata)
+MAP_INFO = {
+    "prediction": ("prediction", "the predicted classes (bright colours); correct it here"),
+    "confidence": (
+        "confidence",
+        "probability of the predicted class: 1/K (a guess) to 1 (sure)",
+    ),
+    "discrepancy": (
+        "discrepancy",
+        "where the method's networks disagree: 0 (agree) to 1; bright slices first",
+    ),
+    "discrepancy_soft": (
+        "discrepancy (soft)",
+        "the disagreement of the networks' probabilities: 0 to 1",
+    ),
+    "confidence_1": ("confidence net 1", "network 1 alone: 1/K to 1"),
+    "confidence_2": ("confidence net 2", "network 2 alone: 1/K to 1"),
+    "confidence_a": ("confidence student A", "student A alone: 1/K to 1"),
+    "confidence_b": ("confidence student B", "student B alone: 1/K to 1"),
+    "uncertainty": (
+        "uncertainty",
+        "spread of the stochastic passes: 0 (stable) and up",
+    ),
+    "pseudo-labels": (
+        "pseudo-labels",
+        "the labels the method trains itself on (unsure pixels left out)",
+    ),
+}
+
+
+def map_title(key: str) -> str:
+    """The layer name (after the image's) of a map."""
+    return MAP_INFO.get(key, (key.replace("_", " "), ""))[0]
+
+
+def _button(text: str) -> QPushButton:
+    button = QPushButton(text)
+    button.setMinimumWidth(40)
+    button.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+    return button
 
 
 def layer_name(image_name: str, kind: str) -> str:
@@ -79,6 +140,10 @@ class ReviewDock(QWidget):
         self._queue: list[int] = []
         self._visited: set[int] = set()
         self._closed = False
+        self._busy_shown = False
+        self._stale_note = ""
+        self._ranking_flat = False
+        self._ranking_value = 0.0
         self._build()
         self.session.connect(self._on_session)
         if self.session.image_name:
@@ -88,109 +153,204 @@ class ReviewDock(QWidget):
         self._refresh_model()
 
     def _build(self) -> None:
-        root = QVBoxLayout(self)
-        root.setContentsMargins(6, 6, 6, 6)
-        box = QGroupBox("Model and data")
-        form = QFormLayout(box)
-        self.model_info = QLabel()
-        self.model_info.setWordWrap(True)
-        self.image_combo = LayerCombo(self.viewer, Image)
-        self.labels_combo = LayerCombo(self.viewer, Labels)
-        self.labels_combo.setToolTip("The training labels: accepted slices are copied here")
-        form.addRow(self.model_info)
-        form.addRow("Image", self.image_combo)
-        form.addRow("Training labels", self.labels_combo)
-        self.predict_button = QPushButton("Predict volume")
+        """Everything in one scroll area, so the dock shrinks when the training dock needs
+        the room; buttons share rows and wrap nothing wider than the dock."""
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        content = QWidget()
+        scroll.setWidget(content)
+        outer.addWidget(scroll)
+        self._content = content
+        root = QVBoxLayout(content)
+        root.setContentsMargins(4, 4, 4, 4)
+        root.setSpacing(4)
+
+        self.model_info = _wrapping_label()
+        root.addWidget(self.model_info)
+        grid = QGridLayout()
+        grid.setHorizontalSpacing(4)
+        self.predict_button = _button("Predict volume")
         self.predict_button.setToolTip(
-            "Predict every slice; adds or updates the prediction, "
-            "confidence, discrepancy and pseudo-label layers"
+            "Predict every slice with the current model; adds or updates the prediction "
+            "layer and the maps of the method (confidence, disagreement, ...)"
         )
         self.predict_button.clicked.connect(self.predict)
-        form.addRow(self.predict_button)
-        root.addWidget(box)
-
-        box = QGroupBox("Review and correct")
-        lay = QVBoxLayout(box)
-        self.next_button = QPushButton("Next slice to review")
+        self.next_button = _button("Next slice")
         self.next_button.setToolTip(
             "Go to the unlabeled slice where the networks disagree "
             "most (least confident for single-network methods)"
         )
         self.next_button.clicked.connect(self.next_slice)
-        self.accept_button = QPushButton("Accept slice")
+        self.accept_button = _button("Accept slice")
         self.accept_button.setToolTip(
             "Copy the (corrected) prediction of the slice shown into "
-            "the training labels; it then counts as labeled"
+            "the training labels; it then counts as labeled. Correct the prediction layer "
+            "with napari's paint / fill tools first (undo works)"
         )
         self.accept_button.clicked.connect(lambda: self.accept_slice())
-        hint = QLabel(
-            "Correct the prediction layer with the paint / fill tools (undo works), "
-            "then accept the slice."
+        grid.addWidget(self.predict_button, 0, 0, 1, 2)
+        grid.addWidget(self.next_button, 1, 0)
+        grid.addWidget(self.accept_button, 1, 1)
+        self.continue_button = _button("Continue training")
+        self.continue_button.setToolTip(
+            "Fine-tune the current model with the enlarged labeled set (no restart from "
+            "scratch); progress shows in the training dock"
         )
-        hint.setWordWrap(True)
-        self.review_info = QLabel()
-        self.review_info.setWordWrap(True)
-        row = QHBoxLayout()
-        row.addWidget(self.next_button)
-        row.addWidget(self.accept_button)
-        lay.addLayout(row)
-        lay.addWidget(hint)
-        lay.addWidget(self.review_info)
-        row = QHBoxLayout()
+        self.continue_button.clicked.connect(self.continue_training)
         self.continue_iterations = QSpinBox()
         self.continue_iterations.setRange(1, 10_000_000)
         self.continue_iterations.setValue(200)
         self.continue_iterations.setSuffix(" it.")
-        self.continue_button = QPushButton("Continue training")
-        self.continue_button.setToolTip(
-            "Fine-tune the current model with the enlarged labeled set (no restart from scratch)"
-        )
-        self.continue_button.clicked.connect(self.continue_training)
-        row.addWidget(self.continue_button)
-        row.addWidget(self.continue_iterations)
-        lay.addLayout(row)
-        root.addWidget(box)
-
-        box = QGroupBox("Export")
-        lay = QHBoxLayout(box)
+        self.continue_iterations.setMinimumWidth(60)
+        self.continue_iterations.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        grid.addWidget(self.continue_button, 2, 0)
+        grid.addWidget(self.continue_iterations, 2, 1)
         self.format_combo = QComboBox()
         self.format_combo.addItems(list(FORMATS))
-        self.maps_check = QCheckBox("maps too")
-        self.maps_check.setToolTip(
-            "Also write confidence, discrepancy, pseudo-labels, ... next to the masks"
+        self.format_combo.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
         )
-        self.export_button = QPushButton("Export…")
+        self.format_combo.setMinimumContentsLength(6)
+        self.export_button = _button("Export…")
+        self.export_button.setToolTip(
+            "Write the (corrected) prediction layer, and the maps if asked, into a folder"
+        )
         self.export_button.clicked.connect(self._export_dialog)
-        lay.addWidget(self.format_combo)
-        lay.addWidget(self.maps_check)
-        lay.addWidget(self.export_button)
-        root.addWidget(box)
-        self.status = QLabel()
-        self.status.setWordWrap(True)
+        self.maps_check = QCheckBox("with the maps")
+        self.maps_check.setToolTip(
+            "Also write confidence, disagreement, pseudo-labels, ... next to the masks"
+        )
+        grid.addWidget(self.export_button, 3, 0)
+        grid.addWidget(self.format_combo, 3, 1)
+        grid.addWidget(self.maps_check, 4, 1)
+        grid.setColumnStretch(0, 1)
+        grid.setColumnStretch(1, 1)
+        root.addLayout(grid)
+        self.review_info = _wrapping_label()
+        root.addWidget(self.review_info)
+        self.status = _wrapping_label()
         root.addWidget(self.status)
+        self.legend = _wrapping_label()
+        self.legend.setTextFormat(Qt.TextFormat.RichText)
+        root.addWidget(self.legend)
+
+        layers = QCollapsible("Layers used")
+        host = QWidget()
+        form = QFormLayout(host)
+        form.setContentsMargins(0, 0, 0, 0)
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
+        self.image_combo = LayerCombo(self.viewer, Image)
+        self.labels_combo = LayerCombo(self.viewer, Labels)
+        self.labels_combo.setToolTip("The training labels: accepted slices are copied here")
+        form.addRow("Image", self.image_combo)
+        form.addRow("Training labels", self.labels_combo)
+        layers.addWidget(host)
+        root.addWidget(layers)
         root.addStretch(1)
+        self.viewer.layers.events.inserted.connect(self._update_buttons)
+        self.viewer.layers.events.removed.connect(self._update_buttons)
+
+    def content_height(self) -> int:
+        """Height the content asks for (the dock scrolls below it)."""
+        return self._content.sizeHint().height()
+
+    def sizeHint(self) -> QSize:  # noqa: N802  (Qt override)
+        return QSize(DOCK_WIDTH, self.content_height())
+
+    def event(self, event) -> bool:
+        if event.type() == QEvent.Type.Show and not self._closed:
+            balance_later(self)
+        return super().event(event)
 
     # -- state ------------------------------------------------------------------------------
     def _on_session(self, what: str) -> None:
         if self._closed:
             return
-        if what in ("model", "busy"):
+        if what in ("model", "busy", "progress"):
             self._refresh_model()
 
     def _refresh_model(self) -> None:
         b = self.session.bundle
         if b is None:
-            self.model_info.setText("No model yet: train one in the training dock or load one.")
+            self.model_info.setText(
+                "<b>No model yet</b>: train one in the training dock or load one."
+            )
         else:
             self.model_info.setText(
-                f"Model: {b.method.name} · {b.num_classes} classes · axis {b.axis} · "
-                f"iteration {b.iteration}"
+                f"<b>Model</b>: {b.method.name} · iteration {b.iteration} · "
+                f"{b.num_classes} classes · axis {b.axis}"
             )
+        busy = self.session.busy
+        if busy == "training":
+            self.status.setText("training… (progress in the training dock)")
+        elif busy:
+            self.status.setText(f"{busy}…")
+        elif self._busy_shown:
+            self.status.setText(self.session.status)
+        self._busy_shown = bool(busy)
+        self._update_buttons()
+        self._check_stale()
+
+    def _update_buttons(self, *_: Any) -> None:
+        """Enable only what can work now: predicting and continuing need a model, the
+        review and export need a prediction layer, nothing while something runs."""
+        if self._closed:
+            return
         idle = not self.session.busy
-        for w in (self.predict_button, self.continue_button, self.accept_button):
-            w.setEnabled(idle and b is not None)
-        if self.session.busy:
-            self.status.setText(f"{self.session.busy}…")
+        model = self.session.bundle is not None
+        try:
+            predicted = self._layer("prediction") is not None
+            scored = predicted or self._layer("discrepancy") is not None
+        except SemisegError:
+            predicted = scored = False
+        self.predict_button.setEnabled(idle and model)
+        self.continue_button.setEnabled(idle and model)
+        self.next_button.setEnabled(idle and scored)
+        self.accept_button.setEnabled(idle and predicted)
+        self.export_button.setEnabled(predicted and self.export_worker is None)
+        hint = "" if model else "train or load a model first"
+        for button in (self.predict_button, self.continue_button):
+            button.setStatusTip(hint)
+
+    def _output_layers(self) -> list:
+        try:
+            prefix = f"{self._image().name} "
+        except SemisegError:
+            return []
+        return [
+            ly
+            for ly in self.viewer.layers
+            if ly.name.startswith(prefix)
+            and ly.metadata.get("semiseg_model") is not None
+            and ly.metadata.get("semiseg_output")
+        ]
+
+    def stale_layers(self) -> list:
+        """Prediction and map layers made by another model (or iteration) than the current."""
+        stamp = self.session.model_stamp()
+        return [ly for ly in self._output_layers() if ly.metadata["semiseg_model"] != stamp]
+
+    def _check_stale(self) -> None:
+        """Mark the layers of an older model state stale (metadata ``stale``) and say so."""
+        stale = self.stale_layers()
+        for layer in self._output_layers():
+            layer.metadata["stale"] = layer in stale
+        if not stale or self.session.busy:
+            if not stale:
+                self._stale_note = ""
+            return
+        made = stale[0].metadata["semiseg_model"]
+        b = self.session.bundle
+        now = "no model" if b is None else f"{b.method.name} at iteration {b.iteration}"
+        self._stale_note = (
+            f"⚠ the prediction layers are out of date: they show {made['method']} at "
+            f"iteration {made['iteration']}, the model is now {now}. Predict volume again."
+        )
+        self.review_info.setText(self._stale_note)
 
     def _image(self) -> Image:
         image = self.image_combo.layer()
@@ -215,6 +375,7 @@ class ReviewDock(QWidget):
         except SemisegError as exc:
             show_error(str(exc))
             return False
+        stamp = self.session.model_stamp()
         self.session.busy = "predicting"
         self.session.notify("busy")
         self.worker = create_worker(
@@ -224,7 +385,7 @@ class ReviewDock(QWidget):
             rgb=bool(image.rgb),
             _start_thread=False,
             _connect={
-                "returned": lambda pred: self._show_prediction(image, pred),
+                "returned": lambda pred: self._show_prediction(image, pred, stamp),
                 "errored": self._on_error,
                 "finished": self._on_finished,
             },
@@ -232,15 +393,17 @@ class ReviewDock(QWidget):
         self.worker.start()
         return True
 
-    def _show_prediction(self, image: Image, pred: VolumePrediction) -> None:
+    def _show_prediction(
+        self, image: Image, pred: VolumePrediction, stamp: dict | None = None
+    ) -> None:
         if self._closed or image.name not in self.viewer.layers:
             return
         name = image.name
-        add_or_update(
-            self.viewer, layer_name(name, "prediction"), pred.labels, "labels", image, opacity=0.5
-        )
+        stamp = dict(stamp) if stamp else self.session.model_stamp()
+        k = self.session.bundle.num_classes if self.session.bundle is not None else 2
         maps = display_maps(pred)
-        order = sorted(maps, key=lambda k: (k == "discrepancy", k != "pseudo-labels", k))
+        order = sorted(maps, key=lambda k: (k != "pseudo-labels", k == "discrepancy", k))
+        made = []
         for kind in order:
             array, layer_type = maps[kind]
             style = (
@@ -251,26 +414,78 @@ class ReviewDock(QWidget):
             if layer_type == "image" and "contrast_limits" not in style:
                 top = float(np.percentile(array, 99.9)) if array.size else 1.0
                 style["contrast_limits"] = (0.0, max(top, 1e-3))
-            add_or_update(self.viewer, layer_name(name, kind), array, layer_type, image, **style)
-        pred_layer = self.viewer.layers[layer_name(name, "prediction")]
+            if layer_type == "labels":
+                style["colormap"] = prediction_colormap()
+            made.append(self._add_output(image, kind, array, layer_type, stamp, k, **style))
+        # the prediction last (on top), shown and selected: it is what the user corrects
+        pred_layer = self._add_output(
+            image,
+            "prediction",
+            pred.labels,
+            "labels",
+            stamp,
+            k,
+            opacity=0.6,
+            colormap=prediction_colormap(),
+        )
+        layers = self.viewer.layers
+        layers.move(layers.index(pred_layer), len(layers))
+        pred_layer.visible = True
+        for other in (f"{name} preview", "interpolation"):
+            if other in layers and layers[other].metadata.get("semiseg_output"):
+                layers[other].visible = False  # they would hide the prediction
+        disc = self._layer("discrepancy")
+        for layer in made:
+            if layer.name != getattr(disc, "name", None) and hasattr(layer, "colorbar"):
+                layer.colorbar.visible = False
+        if disc is not None and disc.visible:
+            disc.colorbar.visible = True  # napari's colour bar: 0 to the top value
         self.viewer.layers.selection.active = pred_layer
         self._queue, self._visited = [], set()
-        bundle = self.session.bundle
+        self._stale_note = ""
+        self.legend.setText(self._legend_text(k))
         self.status.setText(
-            f"predicted {pred.labels.shape} with {bundle.method.name if bundle else 'model'}: "
-            + ", ".join(["prediction", *order])
+            f"predicted with {stamp['method']} at iteration {stamp['iteration']}: "
+            f"{len(made) + 1} layers (below)"
         )
+        self.review_info.setText("Next slice goes to where the model is least sure.")
+        self._update_buttons()
+
+    def _add_output(self, image, kind, array, layer_type, stamp, k, **style):
+        title = map_title(kind)
+        layer = add_or_update(
+            self.viewer, layer_name(image.name, title), array, layer_type, image, **style
+        )
+        layer.metadata["semiseg_map"] = kind
+        layer.metadata["semiseg_model"] = dict(stamp)
+        layer.metadata["stale"] = False
+        info = MAP_INFO.get(kind, (title, ""))[1].replace("1/K", f"{1 / k:.2g}")
+        layer.metadata["description"] = (
+            f"{title}: {info} ({stamp['method']}, iteration {stamp['iteration']})"
+        )
+        return layer
+
+    def _legend_text(self, k: int) -> str:
+        """One line per layer of the last prediction: its name, whether shown, its meaning."""
+        rows = []
+        for layer in reversed(self._output_layers()):
+            kind = layer.metadata.get("semiseg_map", "")
+            info = MAP_INFO.get(kind, (kind, ""))[1].replace("1/K", f"{1 / k:.2g}")
+            shown = "" if layer.visible else " <i>(hidden)</i>"
+            rows.append(f"<b>{map_title(kind)}</b>{shown}: {info}")
+        return "<br>".join(rows)
 
     def _on_error(self, exc: BaseException) -> None:
         if not isinstance(exc, SemisegError):
             traceback.print_exception(type(exc), exc, exc.__traceback__)
         message = error_message(exc)
-        show_error(message)
+        show_error(short(message))
         self.status.setText(f"error: {message}")
 
     def _on_finished(self) -> None:
         self.worker = None
         if self.session.busy == "predicting":
+            self._busy_shown = False  # keep the prediction's own status line
             self.session.busy = ""
             self.session.notify("busy")
 
@@ -297,6 +512,11 @@ class ReviewDock(QWidget):
         if labels is not None:
             check_pair(image, labels)
             labeled = self.session.labeled(np.asarray(labels.data), axis)
+        means = slice_score(score, axis)
+        rest = [float(means[i]) for i in range(len(means)) if i not in set(labeled)]
+        # the unlabeled slices all score the same: the ranking says nothing
+        self._ranking_flat = (max(rest) - min(rest) <= FLAT_SCORE) if rest else False
+        self._ranking_value = rest[0] if rest else 0.0
         return rank_slices(score, axis, labeled), source
 
     def next_slice(self) -> int | None:
@@ -317,10 +537,24 @@ class ReviewDock(QWidget):
         pred = self._layer("prediction")
         if pred is not None:
             self.viewer.layers.selection.active = pred
-        self.review_info.setText(
-            f"slice {index} along axis {self._axis()}: highest {source} among the "
-            f"{len(todo)} unvisited unlabeled slices"
-        )
+        if self._ranking_flat:
+            b = self.session.bundle
+            trained = (
+                describe_training(self.session.train_seconds, b.iteration)
+                if b is not None
+                else "its training"
+            )
+            self.review_info.setText(
+                f"slice {index}: every unlabeled slice has the same {source} "
+                f"({self._ranking_value:.2g}), so there is nothing to rank. The model has not "
+                f"learned enough yet after {trained} (it predicts the same everywhere): "
+                "train longer or continue training, then predict again."
+            )
+        else:
+            self.review_info.setText(
+                f"slice {index} along axis {self._axis()}: highest {source} among the "
+                f"{len(todo)} unvisited unlabeled slices"
+            )
         self.accept_button.setText(f"Accept slice {index}")
         return index
 
@@ -400,15 +634,20 @@ class ReviewDock(QWidget):
         base = Path(folder) / f"{_safe(image.name)}_prediction{suffix}"
         items = [(base, np.asarray(pred.data), True)]
         if maps:
-            prefix = f"{image.name} "
-            for layer in self.viewer.layers:
-                kind = layer.name[len(prefix) :]
-                if (
-                    layer.name.startswith(prefix)
-                    and layer.metadata.get("semiseg_output")
-                    and kind not in ("prediction", "preview")
-                ):
+            for layer in self._output_layers():
+                kind = layer.metadata.get("semiseg_map", "")
+                if kind and kind != "prediction":
                     items.append((kind, np.asarray(layer.data), isinstance(layer, Labels)))
+        made = pred.metadata.get("semiseg_model") or {}
+        self._export_source = (
+            f"{made['method']} at iteration {made['iteration']}" if made else "unknown model"
+        )
+        if pred.metadata.get("stale"):
+            b = self.session.bundle
+            show_warning(
+                f"exporting the prediction of {self._export_source}; the model is now at "
+                f"iteration {b.iteration if b else '?'}: predict again to export it"
+            )
         self.export_worker = create_worker(
             _write_all,
             base,
@@ -418,16 +657,24 @@ class ReviewDock(QWidget):
             _connect={
                 "returned": self._on_exported,
                 "errored": self._on_error,
-                "finished": lambda: setattr(self, "export_worker", None),
+                "finished": self._on_export_finished,
             },
         )
         self.status.setText(f"exporting to {base}…")
         self.export_worker.start()
+        self._update_buttons()
         return True
 
+    def _on_export_finished(self) -> None:
+        self.export_worker = None
+        self._update_buttons()
+
     def _on_exported(self, paths: list[Path]) -> None:
-        self.status.setText("exported " + ", ".join(str(p) for p in paths))
-        show_info(f"exported {len(paths)} file(s) to {paths[0].parent}")
+        source = getattr(self, "_export_source", "")
+        self.status.setText(
+            f"exported the prediction of {source}: " + ", ".join(str(p) for p in paths)
+        )
+        show_info(f"exported {len(paths)} file(s) ({source}) to {paths[0].parent}")
 
     def _export_dialog(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Export into a folder")
@@ -442,6 +689,8 @@ class ReviewDock(QWidget):
             return
         self._closed = True
         self.session.disconnect(self._on_session)
+        self.viewer.layers.events.inserted.disconnect(self._update_buttons)
+        self.viewer.layers.events.removed.disconnect(self._update_buttons)
         self.image_combo.disconnect_viewer()
         self.labels_combo.disconnect_viewer()
 

@@ -31,11 +31,15 @@ import json
 import logging
 import math
 import os
+import re
+import shutil
 import tempfile
 import threading
+import time
 import weakref
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +93,17 @@ log = logging.getLogger(__name__)
 MIN_INTERPOLATION_SLICES = 2
 
 AXIS_NAMES = ("Z", "Y", "X")
+
+#: run folders are named ``run-<YYYYmmdd-HHMMSS>-<random>`` under the runs folder
+RUN_PREFIX = "run-"
+#: a run folder holding this file is never pruned (the user saved the model there)
+KEEP_FILE = "keep"
+#: run folders kept by default (the oldest beyond are deleted when a new run starts)
+DEFAULT_KEEP_RUNS = 5
+#: environment variable overriding the runs folder (e.g. for a shared machine or tests)
+RUNS_ENV = "NAPARI_SEMISEG_RUNS"
+APP_NAME = "napari-semiseg"
+SETTINGS_FILE = "settings.json"
 
 
 # -- labels helpers -------------------------------------------------------------------------
@@ -150,6 +165,116 @@ def format_seconds(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+# -- run folders ----------------------------------------------------------------------------
+def default_run_root() -> Path:
+    """Where run folders go unless the user chose another folder: ``$NAPARI_SEMISEG_RUNS``,
+    else the per-user data folder (platformdirs, e.g. ``~/.local/share/napari-semiseg/runs``
+    on Linux)."""
+    env = os.environ.get(RUNS_ENV)
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return platformdirs.user_data_path(APP_NAME, appauthor=False) / "runs"
+
+
+def settings_path() -> Path:
+    import platformdirs
+
+    return platformdirs.user_config_path(APP_NAME, appauthor=False) / SETTINGS_FILE
+
+
+def load_settings(path: Path | None = None) -> dict[str, Any]:
+    """The plugin's saved settings (runs folder, runs kept); {} when none or unreadable."""
+    path = settings_path() if path is None else Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def save_settings(values: dict[str, Any], path: Path | None = None) -> None:
+    path = settings_path() if path is None else Path(path)
+    data = load_settings(path)
+    data.update(values)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(data, indent=2)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+_RUN_NAME = re.compile(r"^run-(\d{8}-\d{6})-")
+
+
+@dataclass
+class RunInfo:
+    """One run folder: its model's method and iteration (None: no checkpoint yet)."""
+
+    path: Path
+    started: datetime | None
+    method: str = ""
+    iteration: int | None = None
+    kept: bool = False
+
+    def label(self) -> str:
+        when = self.started.strftime("%d %b %H:%M:%S") if self.started else self.path.name
+        if self.iteration is None:
+            return f"{when} · no model (stopped before its first checkpoint)"
+        return f"{self.method} · {when} · {self.iteration} iterations" + (
+            " · kept" if self.kept else ""
+        )
+
+
+def is_run_dir(path: Path) -> bool:
+    return path.is_dir() and _RUN_NAME.match(path.name) is not None
+
+
+def run_info(path: Path) -> RunInfo:
+    match = _RUN_NAME.match(path.name)
+    started = None
+    if match:
+        try:
+            started = datetime.strptime(match.group(1), "%Y%m%d-%H%M%S")
+        except ValueError:
+            started = None
+    info = RunInfo(Path(path), started, kept=(Path(path) / KEEP_FILE).exists())
+    try:
+        meta = json.loads((Path(path) / META_FILE).read_text())
+        info.method, info.iteration = str(meta["method"]), int(meta["iteration"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return info
+
+
+def list_runs(root: Path | None) -> list[RunInfo]:
+    """The run folders under ``root``, newest first."""
+    if root is None or not Path(root).is_dir():
+        return []
+    runs = [run_info(p) for p in Path(root).iterdir() if is_run_dir(p)]
+    return sorted(runs, key=lambda r: r.path.name, reverse=True)
+
+
+def prune_runs(root: Path | None, keep: int, protect: set[Path] | None = None) -> list[Path]:
+    """Delete the oldest run folders under ``root`` beyond the newest ``keep`` ones; never a
+    folder in ``protect`` (the current run, the current model's) nor one holding
+    :data:`KEEP_FILE`. Only folders named like a run are touched. Returns the deleted ones."""
+    protected = {Path(p).resolve() for p in (protect or set()) if p is not None}
+    removed = []
+    for run in list_runs(root)[max(int(keep), 0) :]:
+        if run.kept or run.path.resolve() in protected:
+            continue
+        shutil.rmtree(run.path, ignore_errors=True)
+        if not run.path.exists():
+            removed.append(run.path)
+    return removed
+
+
+def describe_training(seconds: float | None, iterations: int) -> str:
+    """ "300 iterations (2m05s of training)"."""
+    spent = f" ({format_seconds(seconds)} of training)" if seconds else ""
+    return f"{iterations} iterations{spent}"
 
 
 # -- requests and events --------------------------------------------------------------------
@@ -358,7 +483,22 @@ class Session:
         self.image_name: str = ""
         self.labels_name: str = ""
         self.run_dir: Path | None = None
+        #: where run folders go (None: the saved choice or :func:`default_run_root`)
         self.run_root: Path | None = None
+        #: run folders kept under ``run_root`` (older ones are deleted when a run starts)
+        self.keep_runs: int = DEFAULT_KEEP_RUNS
+        settings = load_settings()
+        if settings.get("run_root") and not os.environ.get(RUNS_ENV):
+            self.run_root = Path(settings["run_root"])
+        if isinstance(settings.get("keep_runs"), int) and settings["keep_runs"] >= 1:
+            self.keep_runs = settings["keep_runs"]
+        #: the training and review docks' shared column was split once (the user's own
+        #: split is never undone)
+        self.docks_balanced = False
+        #: what the last training / prediction ended with, for both docks ("" when nothing)
+        self.status: str = ""
+        #: seconds of training (pauses excluded) behind the current model, when known
+        self.train_seconds: float | None = None
         self._listeners: list[Callable[[str], None]] = []
         #: set by the training dock: continue training the current model for n iterations
         self.continue_training: Callable[[int], bool] | None = None
@@ -376,13 +516,50 @@ class Session:
         for listener in list(self._listeners):
             listener(what)
 
+    def runs_folder(self) -> Path:
+        """The folder the run folders go to."""
+        return Path(self.run_root) if self.run_root is not None else default_run_root()
+
     def new_run_dir(self) -> Path:
-        """A fresh folder for the checkpoints of a run (under ``run_root``, default: the
-        system's temporary folder); save the model elsewhere to keep it."""
-        if self.run_root is not None:
-            Path(self.run_root).mkdir(parents=True, exist_ok=True)
-        self.run_dir = Path(tempfile.mkdtemp(prefix="semiseg-run-", dir=self.run_root))
-        return self.run_dir
+        """A fresh folder for the checkpoints of a run under :meth:`runs_folder`, named by
+        its start time; the oldest runs beyond ``keep_runs`` are deleted (never the new one,
+        the current model's or a kept one). Save the model elsewhere to keep it for good."""
+        root = self.runs_folder()
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            new = Path(tempfile.mkdtemp(prefix=f"{RUN_PREFIX}{stamp}-", dir=root))
+        except OSError as exc:
+            raise SemisegError(
+                f"cannot create a run folder in {root}: {exc}; pick another runs folder"
+            ) from None
+        previous, self.run_dir = self.run_dir, new
+        prune_runs(root, self.keep_runs, {new, previous})
+        return new
+
+    def runs(self) -> list[RunInfo]:
+        """The run folders under :meth:`runs_folder`, newest first."""
+        return list_runs(self.runs_folder())
+
+    def prune(self) -> list[Path]:
+        return prune_runs(self.runs_folder(), self.keep_runs, {self.run_dir})
+
+    def model_label(self) -> str:
+        """ "dfcps · iteration 300" for the current model ("" when none)."""
+        b = self.bundle
+        return "" if b is None else f"{b.method.name} · iteration {b.iteration}"
+
+    def model_stamp(self) -> dict[str, Any] | None:
+        """What identifies the current model's state in the layers predicted with it."""
+        b = self.bundle
+        if b is None:
+            return None
+        return {
+            "method": b.method.name,
+            "iteration": int(b.iteration),
+            "run": str(self.run_dir) if self.run_dir else "",
+            "id": id(b),
+        }
 
     def labeled(self, labels: np.ndarray, axis: int) -> list[int]:
         """Detected labeled slices plus the accepted ones (only when the axis matches)."""

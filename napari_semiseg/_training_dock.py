@@ -31,20 +31,26 @@ import numpy as np
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QEvent, QObject, QTimer
+from qtpy.QtCore import QEvent, QObject, QSize, Qt, QTimer
 from qtpy.QtWidgets import (
+    QAbstractSpinBox,
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QFrame,
+    QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
+    QListWidget,
+    QListWidgetItem,
     QProgressBar,
     QPushButton,
     QScrollArea,
+    QSizePolicy,
     QSpinBox,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -53,6 +59,7 @@ from superqt import QCollapsible
 from napari_semiseg._layers import (
     LayerCombo,
     add_or_update,
+    balance_docks,
     check_pair,
     current_index,
     spatial_shape,
@@ -61,8 +68,10 @@ from napari_semiseg._loss_plot import LossPlot
 from napari_semiseg._param_form import ParamForm
 from napari_semiseg._session import (
     AXIS_NAMES,
+    KEEP_FILE,
     InterpolationPreview,
     Preview,
+    RunInfo,
     TrainingJob,
     TrainingProcessDied,
     TrainingUpdate,
@@ -72,7 +81,9 @@ from napari_semiseg._session import (
     format_seconds,
     interpolate_labels,
     interpolation_problem,
+    is_run_dir,
     labeled_slices,
+    save_settings,
     session_for,
     training_events,
 )
@@ -88,6 +99,96 @@ from src_models.training.control import TrainingControl
 STOP_TIMEOUT = 60.0
 #: the layer the shape-based interpolation goes to (added or updated in place)
 INTERPOLATION_LAYER = "interpolation"
+#: the settings tabs never shrink below this (tab bar + three rows of the Data tab)
+TABS_MIN_HEIGHT = 150
+#: the loss curve's least height (legend, axes and a readable curve)
+LOSS_PLOT_MIN_HEIGHT = 130
+#: class colours of the live preview, the prediction and the pseudo-labels: bright,
+#: unlike napari's default label colours of the training labels (class 1, 2, ...)
+PREDICTION_COLORS = ("#ffd54f", "#00e5ff", "#ff4081", "#b2ff59", "#ff9100", "#ea80fc")
+#: longest notification text (the full message stays in the dock's status line)
+NOTIFICATION_CHARS = 160
+
+
+def prediction_colormap() -> Any:
+    """A napari label colormap for predicted classes (0 transparent), distinct from the
+    default colours of the training labels."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    colors: dict[Any, Any] = {None: "#ffffff", 0: "transparent"}
+    for i, color in enumerate(PREDICTION_COLORS, start=1):
+        colors[i] = color
+    return DirectLabelColormap(color_dict=colors)
+
+
+def short(message: str, limit: int = NOTIFICATION_CHARS) -> str:
+    """``message`` for a notification: whole when short, else cut at a sentence end (or
+    at ``limit`` characters) with a pointer to the dock's status line, which keeps it all."""
+    text = " ".join(message.split())
+    if len(text) <= limit:
+        return text
+    head = text[:limit]
+    cut = max(head.rfind(". "), head.rfind("; "))
+    head = head[: cut + 1] if cut >= limit // 3 else head.rstrip() + "…"
+    return f"{head} (more in the dock)"
+
+
+#: the width napari's dock column gets from the docks (their content fits from ~230 px)
+DOCK_WIDTH = 340
+
+
+def balance_later(widget: QWidget) -> None:
+    """Once the event loop has placed the dock: share its column between the training and
+    review docks (:func:`balance_docks`), once per viewer so a user's own split stays."""
+    session = getattr(widget, "session", None)
+    if session is None or session.docks_balanced:
+        return
+
+    def balance() -> None:
+        from napari_semiseg._review_dock import ReviewDock
+
+        if session.docks_balanced or getattr(widget, "_closed", True):
+            return
+        window = widget.window()
+        trainings = [w for w in window.findChildren(TrainingDock) if not w._closed]
+        reviews = [w for w in window.findChildren(ReviewDock) if not w._closed]
+        if trainings and reviews and balance_docks(trainings[0], reviews[0]):
+            session.docks_balanced = True
+
+    QTimer.singleShot(0, balance)
+
+
+def _wrapping_label(text: str = "") -> QLabel:
+    label = QLabel(text)
+    label.setWordWrap(True)
+    label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+    label.setMinimumWidth(40)
+    return label
+
+
+def _spin(box: QAbstractSpinBox, low: float, high: float, value: float) -> QAbstractSpinBox:
+    """A spin box whose width does not follow its largest value (2**31 is wide)."""
+    box.setRange(low, high)
+    box.setValue(value)
+    box.setMinimumWidth(60)
+    box.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+    return box
+
+
+def _form(tabs: QTabWidget, title: str) -> QFormLayout:
+    """A tab of ``tabs`` holding a form in its own scroll area (rows wrap when narrow)."""
+    scroll = QScrollArea()
+    scroll.setWidgetResizable(True)
+    scroll.setFrameShape(QFrame.Shape.NoFrame)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    content = QWidget()
+    scroll.setWidget(content)
+    form = QFormLayout(content)
+    form.setContentsMargins(4, 4, 4, 4)
+    form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
+    form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+    tabs.addTab(scroll, title)
+    return form
 
 
 def error_message(exc: BaseException) -> str:
@@ -125,23 +226,26 @@ class TrainingDock(QWidget):
         self.viewer.dims.events.current_step.connect(self._update_preview_index)
         self._on_labels_layer(self.labels_combo.layer())
         self._on_method(self.method_combo.currentIndex())
+        self._update_preview_index()
+        #: training seconds of the model a continued run starts from
+        self._seconds_before = 0.0
         self._set_busy(False)
 
     # -- layout ---------------------------------------------------------------------------
     def _build(self) -> None:
+        """Settings in tabs (each scrolls on its own), the Run section below them always in
+        sight: buttons, progress, status, loss curve, model history / save / load. Nothing
+        forces the dock wider than napari's default dock width (~330 px)."""
         outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QFrame.Shape.NoFrame)
-        content = QWidget()
-        scroll.setWidget(content)
-        outer.addWidget(scroll)
-        root = QVBoxLayout(content)
-        root.setContentsMargins(6, 6, 6, 6)
+        outer.setContentsMargins(4, 4, 4, 4)
+        outer.setSpacing(4)
+        self.tabs = QTabWidget()
+        self.tabs.setDocumentMode(True)
+        self.tabs.setUsesScrollButtons(False)
+        self.tabs.setMinimumHeight(TABS_MIN_HEIGHT)
+        outer.addWidget(self.tabs, 2)
 
-        data = QGroupBox("Data")
-        form = QFormLayout(data)
+        form = _form(self.tabs, "Data")
         self.image_combo = LayerCombo(self.viewer, Image)
         self.labels_combo = LayerCombo(self.viewer, Labels)
         self.axis_combo = QComboBox()
@@ -151,62 +255,47 @@ class TrainingDock(QWidget):
             "The axis the labeled slices are cut along (detected from "
             "where the labels are; change it if needed)"
         )
-        self.data_info = QLabel()
-        self.data_info.setWordWrap(True)
+        self.data_info = _wrapping_label()
         form.addRow("Image", self.image_combo)
         form.addRow("Labels", self.labels_combo)
         form.addRow("Slice axis", self.axis_combo)
         form.addRow(self.data_info)
-        root.addWidget(data)
+        self.interpolate_button = QPushButton("Interpolate (no training)")
+        form.addRow(self.interpolate_button)
         self.image_combo.layerChanged.connect(self._on_image_layer)
         self.labels_combo.layerChanged.connect(self._on_labels_layer)
         self.axis_combo.activated.connect(self._on_axis_chosen)
 
-        method = QGroupBox("Method")
-        mlay = QVBoxLayout(method)
+        form = _form(self.tabs, "Method")
         self.method_combo = QComboBox()
         self.method_combo.addItems(method_names())
-        self.method_description = QLabel()
-        self.method_description.setWordWrap(True)
+        self.method_description = _wrapping_label()
         self.params = ParamForm()
         self.advanced = QCollapsible("Advanced parameters")
         self.advanced.addWidget(self.params)
-        mlay.addWidget(self.method_combo)
-        mlay.addWidget(self.method_description)
-        mlay.addWidget(self.advanced)
-        root.addWidget(method)
+        form.addRow("Method", self.method_combo)
+        form.addRow(self.method_description)
+        form.addRow(self.advanced)
         self.method_combo.currentIndexChanged.connect(self._on_method)
 
-        budget = QGroupBox("Training")
-        bform = QFormLayout(budget)
-        self.iterations = QSpinBox()
-        self.iterations.setRange(1, 10_000_000)
-        self.iterations.setValue(1000)
-        self.minutes = QDoubleSpinBox()
-        self.minutes.setRange(0.1, 100_000)
-        self.minutes.setValue(5.0)
+        bform = _form(self.tabs, "Budget")
+        self.iterations = _spin(QSpinBox(), 1, 10_000_000, 1000)
+        self.minutes = _spin(QDoubleSpinBox(), 0.1, 100_000, 5.0)
         self.budget_unit = QComboBox()
         self.budget_unit.addItems(["iterations", "minutes"])
         self.budget_unit.currentIndexChanged.connect(self._on_budget_unit)
         row = QHBoxLayout()
-        row.addWidget(self.iterations)
-        row.addWidget(self.minutes)
+        row.addWidget(self.iterations, 1)
+        row.addWidget(self.minutes, 1)
         row.addWidget(self.budget_unit)
         bform.addRow("Budget", row)
-        self.batch_size = QSpinBox()
-        self.batch_size.setRange(1, 1024)
-        self.batch_size.setValue(8)
-        self.patch_size = QSpinBox()
-        self.patch_size.setRange(16, 2048)
+        self.batch_size = _spin(QSpinBox(), 1, 1024, 8)
+        self.batch_size.setToolTip("Labeled (and unlabeled) crops per training step")
+        self.patch_size = _spin(QSpinBox(), 16, 2048, 128)
         self.patch_size.setSingleStep(16)
-        self.patch_size.setValue(128)
         self.patch_size.setToolTip("Side of the square training crop, a multiple of 16")
-        row = QHBoxLayout()
-        row.addWidget(QLabel("batch"))
-        row.addWidget(self.batch_size)
-        row.addWidget(QLabel("patch"))
-        row.addWidget(self.patch_size)
-        bform.addRow("Size", row)
+        bform.addRow("Batch size", self.batch_size)
+        bform.addRow("Patch size", self.patch_size)
         self.device_combo = QComboBox()
         self.device_combo.addItems(list(DEVICE_CHOICES))
         self.device_label = QLabel()
@@ -215,29 +304,57 @@ class TrainingDock(QWidget):
         row.addWidget(self.device_combo)
         row.addWidget(self.device_label, 1)
         bform.addRow("Device", row)
-        self.seed = QSpinBox()
-        self.seed.setRange(0, 2**31 - 1)
-        self.preview_seconds = QDoubleSpinBox()
-        self.preview_seconds.setRange(0.0, 3600.0)
+        self.seed = _spin(QSpinBox(), 0, 2**31 - 1, 0)
+        self.seed.setToolTip("Seed of the initial weights and of every random draw")
+        bform.addRow("Seed", self.seed)
+        self.preview_seconds = _spin(QDoubleSpinBox(), 0.0, 3600.0, TrainRequest.preview_seconds)
         self.preview_seconds.setDecimals(1)
         self.preview_seconds.setSingleStep(5.0)
-        self.preview_seconds.setValue(TrainRequest.preview_seconds)
         self.preview_seconds.setSuffix(" s")
+        self.preview_seconds.setSpecialValueText("off")
         self.preview_seconds.setToolTip(
             "Predict the slice shown in the viewer into the preview layer every N seconds "
             "of training (the first after N seconds, the last at the end; 0: off)"
         )
+        bform.addRow("Preview every", self.preview_seconds)
+
+        rform = _form(self.tabs, "Runs")
+        self.runs_label = _wrapping_label()
+        self.runs_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.runs_button = QPushButton("Change…")
+        self.runs_button.setToolTip("Pick the folder the run folders go to (remembered)")
+        self.runs_button.clicked.connect(self._runs_dialog)
+        rform.addRow(self.runs_label)
+        self.keep_runs = _spin(QSpinBox(), 1, 1000, self.session.keep_runs)
+        self.keep_runs.setToolTip(
+            "Run folders kept: when a run starts the oldest beyond this many are deleted "
+            "(never the current model's, nor one you saved a model into)"
+        )
+        self.keep_runs.valueChanged.connect(self._on_keep_runs)
         row = QHBoxLayout()
-        row.addWidget(self.seed)
-        row.addWidget(QLabel("preview every"))
-        row.addWidget(self.preview_seconds)
-        bform.addRow("Seed", row)
-        root.addWidget(budget)
+        row.addWidget(QLabel("keep the last"))
+        row.addWidget(self.keep_runs)
+        row.addWidget(self.runs_button)
+        row.addStretch(1)
+        rform.addRow(row)
+        self.runs_list = QListWidget()
+        self.runs_list.setMinimumHeight(60)
+        self.runs_list.setToolTip("Earlier runs of this folder: double-click to use one")
+        self.runs_list.itemDoubleClicked.connect(lambda _item: self.use_selected_run())
+        rform.addRow(self.runs_list)
+        self.use_run_button = QPushButton("Use this model")
+        self.use_run_button.setToolTip(
+            "Make the selected run's model the current one (predict, continue training, save)"
+        )
+        self.use_run_button.clicked.connect(lambda: self.use_selected_run())
+        rform.addRow(self.use_run_button)
 
         run = QGroupBox("Run")
         rlay = QVBoxLayout(run)
-        buttons = QHBoxLayout()
-        self.interpolate_button = QPushButton("Interpolate")
+        rlay.setContentsMargins(4, 4, 4, 4)
+        rlay.setSpacing(4)
+        buttons = QGridLayout()
+        buttons.setHorizontalSpacing(4)
         self.train_button = QPushButton("Train")
         self.pause_button = QPushButton("Pause")
         self.stop_button = QPushButton("Stop")
@@ -249,35 +366,51 @@ class TrainingDock(QWidget):
         )
         self.train_button.setToolTip(
             "Train a new model from scratch on the labeled slices (the interpolation of the "
-            f"labels shows at once in the '{INTERPOLATION_LAYER}' layer)"
+            f"labels shows at once in the '{INTERPOLATION_LAYER}' layer); the current model "
+            "stays in the Runs tab"
         )
-        for b in (self.interpolate_button, self.train_button, self.pause_button, self.stop_button):
-            buttons.addWidget(b)
+        for i, b in enumerate((self.train_button, self.pause_button, self.stop_button)):
+            b.setMinimumWidth(40)
+            b.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+            buttons.addWidget(b, 0, i)
+            buttons.setColumnStretch(i, 3 if i == 0 else 2)
         rlay.addLayout(buttons)
         self.interpolate_button.clicked.connect(lambda: self.interpolate())
         self.train_button.clicked.connect(lambda: self.start_training())
         self.pause_button.clicked.connect(self.toggle_pause)
         self.stop_button.clicked.connect(self.stop)
         self.progress = QProgressBar()
-        self.progress.setFormat("%v / %m")
-        self.status = QLabel("idle")
-        self.status.setWordWrap(True)
+        self.progress.setFormat("no run yet")
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.status = _wrapping_label("idle")
         self.loss_plot = LossPlot(self.session.history)
+        self.loss_plot.setMinimumHeight(LOSS_PLOT_MIN_HEIGHT)
         rlay.addWidget(self.progress)
         rlay.addWidget(self.status)
-        rlay.addWidget(self.loss_plot)
+        rlay.addWidget(self.loss_plot, 1)
         models = QHBoxLayout()
         self.save_button = QPushButton("Save model…")
+        self.save_button.setToolTip(
+            "Copy the current model into a folder of yours: run folders are deleted after "
+            "the last few runs, a saved model stays"
+        )
         self.load_button = QPushButton("Load model…")
+        for b in (self.save_button, self.load_button):
+            b.setMinimumWidth(40)
+            b.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+            models.addWidget(b)
         self.save_button.clicked.connect(self._save_dialog)
         self.load_button.clicked.connect(self._load_dialog)
-        models.addWidget(self.save_button)
-        models.addWidget(self.load_button)
         rlay.addLayout(models)
-        root.addWidget(run)
-        root.addStretch(1)
+        outer.addWidget(run, 3)
         self._on_budget_unit(0)
         self._on_device(self.device_combo.currentText())
+        self.refresh_runs()
+
+    def sizeHint(self) -> QSize:  # noqa: N802  (Qt override)
+        hint = super().sizeHint()
+        return QSize(DOCK_WIDTH, hint.height())
 
     # -- reactions --------------------------------------------------------------------------
     def _on_method(self, _index: int) -> None:
@@ -287,6 +420,63 @@ class TrainingDock(QWidget):
         cls = get_method(name)
         self.method_description.setText(cls.description)
         self.params.set_config_class(cls.Config)
+
+    # -- run folders and model history -----------------------------------------------------
+    def refresh_runs(self) -> None:
+        """Show the runs folder and its runs (newest first; the current model's marked)."""
+        if self._closed:
+            return
+        folder = self.session.runs_folder()
+        self.runs_label.setText(
+            f"Runs are saved in {folder}. The last {self.session.keep_runs} are kept; "
+            "<b>Save model…</b> keeps one for good."
+        )
+        self.runs_list.clear()
+        current = self.session.run_dir.resolve() if self.session.run_dir else None
+        for run in self.session.runs():
+            text = run.label()
+            is_current = current is not None and run.path.resolve() == current
+            if is_current:
+                text = f"▶ {text} (current)"
+            item = QListWidgetItem(text)
+            item.setData(Qt.ItemDataRole.UserRole, str(run.path))
+            item.setToolTip(str(run.path))
+            if run.iteration is None:
+                item.setFlags(item.flags() & ~Qt.ItemFlag.ItemIsEnabled)
+            self.runs_list.addItem(item)
+            if is_current:
+                self.runs_list.setCurrentItem(item)
+
+    def use_selected_run(self, run: RunInfo | Path | str | None = None) -> ModelBundle | None:
+        """Make a run's model the current one (the selected row by default)."""
+        if run is None:
+            item = self.runs_list.currentItem()
+            if item is None:
+                show_info("pick a run in the list first")
+                return None
+            run = item.data(Qt.ItemDataRole.UserRole)
+        path = run.path if isinstance(run, RunInfo) else Path(run)
+        return self.load_model_from(path)
+
+    def set_runs_folder(self, folder: str | Path, remember: bool = True) -> None:
+        self.session.run_root = Path(folder)
+        if remember:
+            try:
+                save_settings({"run_root": str(folder)})
+            except OSError as exc:
+                show_warning(f"the runs folder is used but not remembered: {exc}")
+        self.refresh_runs()
+
+    def _on_keep_runs(self, value: int) -> None:
+        self.session.keep_runs = int(value)
+        self.refresh_runs()
+
+    def _runs_dialog(self) -> None:
+        folder = QFileDialog.getExistingDirectory(
+            self, "Folder for the run folders", str(self.session.runs_folder())
+        )
+        if folder:
+            self.set_runs_folder(folder)
 
     def _on_budget_unit(self, index: int) -> None:
         self.iterations.setVisible(index == 0)
@@ -397,9 +587,10 @@ class TrainingDock(QWidget):
         try:
             job = self._make_job(resume, iterations)
         except SemisegError as exc:
-            show_error(str(exc))
+            show_error(short(str(exc)))
             self.status.setText(f"not started: {exc}")
             return False
+        previous = self.session.bundle
         self.job = job
         self._job_labels = self.labels_combo.layer()
         self._update_preview_index()
@@ -422,14 +613,27 @@ class TrainingDock(QWidget):
             },
         )
         start = job.bundle.iteration if job.bundle is not None else 0
-        verb = "continuing" if resume else "starting"
-        self.progress.setRange(0, 0)  # busy until the training process reports
-        self.status.setText(
-            f"{verb} {job.request.method} from iteration {start}: starting the training process…"
-        )
+        self._seconds_before = (self.session.train_seconds or 0.0) if resume else 0.0
+        self._first_update = True
+        # busy until the training process reports: never the previous run's "n / m · ETA"
+        self.progress.setRange(0, 0)
+        self.progress.setValue(0)
+        self.progress.setFormat("starting…")
+        if resume:
+            text = f"continuing {job.request.method} from iteration {start}: starting…"
+        else:
+            text = f"starting {job.request.method}: starting the training process…"
+            if previous is not None:
+                text += (
+                    f" The previous model ({previous.method.name}, iteration "
+                    f"{previous.iteration}) stays in the Runs tab."
+                )
+        self.status.setText(text)
+        self.session.status = ""
         self.session.busy = "training"
         self.session.notify("busy")
         self.worker.start()
+        self.refresh_runs()
         return True
 
     def continue_training(self, iterations: int) -> bool:
@@ -491,6 +695,7 @@ class TrainingDock(QWidget):
         self.progress.setRange(0, max(p.total, 1))
         self.progress.setValue(min(p.iteration, p.total))
         self.progress.setFormat(f"%v / %m · ETA {format_seconds(p.eta)}")
+        self.session.train_seconds = self._seconds_before + float(p.elapsed)
         self.session.history.extend(update.history)
         self.loss_plot.refresh()
         logs = " · ".join(f"{k} {v:.3g}" for k, v in p.logs.items())
@@ -502,6 +707,9 @@ class TrainingDock(QWidget):
         )
         if update.preview is not None:
             self._show_preview(update.preview)
+        if self._first_update:
+            self._first_update = False
+            self.session.notify("progress")
 
     def _prepare_preview_layer(self, axis: int) -> None:
         """Add the (empty) preview layer now, when the user has just clicked Train: adding a
@@ -522,13 +730,23 @@ class TrainingDock(QWidget):
             return
         data = np.expand_dims(preview.labels, preview.axis)
         layer = add_or_update(
-            self.viewer, f"{image.name} preview", data, "labels", image, opacity=0.6
+            self.viewer,
+            f"{image.name} preview",
+            data,
+            "labels",
+            image,
+            opacity=0.7,
+            colormap=prediction_colormap(),
         )
         translate = np.array(image.translate[-3:], dtype=float)
         translate[preview.axis] += preview.index * float(image.scale[-3 + preview.axis])
         layer.translate = tuple(translate)
         layer.metadata["preview_index"] = preview.index
         layer.metadata["preview_iteration"] = preview.iteration
+        layer.metadata["description"] = (
+            f"live preview: the model's prediction of slice {preview.index} at iteration "
+            f"{preview.iteration} (bright colours; your labels keep napari's)"
+        )
 
     # -- interpolation ----------------------------------------------------------------------
     def interpolate(self) -> bool:
@@ -623,10 +841,15 @@ class TrainingDock(QWidget):
         if self.job is not None:
             self.job.bundle = bundle
         stopped = self.job is not None and self.job.control.stop_requested
-        where = f" (checkpoint in {self.session.run_dir})" if self.session.run_dir else ""
-        self.status.setText(
-            f"{'stopped' if stopped else 'finished'} at iteration {bundle.iteration}{where}"
+        spent = self.session.train_seconds
+        text = (
+            f"{'stopped' if stopped else 'finished'}: {bundle.method.name} at iteration "
+            f"{bundle.iteration}" + (f" after {format_seconds(spent)} of training" if spent else "")
         )
+        self.session.status = text
+        where = f" (in {self.session.run_dir})" if self.session.run_dir else ""
+        self.status.setText(text + where)
+        self.progress.setFormat(f"%v / %m · {'stopped' if stopped else 'done'}")
         self.session.notify("model")
 
     def _on_error(self, exc: BaseException) -> None:
@@ -640,13 +863,19 @@ class TrainingDock(QWidget):
                 self.job.bundle = exc.bundle
             self.session.notify("model")
         message = error_message(exc)
-        show_error(message)
+        show_error(short(message))
         self.status.setText(f"error: {message}")
+        if self.worker is not None:  # training (not the interpolation) failed
+            self.session.status = f"training failed: {short(message)}"
+            self.progress.setFormat("%v / %m · failed")
 
     def _on_finished(self) -> None:
         self.worker = None
+        if self.progress.maximum() == 0:  # never reported: leave the busy look
+            self.progress.setRange(0, 1)
         self.session.busy = ""
         self.session.notify("busy")
+        self.refresh_runs()
 
     def _set_busy(self, busy: bool) -> None:
         training = busy and self.worker is not None
@@ -665,11 +894,15 @@ class TrainingDock(QWidget):
             self.seed,
             self.train_button,
             self.load_button,
+            self.runs_button,
+            self.keep_runs,
+            self.use_run_button,
+            self.runs_list,
         ):
             w.setEnabled(not busy)
         self.pause_button.setEnabled(training)
         self.stop_button.setEnabled(training)
-        self.save_button.setEnabled(not busy)
+        self.save_button.setEnabled(not busy and self.session.bundle is not None)
         if not training:
             self.pause_button.setText("Pause")
             if self.progress.maximum() == 0:  # never reported: leave the busy look
@@ -706,14 +939,20 @@ class TrainingDock(QWidget):
             if self.worker is not None:
                 raise SemisegError("training is running: stop it before saving")
             out = save_model(bundle, path)
+            if is_run_dir(Path(out)):  # saved into a run folder: never prune it
+                (Path(out) / KEEP_FILE).touch()
         except (SemisegError, OSError) as exc:
-            show_error(
+            message = (
                 error_message(exc)
                 if isinstance(exc, SemisegError)
                 else f"cannot save the model: {exc}"
             )
+            show_error(short(message))
+            self.status.setText(f"error: {message}")
             return None
         show_info(f"model saved to {out}")
+        self.status.setText(f"saved {bundle.method.name} (iteration {bundle.iteration}) to {out}")
+        self.refresh_runs()
         return out
 
     def load_model_from(self, path: str | Path) -> ModelBundle | None:
@@ -722,10 +961,15 @@ class TrainingDock(QWidget):
                 raise SemisegError(f"{self.session.busy} is running: wait or stop it first")
             bundle = load_model(path, device=select_device(self.device_combo.currentText()))
         except SemisegError as exc:
-            show_error(str(exc))
+            show_error(short(str(exc)))
+            self.status.setText(f"error: {exc}")
             return None
         self.session.bundle = bundle
-        self.session.run_dir = None
+        # a run folder's model continues training in its folder; any other is copied into
+        # a new run folder when training continues
+        self.session.run_dir = Path(path) if is_run_dir(Path(path)) else None
+        self.session.train_seconds = None
+        self.session.status = f"loaded {bundle.method.name} at iteration {bundle.iteration}"
         self.session.axis = bundle.axis
         self.session.history.clear()
         self.loss_plot.refresh()
@@ -733,10 +977,15 @@ class TrainingDock(QWidget):
         self.status.setText(
             f"loaded {bundle.method.name} model (iteration {bundle.iteration}) from {path}"
         )
+        self.progress.setRange(0, max(bundle.iteration, 1))
+        self.progress.setValue(bundle.iteration)
+        self.progress.setFormat("%v iterations · loaded")
+        self.refresh_runs()
         return bundle
 
     def _show_model(self, bundle: ModelBundle | None) -> None:
         """Reflect a loaded or trained model in the method, parameters and axis controls."""
+        self.save_button.setEnabled(bundle is not None and not self.session.busy)
         if bundle is None:
             return
         index = self.method_combo.findText(bundle.method.name)
@@ -800,6 +1049,7 @@ class TrainingDock(QWidget):
             elif self._docked:
                 self.shutdown()
         elif kind == QEvent.Type.Show and not self._closed:
+            balance_later(self)
             window = self.window()
             if window is not self and window is not self._window_filtered:
                 if self._window_filtered is not None:
