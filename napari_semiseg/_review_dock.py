@@ -112,6 +112,11 @@ MAP_INFO = {
 }
 
 
+#: maps shown as layers; the others (per-network confidences, soft discrepancy) are kept for
+#: "Export… with the maps" only, so a prediction adds a few layers that each mean something
+LAYER_MAPS = ("confidence", "discrepancy", "uncertainty", "pseudo-labels")
+
+
 def map_title(key: str) -> str:
     """The layer name (after the image's) of a map."""
     return MAP_INFO.get(key, (key.replace("_", " "), ""))[0]
@@ -144,6 +149,7 @@ class ReviewDock(QWidget):
         self._stale_note = ""
         self._ranking_flat = False
         self._ranking_value = 0.0
+        self._extra_maps: dict[str, tuple[np.ndarray, str]] = {}
         self._build()
         self.session.connect(self._on_session)
         if self.session.image_name:
@@ -402,6 +408,8 @@ class ReviewDock(QWidget):
         stamp = dict(stamp) if stamp else self.session.model_stamp()
         k = self.session.bundle.num_classes if self.session.bundle is not None else 2
         maps = display_maps(pred)
+        self._extra_maps = {k: v for k, v in maps.items() if k not in LAYER_MAPS}
+        maps = {k: v for k, v in maps.items() if k in LAYER_MAPS}
         order = sorted(maps, key=lambda k: (k != "pseudo-labels", k == "discrepancy", k))
         made = []
         for kind in order:
@@ -473,6 +481,9 @@ class ReviewDock(QWidget):
             info = MAP_INFO.get(kind, (kind, ""))[1].replace("1/K", f"{1 / k:.2g}")
             shown = "" if layer.visible else " <i>(hidden)</i>"
             rows.append(f"<b>{map_title(kind)}</b>{shown}: {info}")
+        if self._extra_maps:
+            names = ", ".join(map_title(k) for k in self._extra_maps)
+            rows.append(f"<i>Export… with the maps also writes {names}.</i>")
         return "<br>".join(rows)
 
     def _on_error(self, exc: BaseException) -> None:
@@ -638,6 +649,8 @@ class ReviewDock(QWidget):
                 kind = layer.metadata.get("semiseg_map", "")
                 if kind and kind != "prediction":
                     items.append((kind, np.asarray(layer.data), isinstance(layer, Labels)))
+            for kind, (array, layer_type) in self._extra_maps.items():
+                items.append((kind, array, layer_type == "labels"))
         made = pred.metadata.get("semiseg_model") or {}
         self._export_source = (
             f"{made['method']} at iteration {made['iteration']}" if made else "unknown model"

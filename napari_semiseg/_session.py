@@ -35,7 +35,6 @@ import re
 import shutil
 import tempfile
 import threading
-import time
 import weakref
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
@@ -94,7 +93,7 @@ MIN_INTERPOLATION_SLICES = 2
 
 AXIS_NAMES = ("Z", "Y", "X")
 
-#: run folders are named ``run-<YYYYmmdd-HHMMSS>-<random>`` under the runs folder
+#: run folders are named ``run-<YYYYmmdd-HHMMSS-micro>-<random>`` under the runs folder
 RUN_PREFIX = "run-"
 #: a run folder holding this file is never pruned (the user saved the model there)
 KEEP_FILE = "keep"
@@ -527,7 +526,8 @@ class Session:
         root = self.runs_folder()
         try:
             root.mkdir(parents=True, exist_ok=True)
-            stamp = time.strftime("%Y%m%d-%H%M%S")
+            # microseconds: runs started within a second still sort by start
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
             new = Path(tempfile.mkdtemp(prefix=f"{RUN_PREFIX}{stamp}-", dir=root))
         except OSError as exc:
             raise SemisegError(

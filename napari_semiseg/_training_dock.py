@@ -100,12 +100,12 @@ STOP_TIMEOUT = 60.0
 #: the layer the shape-based interpolation goes to (added or updated in place)
 INTERPOLATION_LAYER = "interpolation"
 #: the settings tabs never shrink below this (tab bar + three rows of the Data tab)
-TABS_MIN_HEIGHT = 150
+TABS_MIN_HEIGHT = 165
 #: the loss curve's least height (legend, axes and a readable curve)
 LOSS_PLOT_MIN_HEIGHT = 130
 #: class colours of the live preview, the prediction and the pseudo-labels: bright,
 #: unlike napari's default label colours of the training labels (class 1, 2, ...)
-PREDICTION_COLORS = ("#ffd54f", "#00e5ff", "#ff4081", "#b2ff59", "#ff9100", "#ea80fc")
+PREDICTION_COLORS = ("#ffee58", "#76ff03", "#ff4081", "#00e5ff", "#ff9100", "#ea80fc")
 #: longest notification text (the full message stays in the dock's status line)
 NOTIFICATION_CHARS = 160
 
@@ -156,6 +156,26 @@ def balance_later(widget: QWidget) -> None:
             session.docks_balanced = True
 
     QTimer.singleShot(0, balance)
+
+
+class StatusLine(QLabel):
+    """A status label of at most ``LINES`` wrapped lines (so a long message never squeezes
+    the loss curve); the whole text is its tooltip."""
+
+    LINES = 3
+
+    def __init__(self, text: str = "") -> None:
+        super().__init__()
+        self.setWordWrap(True)
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self.setMinimumWidth(40)
+        self.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
+        self.setFixedHeight(self.fontMetrics().lineSpacing() * self.LINES + 4)
+        self.setText(text)
+
+    def setText(self, text: str) -> None:  # noqa: N802  (Qt override)
+        super().setText(text)
+        self.setToolTip(text)
 
 
 def _wrapping_label(text: str = "") -> QLabel:
@@ -383,7 +403,7 @@ class TrainingDock(QWidget):
         self.progress.setFormat("no run yet")
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
-        self.status = _wrapping_label("idle")
+        self.status = StatusLine("idle")
         self.loss_plot = LossPlot(self.session.history)
         self.loss_plot.setMinimumHeight(LOSS_PLOT_MIN_HEIGHT)
         rlay.addWidget(self.progress)
@@ -547,7 +567,7 @@ class TrainingDock(QWidget):
         extra = len(labeled) - len(found)
         shown = ", ".join(str(s) for s in labeled[:8]) + (" …" if len(labeled) > 8 else "")
         text = (
-            f"{len(labeled)} labeled slice(s) of {data.shape[axis]} along axis {axis}"
+            f"{len(labeled)} labeled slices of {data.shape[axis]} (axis {axis})"
             + (f" ({extra} accepted empty)" if extra else "")
             + (f": {shown}" if labeled else "")
             + f" · {class_count(data)} classes"
@@ -847,8 +867,9 @@ class TrainingDock(QWidget):
             f"{bundle.iteration}" + (f" after {format_seconds(spent)} of training" if spent else "")
         )
         self.session.status = text
-        where = f" (in {self.session.run_dir})" if self.session.run_dir else ""
-        self.status.setText(text + where)
+        self.status.setText(text)
+        if self.session.run_dir:
+            self.status.setToolTip(f"{text}; checkpoint in {self.session.run_dir}")
         self.progress.setFormat(f"%v / %m · {'stopped' if stopped else 'done'}")
         self.session.notify("model")
 

@@ -135,6 +135,8 @@ def train_now(qtbot, dock: TrainingDock, **kw) -> None:
     tiny(dock, **kw)
     assert dock.start_training()
     assert not dock.train_button.isEnabled() and dock.stop_button.isEnabled()
+    # at once, never the previous run's "n / m · ETA"
+    assert dock.progress.format() == "starting…"
     wait_idle(qtbot, dock)
 
 
@@ -149,7 +151,19 @@ def test_dock_builds_for_every_method_round_trips_params_and_rejects_bad_input(
 
 
 def check_dock_builds_for_every_registered_method(docks):
-    _, train, _, _ = docks
+    _, train, review, _ = docks
+    # nothing to predict, review, continue, export or save before a model exists
+    for button in (
+        review.predict_button,
+        review.next_button,
+        review.accept_button,
+        review.continue_button,
+        review.export_button,
+        train.save_button,
+    ):
+        assert not button.isEnabled(), button.text()
+    assert train.train_button.isEnabled() and train.load_button.isEnabled()
+    assert "No model yet" in review.model_info.text()
     for name in method_names():
         train.method_combo.setCurrentText(name)
         cls = get_method(name)
@@ -178,6 +192,20 @@ def check_parameters_round_trip_to_the_trainer_config(docks):
     # a loaded model's config shows up in the form
     train.params.reset()
     assert train.params.changed_values() == {}
+    # rows in words, the identifier and help in the tooltip; 0 = the default says so
+    label = train.params._labels["lr"]
+    assert label.text() == "Learning rate" and label.toolTip().startswith("lr: ")
+    lr = train.params.editor("lr")
+    assert lr.text() == "" and lr.placeholderText().startswith("auto: 3e-3 adamw")
+    assert train.params.values()["lr"] == "0"
+    # an edit survives switching to another method and back
+    train.params.set_values({"lr": 0.05})
+    train.method_combo.setCurrentText("crossmatch")
+    assert train.params.editor("lr").text() == "0.01"  # crossmatch's own default
+    train.method_combo.setCurrentText("supervised")
+    assert train.params.changed_values() == {"lr": "0.05"}
+    train.params.reset()
+    tiny(train)
 
 
 def check_bad_input_notifies_and_starts_no_thread(docks, errors):
@@ -236,6 +264,15 @@ def check_end_to_end_train_preview_predict(docks, qtbot):
     assert conf.data.min() >= 1 / bundle.num_classes - 1e-6 and conf.data.max() <= 1 + 1e-6
     assert tuple(conf.contrast_limits) == (0.0, 1.0)
     assert pred.metadata["semiseg_output"]
+    # shown on top, in the prediction colours, with its model and meaning in the metadata
+    assert pred.visible and viewer.layers[-1] is pred
+    assert pred.metadata["semiseg_model"]["iteration"] == 6 and not pred.metadata["stale"]
+    assert "probability of the predicted class" in conf.metadata["description"]
+    assert "confidence" in review.legend.text() and "prediction" in review.legend.text()
+    # status tells the truth after the run: no "training…" left in the review dock
+    assert "finished" in train.status.text() and "done" in train.progress.format()
+    assert review.status.text().startswith("predicted with supervised at iteration 6")
+    assert review.next_button.isEnabled() and review.export_button.isEnabled()
 
 
 def test_pause_resume_stop_then_close_the_dock_mid_run(docks, qtbot):
@@ -260,7 +297,9 @@ def check_pause_resume_stop_mid_run(docks, qtbot):
     wait_idle(qtbot, train)
     bundle = train.session.bundle
     assert 0 < bundle.iteration < 100_000
-    assert "stopped" in train.status.text()
+    assert "stopped" in train.status.text() and "stopped" in train.progress.format()
+    review = next(w for w in viewer.window._qt_window.findChildren(ReviewDock))
+    assert review.status.text().startswith("stopped: supervised at iteration")
     saved = load_model(train.session.run_dir)  # a valid checkpoint at the stop
     assert saved.iteration == bundle.iteration
     assert train.train_button.isEnabled()
@@ -278,6 +317,9 @@ def check_training_error_is_notified_and_controls_come_back(docks, qtbot, errors
     wait_idle(qtbot, train)
     assert errors and "NaN" in errors[-1]
     assert train.train_button.isEnabled() and train.status.text().startswith("error")
+    _, _, review, _ = docks
+    assert review.status.text().startswith("training failed: training diverged")
+    assert "failed" in train.progress.format()
 
     in_child(train, hooks.fail_step)
     assert train.start_training()
@@ -300,6 +342,13 @@ def check_closing_the_dock_stops_the_worker(docks, qtbot):
 
 def check_review_next_accept_continue(docks, qtbot):
     viewer, train, review, _ = docks
+    # every slice ties (a model that predicts only background): no "highest" claimed
+    flat = viewer.add_image(np.zeros((12, 40, 36), np.float32), name="vol discrepancy")
+    assert review.next_slice() is not None
+    assert "has not learned enough yet after 6 iterations" in review.review_info.text()
+    assert "highest" not in review.review_info.text()
+    viewer.layers.remove(flat)
+    review._visited = set()
     # A known discrepancy: slice 2 is labeled (skipped), then 7, then 4.
     disc = np.zeros((12, 40, 36), np.float32)
     disc[2], disc[7], disc[4] = 0.9, 0.6, 0.3
@@ -340,6 +389,32 @@ def check_review_next_accept_continue(docks, qtbot):
     assert first_step["it"] == done and first_step["labeled"] == [2, 4, 6, 9]
     for k, v in start.items():
         assert torch.equal(first_step["weights"][k], v), k  # started from the current weights
+    check_layers_stale_after_continue_and_train_keeps_the_previous_model(docks, qtbot)
+
+
+def check_layers_stale_after_continue_and_train_keeps_the_previous_model(docks, qtbot):
+    viewer, train, review, _ = docks
+    pred = viewer.layers["vol prediction"]
+    tuned = train.session.bundle
+    # the prediction layers still show the iteration before "Continue training": said so
+    assert pred.metadata["stale"] and viewer.layers["vol confidence"].metadata["stale"]
+    assert "out of date" in review.review_info.text()
+    assert f"now supervised at iteration {tuned.iteration}" in review.review_info.text()
+    tuned_dir = train.session.run_dir
+    weights = {k: v.clone() for k, v in tuned.method.net.state_dict().items()}
+    # Train (from scratch) after the review: the fine-tuned model stays retrievable
+    train_now(qtbot, train, iterations=2, preview_seconds=0)
+    assert train.session.run_dir != tuned_dir and train.session.bundle.iteration == 2
+    runs = {r.path: r for r in train.session.runs()}
+    assert runs[tuned_dir].iteration == tuned.iteration and runs[tuned_dir].method == "supervised"
+    labels = [train.runs_list.item(i).text() for i in range(train.runs_list.count())]
+    assert any(f"{tuned.iteration} iterations" in t for t in labels)
+    assert any("(current)" in t and "2 iterations" in t for t in labels)
+    back = train.use_selected_run(tuned_dir)
+    assert back is not None and train.session.bundle is back
+    assert back.iteration == tuned.iteration and train.session.run_dir == tuned_dir
+    for k, v in weights.items():
+        assert torch.equal(back.method.net.state_dict()[k], v), k
 
 
 def test_two_network_method_discrepancy(docks, qtbot):
@@ -431,6 +506,43 @@ def test_closing_the_viewer_mid_run_stops_the_worker(make_napari_viewer, qtbot, 
     viewer.close()
     assert job.control.stop_requested and job.finished.is_set()
     assert 0 < load_model(train.session.run_dir).iteration < 100_000
+
+
+def test_the_live_preview_lands_on_the_viewed_slice_in_its_own_colours(
+    make_napari_viewer, qtbot, tmp_path
+):
+    """An image whose world coordinates are shifted (a NIfTI origin, as the sample's): the
+    preview predicts and shows the slice on screen from the first preview on."""
+    from napari_semiseg._layers import go_to_slice
+    from napari_semiseg._training_dock import PREDICTION_COLORS
+
+    viewer = make_napari_viewer()
+    image, truth = synthetic_volume()
+    labels = np.zeros_like(truth)
+    labels[list(LABELED)] = truth[list(LABELED)]
+    viewer.add_image(image, name="vol", translate=(1, 2, 3))
+    viewer.add_labels(labels, name="labels", translate=(1, 2, 3))
+    go_to_slice(viewer, viewer.layers["vol"], 0, 3)  # not the middle slice (6)
+    train = TrainingDock(viewer)
+    train.session.run_root = tmp_path / "runs"
+    viewer.window.add_dock_widget(train, name="Training")
+    try:
+        assert train.session.preview_index == 3  # known before any slider move
+        train_now(qtbot, train, iterations=2, preview_seconds=0.1)
+        preview = viewer.layers["vol preview"]
+        assert preview.metadata["preview_index"] == 3
+        assert preview.metadata["preview_iteration"] == 2
+        assert preview.translate[0] == 1 + 3  # drawn on the slice on screen
+        assert viewer.dims.current_step[0] == 3
+        color = preview.colormap.color_dict[1]
+        assert np.allclose(color[:3], np.array(_rgb(PREDICTION_COLORS[0])))
+        assert not np.allclose(viewer.layers["labels"].get_color(1)[:3], color[:3])
+    finally:
+        train.shutdown()
+
+
+def _rgb(hex_color: str) -> list[float]:
+    return [int(hex_color[i : i + 2], 16) / 255 for i in (1, 3, 5)]
 
 
 def use_growing_disc(viewer, train: TrainingDock) -> np.ndarray:

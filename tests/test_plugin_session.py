@@ -16,9 +16,11 @@ from conftest import growing_disc, synthetic_volume
 
 import napari_semiseg._session as session_module
 from napari_semiseg._session import (
+    KEEP_FILE,
     InterpolationPreview,
     LossHistory,
     Preview,
+    Session,
     TrainingJob,
     TrainingUpdate,
     TrainRequest,
@@ -29,6 +31,7 @@ from napari_semiseg._session import (
     interpolate_labels,
     interpolation_problem,
     labeled_slices,
+    list_runs,
     prepare_run,
     rank_slices,
     train_job,
@@ -330,3 +333,31 @@ def test_training_process_leaves_the_gui_a_core_and_priority(tmp_path):
     expected = min(3, 19 - os.nice(0)) if hasattr(os, "nice") else 0
     started = (tmp_path / "process.log").read_text().splitlines()[0]
     assert f"process {job.pid} started: nice +{expected}, {auto} torch thread(s)" in started
+
+
+def test_run_folders_go_to_the_runs_folder_and_are_pruned_to_the_last_n(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_SEMISEG_RUNS", str(tmp_path / "default"))
+    session = Session()
+    assert session.runs_folder() == tmp_path / "default"  # platformdirs unless overridden
+    session.run_root = tmp_path / "runs"
+    session.keep_runs = 3
+    made = []
+    for i in range(3):
+        made.append(session.new_run_dir())
+        (made[-1] / "model.json").write_text(json.dumps({"method": "dfcps", "iteration": i}))
+    (made[0] / KEEP_FILE).touch()  # saved by the user: never pruned
+    later = [session.new_run_dir() for _ in range(4)]
+    names = {r.path for r in list_runs(session.runs_folder())}
+    # the newest 3, the kept one, and the current model's (the run before the newest)
+    assert names == {made[0], *later[-3:]}
+    assert all(p.name.startswith("run-") for p in names)
+    runs = session.runs()
+    assert runs[0].path == later[-1] and runs[0].iteration is None
+    kept = next(r for r in runs if r.path == made[0])
+    assert kept.kept and kept.iteration == 0 and "dfcps" in kept.label()
+    # a folder of the user's in the runs folder is never touched
+    (tmp_path / "runs" / "mine").mkdir()
+    session.keep_runs = 1
+    session.prune()
+    assert (tmp_path / "runs" / "mine").is_dir() and made[0].is_dir()
+    assert session.run_dir is not None and session.run_dir.is_dir()
