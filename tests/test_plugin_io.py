@@ -56,7 +56,12 @@ def test_sample_data_and_docks_from_the_plugins_menu(make_napari_viewer):
     assert train.image_combo.layer().name == "hippocampus_003"
     train.labels_combo.set_layer("labels")
     assert train.axis_combo.currentIndex() == 0
-    assert train.data_info.text().startswith("3 labeled slice(s) of 34 along axis 0")
+    assert train.data_info.text().startswith("3 labeled slices of 34 (axis 0)")
+    # nothing forces a dock wider than napari's dock column (content was ~404 px wide)
+    for dock in (train, review):
+        assert dock.minimumSizeHint().width() <= 300, type(dock).__name__
+    assert review.minimumSizeHint().height() < 150  # it scrolls: the training dock keeps
+    # its Run section (buttons, progress, loss curve) in sight
     assert "3 classes" in train.data_info.text()
     train.shutdown()
     review.shutdown()
@@ -138,3 +143,27 @@ def test_writer_without_source_affine_uses_scale_and_translate(tmp_path):
     np.testing.assert_allclose(np.diag(img.affine)[:3], (2.0, 1.0, 0.5))
     np.testing.assert_allclose(img.affine[:3, 3], (1.0, 2.0, 3.0))
     np.testing.assert_allclose(np.asarray(img.dataobj), conf)
+
+
+def test_run_section_in_sight_at_1280x800_with_both_docks(make_napari_viewer, qtbot):
+    """napari's window at 1280x800, both docks opened as the Plugins menu does: the Run
+    controls, the progress bar and the loss curve are entirely visible, no scrolling."""
+    viewer = make_napari_viewer(show=True)
+    viewer.window.resize(1280, 800)
+    viewer.open_sample("napari-semiseg", "hippocampus")
+    _, train = viewer.window.add_plugin_dock_widget("napari-semiseg", "Training")
+    _, review = viewer.window.add_plugin_dock_widget("napari-semiseg", "Review and correct")
+    qtbot.waitUntil(lambda: train.session.docks_balanced, timeout=5000)
+    qtbot.wait(100)
+    for widget in (
+        train.train_button,
+        train.stop_button,
+        train.progress,
+        train.loss_plot,
+        review.predict_button,
+    ):
+        seen = widget.visibleRegion().boundingRect()
+        assert (seen.width(), seen.height()) == (widget.width(), widget.height()), widget
+    assert train.loss_plot.height() >= 120
+    train.shutdown()
+    review.shutdown()
