@@ -238,7 +238,8 @@ def read_labels(path: str | os.PathLike) -> tuple[np.ndarray, ImageMeta]:
 
 
 #: more voxels than this in a zarr, .npy or TIFF file: :func:`open_volume` reads it lazily
-LAZY_VOXELS = 64 * 2**20
+#: (environment variable SEMISEG_LAZY_VOXELS overrides it)
+LAZY_VOXELS = int(os.environ.get("SEMISEG_LAZY_VOXELS", 64 * 2**20))
 
 
 def open_volume(path: str | os.PathLike, lazy_above: int | None = None):

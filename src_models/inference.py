@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from src_models.class_ids import class_ids
 from src_models.data.lazy import SLAB_BYTES, ChannelsFirst
 from src_models.data.normalization import fit_normalization
 from src_models.data.volumes import MIN_SLICE_SIZE, as_channels_first, from_slices, to_slices
@@ -176,20 +177,21 @@ def predict_volume(
         index = [slice(None)] * 4
         index[axis + 1] = slice(s0, s1)
         slab = np.ascontiguousarray(to_slices(norm.apply(img[tuple(index)]), axis))
-        slab_probs, slab_maps = [], {m: [] for m in maps}
+        slab_probs, slab_ids, slab_maps = [], [], {m: [] for m in maps}
         for b0 in range(0, slab.shape[0], batch_size):
             x = torch.from_numpy(slab[b0 : b0 + batch_size]).to(device)
             with torch.no_grad(), method.autocast():
                 p, mp = predict_slices(method, x, fill, maps, tile_size)
-            slab_probs.append(p.float().cpu().numpy())
+            slab_ids.append(class_ids(p).cpu().numpy().astype(label_dtype))
+            if probs_out is not None:
+                slab_probs.append(p.float().cpu().numpy())
             for m in maps:
                 slab_maps[m].append(mp[m].float().cpu().numpy())
-        sp = np.concatenate(slab_probs)  # (n, K, H, W)
         index3 = [slice(None)] * 3
         index3[axis] = slice(s0, s1)
-        labels[tuple(index3)] = from_slices(sp.argmax(axis=1).astype(label_dtype), axis)
-        if probs_out is not None:
-            probs_out[(slice(None), *index3)] = from_slices(sp, axis)
+        labels[tuple(index3)] = from_slices(np.concatenate(slab_ids), axis)
+        if probs_out is not None:  # (n, K, H, W) -> (K, Z, Y, X)
+            probs_out[(slice(None), *index3)] = from_slices(np.concatenate(slab_probs), axis)
         for m in maps:
             maps_out[m][tuple(index3)] = from_slices(np.concatenate(slab_maps[m]), axis)
         if progress is not None:

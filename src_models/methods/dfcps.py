@@ -82,6 +82,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from src_models.augment import strong_photometric
+from src_models.class_ids import class_ids
 from src_models.data.sampler import SliceSampler
 from src_models.errors import SemisegError
 from src_models.losses import ce_dice_loss, masked_cross_entropy
@@ -261,10 +262,10 @@ def official_losses(
     loss_sup = masked_cross_entropy(weak1[:n], label, label_mask) + masked_cross_entropy(
         weak2[:n], label, label_mask
     )
-    y1, y2 = weak1.detach().argmax(dim=1), weak2.detach().argmax(dim=1)
+    y1, y2 = class_ids(weak1.detach()), class_ids(weak2.detach())
     loss_cps = F.cross_entropy(weak1, y2) + F.cross_entropy(weak2, y1)
     if fm_target == "self":
-        t1, t2 = strong1.detach().argmax(dim=1), strong2.detach().argmax(dim=1)
+        t1, t2 = class_ids(strong1.detach()), class_ids(strong2.detach())
     else:
         t1, t2 = y1, y2
     loss_fixmatch = F.cross_entropy(strong1, t1) + F.cross_entropy(strong2, t2)
@@ -460,7 +461,7 @@ class DFCPS(Method):
         )
         maps = {
             "confidence": confidence_map(probs),
-            "discrepancy": (p1.argmax(dim=1) != p2.argmax(dim=1)).float(),
+            "discrepancy": (class_ids(p1) != class_ids(p2)).float(),
             "discrepancy_soft": 0.5 * (p1 - p2).abs().sum(dim=1),
             "confidence_1": confidence_map(p1),
             "confidence_2": confidence_map(p2),

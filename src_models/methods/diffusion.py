@@ -116,6 +116,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from src_models.class_ids import class_ids
 from src_models.data.sampler import SliceSampler
 from src_models.diffusion_schedule import NoiseSchedule
 from src_models.errors import SemisegError
@@ -447,7 +448,7 @@ class Diffusion(Method):
         z_t = self.segment(self.teacher_seg, both)
         z_s = self.segment(self.student_seg, both)
         p_t, p_s = z_t.softmax(dim=1), z_s.softmax(dim=1)
-        y_t, y_s = p_t[:n].argmax(dim=1), p_s[:n].argmax(dim=1)
+        y_t, y_s = class_ids(p_t[:n]), class_ids(p_s[:n])
         rounds = self.cycle_rounds(both, z_t)
         w = c.round_weight / len(rounds)
 
@@ -543,6 +544,6 @@ class Diffusion(Method):
             "confidence": confidence_map(final),
             "uncertainty": (4 * variance.mean(dim=1)).clamp(0.0, 1.0),
             "discrepancy": (0.5 * (p_t - p_s).abs().sum(dim=1)).clamp(0.0, 1.0),
-            "pseudo": p_t.argmax(dim=1).float(),
+            "pseudo": class_ids(p_t).float(),
         }
         return Prediction(final, maps)
