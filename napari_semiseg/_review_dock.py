@@ -6,7 +6,13 @@ Layers are named after the image (``"<image> prediction"``, ``"<image> confidenc
 and updated in place on every run. Which maps exist comes from the method (``map_names``):
 ``confidence`` always, ``discrepancy`` for methods with two networks/students/decoders/samples,
 ``pseudo`` as the ``pseudo-labels`` Labels layer, anything else (e.g. ``uncertainty``) as an
-extra Image layer. Prediction and export run in napari workers, never on the GUI thread.
+extra Image layer; per-network maps (``confidence_1``, ``discrepancy_soft``, ...) are not
+added as layers but written by "Export… with the maps". Every layer gets readable names
+(:data:`MAP_INFO`), ``metadata["description"]`` (what it means, its range) and
+``metadata["semiseg_model"]`` (method, iteration, run): when the session's model changes the
+layers of an older state get ``metadata["stale"] = True`` and the dock says which iteration
+they show; an export says which model and iteration it wrote. Buttons are enabled only when
+they can work. Prediction and export run in napari workers, never on the GUI thread.
 """
 
 from __future__ import annotations

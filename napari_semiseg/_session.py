@@ -21,6 +21,12 @@ here as plain functions and generators that a dock hands to napari's ``create_wo
   :class:`TrainingProcessDied`, holding the last good checkpoint.
 - :func:`predict_layers` predicts the whole volume with every map the method offers.
 
+Run folders (``run-<date-time>-…``) go under :meth:`Session.runs_folder`: the user's choice
+(remembered in the plugin's settings file), ``$NAPARI_SEMISEG_RUNS``, or the per-user data
+folder from platformdirs. :func:`prune_runs` keeps the newest ``keep_runs`` and never deletes
+the current run, the current model's, one holding :data:`KEEP_FILE` or anything not named
+like a run; :func:`list_runs` gives the history the training dock offers.
+
 Nothing here touches a widget (nor imports napari or Qt: the training process imports this
 module); the docks update layers from the worker's signals on the GUI thread.
 """

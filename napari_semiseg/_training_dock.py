@@ -14,6 +14,15 @@ showed the core's message as a notification: for a process that died, its exit s
 log lines and the checkpoint kept, which becomes the current model); closing the dock or the
 viewer stops the training process through :class:`TrainingControl` and waits for it.
 
+Layout: the settings sit in tabs (Data, Method, Budget, Runs; each scrolls on its own) above
+the Run section, which is always in sight (Train / Pause / Stop, progress, a status line of
+at most three lines, the loss curve, Save / Load model); no widget forces the dock wider than
+napari's dock column, and when the review dock shares the column the two split it once
+(:func:`napari_semiseg._layers.balance_docks`). Each run writes a run folder under the
+session's runs folder (per-user data folder by default); the Runs tab lists them (method,
+time, iterations) and makes an earlier one's model current again. Notifications are one
+short line (:func:`short`), the status line keeps the whole message.
+
 Nothing about the methods is written here: the method list, descriptions and parameter forms
 come from the registry in :mod:`src_models.methods.base`.
 """
@@ -341,22 +350,20 @@ class TrainingDock(QWidget):
         rform = _form(self.tabs, "Runs")
         self.runs_label = _wrapping_label()
         self.runs_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.runs_button = QPushButton("Change…")
+        self.runs_button = QPushButton("Change folder…")
         self.runs_button.setToolTip("Pick the folder the run folders go to (remembered)")
         self.runs_button.clicked.connect(self._runs_dialog)
         rform.addRow(self.runs_label)
-        self.keep_runs = _spin(QSpinBox(), 1, 1000, self.session.keep_runs)
+        self.keep_runs = QSpinBox()
+        self.keep_runs.setRange(1, 1000)
+        self.keep_runs.setValue(self.session.keep_runs)
+        self.keep_runs.setFixedWidth(80)
         self.keep_runs.setToolTip(
             "Run folders kept: when a run starts the oldest beyond this many are deleted "
             "(never the current model's, nor one you saved a model into)"
         )
         self.keep_runs.valueChanged.connect(self._on_keep_runs)
-        row = QHBoxLayout()
-        row.addWidget(QLabel("keep the last"))
-        row.addWidget(self.keep_runs)
-        row.addWidget(self.runs_button)
-        row.addStretch(1)
-        rform.addRow(row)
+        rform.addRow("Runs kept", self.keep_runs)
         self.runs_list = QListWidget()
         self.runs_list.setMinimumHeight(60)
         self.runs_list.setToolTip("Earlier runs of this folder: double-click to use one")
@@ -367,7 +374,12 @@ class TrainingDock(QWidget):
             "Make the selected run's model the current one (predict, continue training, save)"
         )
         self.use_run_button.clicked.connect(lambda: self.use_selected_run())
-        rform.addRow(self.use_run_button)
+        row = QHBoxLayout()
+        for b in (self.use_run_button, self.runs_button):
+            b.setMinimumWidth(40)
+            b.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+            row.addWidget(b)
+        rform.addRow(row)
 
         run = QGroupBox("Run")
         rlay = QVBoxLayout(run)
@@ -635,8 +647,9 @@ class TrainingDock(QWidget):
         start = job.bundle.iteration if job.bundle is not None else 0
         self._seconds_before = (self.session.train_seconds or 0.0) if resume else 0.0
         self._first_update = True
-        # busy until the training process reports: never the previous run's "n / m · ETA"
-        self.progress.setRange(0, 0)
+        # until the training process reports: never the previous run's "n / m · ETA" (a
+        # 0..1 range, not Qt's busy look, which hides the text)
+        self.progress.setRange(0, 1)
         self.progress.setValue(0)
         self.progress.setFormat("starting…")
         if resume:
