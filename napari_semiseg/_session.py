@@ -88,6 +88,8 @@ POLL_PERIOD = 0.1
 LABELS_FILE = "labels.npy"
 SLICES_FILE = "labeled_slices.json"
 PROCESS_LOG = "process.log"
+#: least seconds of training between a preview and the one of a newly shown slice
+PREVIEW_FOLLOW_SECONDS = 1.0
 #: log a progress line in the process log every this many seconds of training
 LOG_SECONDS = 10.0
 #: seconds to wait for the exit code of a child that closed its end of the pipe
@@ -749,20 +751,32 @@ def train_job(
         config = req.train_config(start=bundle.iteration)
         # seconds of training (Progress.elapsed: pauses excluded) of the next preview / log
         next_preview, next_log = req.preview_seconds, 0.0
+        # the slice of the last preview and when it was made: a new slice on screen gets
+        # its preview at once (at most every PREVIEW_FOLLOW_SECONDS), not a period later
+        shown: int | None = None
+        shown_at = 0.0
 
         def callback(progress: Progress) -> None:
-            nonlocal next_preview, next_log
+            nonlocal next_preview, next_log, shown, shown_at
             send(progress)
             if progress.elapsed >= next_log or progress.done:
                 next_log = progress.elapsed + LOG_SECONDS
                 logs = " ".join(f"{k} {v:.4g}" for k, v in progress.logs.items())
                 log.info("iteration %d/%d %s", progress.iteration, progress.total, logs)
             every = req.preview_seconds
-            if every > 0 and (progress.elapsed >= next_preview or progress.done):
+            if every <= 0:
+                return
+            index = preview_index()
+            n = volume.slices.shape[0]
+            index = n // 2 if index is None else min(max(int(index), 0), n - 1)
+            moved = (
+                shown is not None
+                and index != shown
+                and progress.elapsed - shown_at >= PREVIEW_FOLLOW_SECONDS
+            )
+            if progress.elapsed >= next_preview or progress.done or moved:
                 next_preview = progress.elapsed + every
-                index = preview_index()
-                n = volume.slices.shape[0]
-                index = n // 2 if index is None else min(max(int(index), 0), n - 1)
+                shown, shown_at = index, progress.elapsed
                 labels = _predict_slice(bundle, volume, index)
                 send(Preview(spec.axis, index, labels, progress.iteration))
 

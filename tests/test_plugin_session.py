@@ -246,7 +246,7 @@ def test_previews_follow_seconds_of_training_not_iterations(tmp_path, monkeypatc
     monkeypatch.setattr(session_module, "train", timed_train)
     monkeypatch.setattr(session_module, "_predict_slice", spy_predict)
 
-    def run(seconds: float, name: str):
+    def run(seconds: float, name: str, index=lambda: None):
         predicted.clear()
         req = TrainRequest(
             "supervised",
@@ -259,7 +259,7 @@ def test_previews_follow_seconds_of_training_not_iterations(tmp_path, monkeypatc
         )
         job = TrainingJob(image, labels, 0, [2, 6, 9], req, tmp_path / name)
         events: list = []
-        iteration = train_job(prepare_run(job), events.append, TrainingControl(), lambda: None)
+        iteration = train_job(prepare_run(job), events.append, TrainingControl(), index)
         assert iteration == 10
         updates = [TrainingUpdate(e, []) for e in events if not isinstance(e, Preview)]
         previews = [e for e in events if isinstance(e, Preview)]
@@ -275,6 +275,15 @@ def test_previews_follow_seconds_of_training_not_iterations(tmp_path, monkeypatc
     assert shown and shown[-1].iteration == 10
     # a longer interval: fewer previews for the same iterations
     assert run(5.0, "five")[0] == [(7, False), (10, True)]
+
+    # the user moves to another slice at iteration 8 (9.1 s): its preview comes at the first
+    # iteration 1 s after the last preview (10, at 12.5 s), not 5 s later
+    def viewed() -> int:
+        return 3 if current["event"][0] < 8 else 8
+
+    assert run(5.0, "moved", viewed)[0] == [(7, False), (10, False), (10, True)]
+    moved = [e for e in run(5.0, "moved2", viewed)[1] if e.preview is not None]
+    assert moved[-1].preview.index == 8
     # 0: off
     off_seen, off_updates, off = run(0.0, "off")
     assert off_seen == [] and all(u.preview is None for u in off_updates)
