@@ -274,7 +274,7 @@ class ReviewDock(QWidget):
         return QSize(DOCK_WIDTH, self.content_height())
 
     def event(self, event) -> bool:
-        if event.type() == QEvent.Type.Show and not self._closed:
+        if event.type() == QEvent.Type.Show and not getattr(self, "_closed", True):
             balance_later(self)
         return super().event(event)
 
