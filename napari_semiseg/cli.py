@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -273,7 +274,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from src_models.device import select_device
     from src_models.files import atomic_write
     from src_models.methods.base import config_to_dict, get_method, make_config
-    from src_models.training import TrainConfig, TrainingControl, train
+    from src_models.training import TrainConfig, TrainingControl, distributed, train
     from src_models.training.checkpoint import create_model, load_model, read_metadata
 
     _check_train_args(args)
@@ -282,8 +283,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     if method_cls is not None:
         make_config(method_cls.Config, params)  # bad values fail before any work
     device = select_device(args.device)
+    processes = 1
+    if method_cls is not None and distributed.launched():
+        processes = distributed.init_from_env(device)
+        device = distributed.local_device(device)
+        if not distributed.is_main():  # one process speaks for all
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        print(f"training with {processes} processes (torchrun), rank 0 writes the run")
     if method_cls is not None:
         out, existing = _prepare_run_folder(args)
+        distributed.barrier()  # every rank has checked the folder before rank 0 writes
     chosen = _parse_slices(args.labeled_slices, len(args.labels))
     run_meta = read_metadata(out) if method_cls is not None and args.resume else None
 
@@ -354,11 +363,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.prior_fraction is None
         else args.prior_fraction,
     )
+    if processes > 1:  # each process its own stream of batches (the hold-out is shared)
+        sampler.generator.manual_seed(args.seed + 1_000_003 * distributed.rank())
     if sampler.patch_size != args.patch:
         print(f"training crops of {sampler.patch_size} pixels (the slices are no larger)")
     if args.resume:
         bundle = load_model(out, device=device, expect_method=args.method)
         print(f"resuming from iteration {bundle.iteration}")
+        bundle.info["processes"] = processes
     else:
         bundle = create_model(
             args.method,
@@ -375,9 +387,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "label_values": list(values.values),
                 "ignore_label": values.ignore,
                 "binary": values.binary,
+                "processes": processes,
             },
             class_names=[str(v) for v in values.values],
         )
+    distributed.distribute(bundle.method)
     iterations = (
         args.iterations if args.iterations is not None else (1000 if args.minutes is None else 0)
     )
@@ -402,13 +416,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     created = not out.exists()
-    if args.force and existing:
+    if args.force and existing and distributed.is_main():
         _move_aside(out, existing)
+    distributed.barrier()
     previous = signal.signal(signal.SIGINT, stop_gracefully)
     try:
         train(bundle, sampler, config, out_dir=out, callback=printer, control=control)
     except BaseException:
-        if not (out / "model.json").exists():  # nothing worth keeping: undo this command
+        if distributed.is_main() and not (out / "model.json").exists():
+            # nothing worth keeping: undo this command
             for name in RUN_FILES:
                 (out / name).unlink(missing_ok=True)
             if created and out.is_dir() and not any(out.iterdir()):
@@ -431,7 +447,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         },
     }
     text = json.dumps(final, indent=2)
-    atomic_write(out / "config.json", lambda tmp: tmp.write_text(text))
+    if distributed.is_main():
+        atomic_write(out / "config.json", lambda tmp: tmp.write_text(text))
     if control.stop_requested:
         print(
             f"stopped at iteration {bundle.iteration}: checkpoint in {out} "

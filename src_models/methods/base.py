@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, get_type_hints
 
@@ -86,6 +87,9 @@ class Method:
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.extra_state: dict[str, Any] = {}
         self.warmup_optimizer: torch.optim.Optimizer | None = None
+        #: under torchrun: the DistributedDataParallel module :meth:`step_forward` runs
+        #: through (:func:`src_models.training.distributed.distribute`); None otherwise
+        self.distributed: nn.Module | None = None
         self.build()
         for net in self.networks.values():
             # channels_last was measured 15-20 % faster for these U-Nets on the CPU
@@ -109,6 +113,12 @@ class Method:
     def predict(self, image: torch.Tensor) -> Prediction:
         """Class probabilities and maps for a normalised batch (B, C, H, W)."""
         raise NotImplementedError
+
+    def step_forward(self, compute: Callable[[], Any]) -> Any:
+        """Run ``compute()``, the gradient-carrying forward passes of one step (every one of
+        them: a step has one backward). Under torchrun it runs through DistributedDataParallel,
+        so that backward averages the gradients over the processes."""
+        return compute() if self.distributed is None else self.distributed(compute)
 
     # -- supervised warm-up (shared by every semi-supervised method) --------------------
     def warmup_logits(self, name: str, image: torch.Tensor) -> torch.Tensor:
@@ -139,10 +149,14 @@ class Method:
             if n >= 2 * len(names)
             else [torch.arange(n)] * len(names)
         )
-        losses = []
-        for name, idx in zip(names, parts, strict=True):
+
+        def forward() -> list[torch.Tensor]:
             with self.autocast():
-                logits = self.warmup_logits(name, batch.image[idx])
+                pairs = zip(names, parts, strict=True)
+                return [self.warmup_logits(name, batch.image[idx]) for name, idx in pairs]
+
+        losses = []
+        for idx, logits in zip(parts, self.step_forward(forward), strict=True):
             mask = None if batch.mask is None else batch.mask[idx]
             losses.append(ce_dice_loss(logits.float(), batch.label[idx], mask))
         loss = torch.stack(losses).sum()

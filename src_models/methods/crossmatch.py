@@ -433,11 +433,14 @@ class CrossMatch(Method):
         u_s1, u_s2 = cutmix(u_s1, m_s1, box1), cutmix(u_s2, m_s2, box2)
         # 3. two batch-stacked gradient passes (encoder once, decoder once on four streams).
         net.train()
-        with self.autocast():
-            p_x, p_w, p_w_fw, p_w_fs = fp_forward(net, torch.cat((x, u_w)), n, self.rates)
-            p_s1, p_s2, p_s2_fw, p_s2_fs = fp_forward(
-                net, self._memory_format(torch.cat((u_s1, u_s2))), n, self.rates
-            )
+
+        def forward():
+            with self.autocast():
+                return fp_forward(net, torch.cat((x, u_w)), n, self.rates) + fp_forward(
+                    net, self._memory_format(torch.cat((u_s1, u_s2))), n, self.rates
+                )
+
+        p_x, p_w, p_w_fw, p_w_fs, p_s1, p_s2, p_s2_fw, p_s2_fs = self.step_forward(forward)
         # 4-5. pseudo-labels, confidence masks and losses.
         out = StepOutputs(p_x, p_w, p_w_fw, p_w_fs, p_s1, p_s2, p_s2_fw, p_s2_fs, pm, pm_fw, pm_fs)
         terms = crossmatch_loss(

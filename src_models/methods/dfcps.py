@@ -408,7 +408,7 @@ class DFCPS(Method):
             x_w = torch.cat([lab.image, unl.image])
             x = torch.cat([x_w, self.strong_view(x_w, data.generator)])
             with self.autocast():
-                out1, out2 = self.f1(x), self.f2(x)
+                out1, out2 = self.step_forward(lambda: (self.f1(x), self.f2(x)))
             n = nl + nu
             losses = official_losses(
                 out1[:n],
@@ -425,7 +425,7 @@ class DFCPS(Method):
             x_s = self.strong_view(unl.image, data.generator)
             x = torch.cat([lab.image, unl.image, x_s])
             with self.autocast():
-                out1, out2 = self.f1(x), self.f2(x)
+                out1, out2 = self.step_forward(lambda: (self.f1(x), self.f2(x)))
             sup1, weak1, strong1 = out1.split([nl, nu, nu])
             sup2, weak2, strong2 = out2.split([nl, nu, nu])
             losses = paper_losses(

@@ -480,7 +480,8 @@ class Diffusion(Method):
     def train_step(self, data: SliceSampler, iteration: int, total: int) -> dict[str, float]:
         opt_t, opt_s = self.optimizers["teacher"], self.optimizers["student"]
         if self.phase(iteration, total) == 1:
-            losses = self.phase1_losses(self._all_slices(data))
+            images = self._all_slices(data)
+            losses = self.step_forward(lambda: self.phase1_losses(images))
             opt_t.zero_grad(set_to_none=True)
             losses["loss"].backward()
             opt_t.step()
@@ -499,7 +500,9 @@ class Diffusion(Method):
         ramp = self.ramp(iteration, total)
         unl = data.unlabeled()
         lab = data.labeled()
-        losses = self.phase2_losses(unl.image, lab.image, lab.label, ramp, lab.mask)
+        losses = self.step_forward(
+            lambda: self.phase2_losses(unl.image, lab.image, lab.label, ramp, lab.mask)
+        )
         opt_t.zero_grad(set_to_none=True)
         opt_s.zero_grad(set_to_none=True)
         losses["loss"].backward()

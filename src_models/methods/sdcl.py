@@ -349,9 +349,11 @@ class SDCL(Method):
         return M.to(self.device, image.dtype)
 
     def _forward_students(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with self.autocast():
-            out_a = self.student_a(x)
-            out_b = self.student_b(x)
+        def forward():
+            with self.autocast():
+                return self.student_a(x), self.student_b(x)
+
+        out_a, out_b = self.step_forward(forward)
         return out_a.float(), out_b.float()
 
     def _step(self, loss: torch.Tensor) -> None:

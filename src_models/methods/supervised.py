@@ -72,7 +72,8 @@ class Supervised(Method):
         batch = data.labeled()
         opt = self.optimizers["net"]
         with self.autocast():
-            loss = ce_dice_loss(self.net(batch.image).float(), batch.label)
+            logits = self.step_forward(lambda: self.net(batch.image))
+        loss = ce_dice_loss(logits.float(), batch.label)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

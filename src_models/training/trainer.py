@@ -32,6 +32,7 @@ import torch
 from src_models.data.sampler import SliceSampler
 from src_models.errors import CheckpointError, NonFiniteLossError, SemisegError
 from src_models.files import atomic_write
+from src_models.training import distributed
 from src_models.training.checkpoint import ModelBundle, save_model
 from src_models.training.control import TrainingControl
 from src_models.training.warmup import LossPlateau
@@ -107,12 +108,16 @@ def train(
     control = control or TrainingControl()
     out = Path(out_dir) if out_dir is not None else None
     state = bundle.trainer_state
+    main, r = distributed.is_main(), distributed.rank()
     if state.get("torch_rng") is not None:
-        torch.set_rng_state(state["torch_rng"])
+        # several processes resume each its own streams when the run had as many
+        rngs, samplers = state.get("torch_rngs"), state.get("samplers")
+        same = rngs is not None and len(rngs) == distributed.world_size()
+        torch.set_rng_state(rngs[r] if same else state["torch_rng"])
         if "sampler" in state:
-            data.load_state_dict(state["sampler"])
+            data.load_state_dict(samplers[r] if same and samplers else state["sampler"])
     else:
-        torch.manual_seed(config.seed)
+        torch.manual_seed(config.seed + r)
     for name, value in [
         ("warmup", config.warmup),
         ("warmup_plateau", config.warmup_plateau),
@@ -132,7 +137,7 @@ def train(
     log_file = None
     #: iteration of the last checkpoint on disk (a resumed run starts from one)
     saved_at = start if start > 0 else None
-    if out is not None:
+    if out is not None and main:
         try:
             out.mkdir(parents=True, exist_ok=True)
             text = json.dumps(asdict(config), indent=2)
@@ -154,8 +159,11 @@ def train(
         bundle.iteration = it
         bundle.trainer_state = {"torch_rng": torch.get_rng_state(), "sampler": data.state_dict()}
         bundle.trainer_state["warmup_end"] = -1 if warm_end is None else int(warm_end)
+        if distributed.world_size() > 1:  # every rank's streams, for --resume
+            bundle.trainer_state["torch_rngs"] = distributed.gather(torch.get_rng_state())
+            bundle.trainer_state["samplers"] = distributed.gather(data.state_dict())
         last_good = copy.deepcopy(method.state_dict())
-        if out is None:
+        if out is None or not main:
             return
         try:
             save_model(bundle, out)
@@ -185,7 +193,7 @@ def train(
                 log_file.write(json.dumps(row) + "\n")
             except OSError:  # a full disk: the checkpoint reports it; the log just stops
                 pass
-        if callback is not None:
+        if callback is not None and main:
             callback(event)
 
     method.train()
@@ -194,14 +202,18 @@ def train(
         while it < total:
             if control.paused:
                 paused += control.wait_while_paused()
-            if control.stop_requested:
-                break
+            warm_over = False
             if warm_end is None:
                 elapsed = time.perf_counter() - t0 - paused
                 done = elapsed / (config.minutes * 60) if config.minutes else it / max(total, 1)
-                if done >= config.warmup or plateau.update(logs.get("loss", math.nan)):
-                    warm_end = it
-                    method.end_warmup(data)
+                warm_over = done >= config.warmup or plateau.update(logs.get("loss", math.nan))
+            # several processes agree (a no-op alone): all stop or end the warm-up together
+            stop, warm_over = distributed.any_rank(control.stop_requested, warm_over)
+            if stop:
+                break
+            if warm_over:
+                warm_end = it
+                method.end_warmup(data)
             if warm_end is None:
                 data.prior_scale = 1.0
                 logs = method.warmup_step(data)
@@ -213,8 +225,9 @@ def train(
                     data.prior_scale = 1.0 - (1.0 - config.prior_final) * decay
                 lr = method.set_lr(own_it, own_total)
                 logs = method.train_step(data, own_it, own_total)
-            if not all(math.isfinite(v) for v in logs.values()):
-                bad = ", ".join(k for k, v in logs.items() if not math.isfinite(v))
+            (diverged,) = distributed.any_rank(not all(math.isfinite(v) for v in logs.values()))
+            if diverged:
+                bad = ", ".join(k for k, v in logs.items() if not math.isfinite(v)) or "a loss"
                 method.load_state_dict(last_good)
                 raise NonFiniteLossError(
                     f"training diverged at iteration {it + 1}: {bad} became NaN/inf. The last "
@@ -224,13 +237,16 @@ def train(
             it += 1
             elapsed = time.perf_counter() - t0 - paused
             total = _estimate_total(config, it, start, elapsed)
-            if config.minutes is not None and elapsed >= config.minutes * 60:
+            late = bool(
+                config.checkpoint_seconds and elapsed - saved_elapsed >= config.checkpoint_seconds
+            )
+            time_up, late = distributed.any_rank(
+                config.minutes is not None and elapsed >= config.minutes * 60, late
+            )
+            if time_up:
                 total = it
             emit(logs)
             due = config.checkpoint_every and it % config.checkpoint_every == 0
-            late = (
-                config.checkpoint_seconds and elapsed - saved_elapsed >= config.checkpoint_seconds
-            )
             if (due or late) and it < total:
                 checkpoint()
                 saved_elapsed = elapsed
