@@ -97,6 +97,27 @@ def image_data(layer: Image) -> Any:
     return layer.data[0] if layer.multiscale else layer.data
 
 
+def data_note(layer: Image, doing: str = "training") -> str:
+    """What is read of an image layer, for the status line ("" for an in-memory volume): the
+    full-resolution level of a multiscale layer, and whether a lazy (dask, zarr, memory-mapped)
+    volume is read slab by slab instead of loaded whole."""
+    from napari_semiseg._session import lazy_image
+
+    data = image_data(layer)
+    notes = []
+    if layer.multiscale:
+        notes.append(
+            f"multiscale layer {layer.name!r}: {doing} uses its full-resolution level "
+            f"(level 0 of {len(layer.data)}, shape {tuple(data.shape)})"
+        )
+    if lazy_image(data, bool(layer.rgb)) is not None:
+        notes.append(
+            f"{type(data).__name__} data read slab by slab (never loaded whole)"
+            + ("; outputs go to zarr stores in the run folder" if doing == "prediction" else "")
+        )
+    return "; ".join(notes)
+
+
 def spatial_shape(layer: Image) -> tuple[int, ...]:
     """The (Z, Y, X) shape of an image layer (RGB channels last / channels first removed)."""
     shape = tuple(image_data(layer).shape)

@@ -47,14 +47,18 @@ from napari_semiseg._layers import (
     add_or_update,
     check_pair,
     current_index,
+    data_note,
     go_to_slice,
     image_data,
 )
 from napari_semiseg._session import (
     describe_training,
     display_maps,
+    lazy_image,
     predict_layers,
-    rank_slices,
+    prediction_store,
+    rank_means,
+    sampled_percentile,
     session_for,
     slice_score,
 )
@@ -66,6 +70,7 @@ from napari_semiseg._training_dock import (
     prediction_colormap,
     short,
 )
+from src_models.data.lazy import is_lazy
 from src_models.errors import SemisegError
 from src_models.inference import VolumePrediction
 
@@ -384,17 +389,29 @@ class ReviewDock(QWidget):
             if bundle is None:
                 raise SemisegError("no model: train one in the training dock or load one")
             image = self._image()
+            data = image_data(image)  # level 0 of a multiscale layer
+            store = None
+            if lazy_image(data, bool(image.rgb)) is not None:
+                # a volume larger than memory: stream into zarr stores in the run folder
+                run_dir = self.session.run_dir or self.session.new_run_dir()
+                store = prediction_store(run_dir, image.name)
         except SemisegError as exc:
             show_error(str(exc))
             return False
+        note = data_note(image, "prediction")
+        self._prediction_note = note
+        if note:
+            show_info(note)
+            self.status.setText(f"predicting… ({note})")
         stamp = self.session.model_stamp()
         self.session.busy = "predicting"
         self.session.notify("busy")
         self.worker = create_worker(
             predict_layers,
             bundle,
-            image_data(image),
+            data,
             rgb=bool(image.rgb),
+            store=store,
             _start_thread=False,
             _connect={
                 "returned": lambda pred: self._show_prediction(image, pred, stamp),
@@ -426,7 +443,7 @@ class ReviewDock(QWidget):
                 else {}
             )
             if layer_type == "image" and "contrast_limits" not in style:
-                top = float(np.percentile(array, 99.9)) if array.size else 1.0
+                top = sampled_percentile(array, 99.9)
                 style["contrast_limits"] = (0.0, max(top, 1e-3))
             if layer_type == "labels":
                 style["colormap"] = prediction_colormap()
@@ -458,9 +475,10 @@ class ReviewDock(QWidget):
         self._queue, self._visited = [], set()
         self._stale_note = ""
         self.legend.setText(self._legend_text(k))
+        note = getattr(self, "_prediction_note", "")
         self.status.setText(
             f"predicted with {stamp['method']} at iteration {stamp['iteration']}: "
-            f"{len(made) + 1} layers (below)"
+            f"{len(made) + 1} layers (below)" + (f" · {note}" if note else "")
         )
         self.review_info.setText("Next slice goes to where the model is least sure.")
         self._update_buttons()
@@ -520,21 +538,27 @@ class ReviewDock(QWidget):
             conf = self._layer("confidence")
             if conf is None:
                 raise SemisegError("no prediction yet: press 'Predict volume' first")
-            score, source = 1.0 - np.asarray(conf.data, dtype=np.float32), "1 - confidence"
-        else:
-            score = np.asarray(score_layer.data)
+            score_layer, source = conf, "1 - confidence"
+        flip = source != "discrepancy"
+        # a lazy map (a prediction streamed to zarr) is averaged slab by slab
         labels = self.labels_combo.layer()
         axis = self._axis()
         labeled = []
         if labels is not None:
             check_pair(image, labels)
             labeled = self.session.labeled(np.asarray(labels.data), axis)
-        means = slice_score(score, axis)
+        data = score_layer.data
+        if not is_lazy(data):  # in memory: exactly as before
+            data = 1.0 - np.asarray(data, dtype=np.float32) if flip else np.asarray(data)
+            means = slice_score(data, axis)
+        else:
+            means = slice_score(data, axis)
+            means = 1.0 - means if flip else means
         rest = [float(means[i]) for i in range(len(means)) if i not in set(labeled)]
         # the unlabeled slices all score the same: the ranking says nothing
         self._ranking_flat = (max(rest) - min(rest) <= FLAT_SCORE) if rest else False
         self._ranking_value = rest[0] if rest else 0.0
-        return rank_slices(score, axis, labeled), source
+        return rank_means(means, labeled), source
 
     def next_slice(self) -> int | None:
         """Move the viewer to the next unlabeled slice to review; returns its index."""
@@ -649,12 +673,13 @@ class ReviewDock(QWidget):
             return False
         meta = layer_image_meta(image.metadata, image.scale[-3:], image.translate[-3:])
         base = Path(folder) / f"{_safe(image.name)}_prediction{suffix}"
-        items = [(base, np.asarray(pred.data), True)]
+        # lazy layer data (a streamed prediction) stays lazy: _write_all streams it
+        items = [(base, _layer_array(pred.data), True)]
         if maps:
             for layer in self._output_layers():
                 kind = layer.metadata.get("semiseg_map", "")
                 if kind and kind != "prediction":
-                    items.append((kind, np.asarray(layer.data), isinstance(layer, Labels)))
+                    items.append((kind, _layer_array(layer.data), isinstance(layer, Labels)))
             for kind, (array, layer_type) in self._extra_maps.items():
                 items.append((kind, array, layer_type == "labels"))
         made = pred.metadata.get("semiseg_model") or {}
@@ -722,12 +747,46 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("_") or "image"
 
 
+def _layer_array(data: Any) -> Any:
+    """A layer's data for export: numpy as it always was, lazy data (zarr, dask) untouched."""
+    return data if is_lazy(data) else np.asarray(data)
+
+
+def _stream_zarr(path: Path, array: Any, meta, is_labels: bool) -> Path:
+    """Copy a lazy (Z, Y, X) array into a zarr store at ``path`` slab by slab, atomically."""
+    from napari_semiseg.io import stage_zarr
+    from src_models.files import commit, discard
+
+    dtype = np.dtype(array.dtype)
+    if not is_labels and dtype.kind == "f":
+        dtype = np.dtype(np.float32)
+    staged, target = stage_zarr(path, tuple(array.shape), dtype, meta, labels=is_labels)
+    try:
+        step = max(1, (1 << 24) // max(1, int(np.prod(array.shape[1:]))))
+        for z0 in range(0, array.shape[0], step):
+            part = array[z0 : z0 + step]
+            part = part.compute() if hasattr(part, "compute") else part
+            target[z0 : z0 + step] = np.asarray(part, dtype=dtype)
+        return commit([staged])[0]
+    finally:
+        discard([staged] if staged.tmp.exists() else [])
+
+
 def _write_all(base: Path, items: list[tuple[Any, np.ndarray, bool]], meta) -> list[Path]:
-    """Worker side: the mask at ``base``, maps next to it (``io.map_path``), atomically."""
-    from napari_semiseg.io import map_path, write_volume
+    """Worker side: the mask at ``base``, maps next to it (``io.map_path``), atomically. Lazy
+    arrays (a prediction streamed to zarr) are streamed into a ``.zarr`` output slab by slab,
+    and read whole one at a time for any other format (one output in memory at once)."""
+    from napari_semiseg.io import map_path, volume_format, write_volume
 
     out = []
     for target, array, is_labels in items:
         path = target if isinstance(target, Path) else map_path(base, target)
+        if is_lazy(array) and volume_format(path) == ".zarr" and len(array.shape) == 3:
+            out.append(_stream_zarr(path, array, meta, is_labels))
+            continue
+        if is_lazy(array):
+            part = array.compute() if hasattr(array, "compute") else array[...]
+            array = np.asarray(part)
         out.append(write_volume(path, array, meta, labels=is_labels))
+        del array
     return out

@@ -36,7 +36,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import mmap
 import os
+import pickle
 import re
 import shutil
 import tempfile
@@ -51,7 +53,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_semiseg import io as semiseg_io
 from napari_semiseg._train_process import ChildError, ChildProcess, describe_exit, tail_lines
+from src_models.data.lazy import ChannelsFirst, is_lazy, make_lazy_volume, read_label_slices
 from src_models.data.sampler import (
     DEFAULT_FOREGROUND_CROPS,
     DEFAULT_PRIOR_FRACTION,
@@ -148,16 +152,166 @@ def image_channels_first(data: Any, rgb: bool = False, labels_ndim: int = 3) -> 
     return as_channels_first(image, labels_ndim)
 
 
+# -- image layers larger than memory --------------------------------------------------------
+def _read(array: Any, index: tuple) -> np.ndarray:
+    part = array[index]
+    if hasattr(part, "compute"):  # dask
+        part = part.compute()
+    return np.asarray(part)
+
+
+class LayerVolume:
+    """A lazy image layer's data (zarr, dask, memory map...) as an array-like that reads only
+    what is indexed: RGB(A) channels last come first, dask chunks are given as one chunk
+    shape. It pickles by reference (a dask graph, a zarr store, a memory map's file), so the
+    training process reads the volume itself; data that cannot be pickled raises a
+    :class:`SemisegError` at :func:`picklable_image`."""
+
+    def __init__(self, array: Any, channels_last: bool = False) -> None:
+        self.array = array
+        self.channels_last = channels_last
+        shape = tuple(int(n) for n in array.shape)
+        self.shape = (shape[-1], *shape[:-1]) if channels_last else shape
+        self.ndim = len(self.shape)
+        self.dtype = np.dtype(array.dtype)
+        chunks = getattr(array, "chunksize", None) or getattr(array, "chunks", None)
+        self.chunks = None
+        if (
+            chunks is not None
+            and len(chunks) == len(shape)
+            and all(isinstance(c, (int, np.integer)) for c in chunks)
+        ):
+            chunks = tuple(int(c) for c in chunks)
+            self.chunks = (chunks[-1], *chunks[:-1]) if channels_last else chunks
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def __getitem__(self, index) -> np.ndarray:
+        index = index if isinstance(index, tuple) else (index,)
+        index = index + (slice(None),) * (self.ndim - len(index))
+        if not self.channels_last:
+            return _read(self.array, index)
+        ints = [a for a, i in enumerate(index) if isinstance(i, (int, np.integer))]
+        keep = tuple(slice(int(i), int(i) + 1) if a in ints else i for a, i in enumerate(index))
+        data = np.moveaxis(_read(self.array, (*keep[1:], keep[0])), -1, 0)
+        return data.squeeze(axis=tuple(ints)) if ints else data
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        array = self.array
+        if isinstance(array, np.memmap):  # would pickle as a full in-memory copy
+            if not isinstance(array.base, mmap.mmap) or array.filename is None:
+                raise SemisegError(
+                    "the image layer is a view of a memory-mapped file, which cannot be handed "
+                    "to the training process without reading it whole: open the file itself "
+                    "(e.g. a .npy or .zarr) as the layer"
+                )
+            order = "F" if array.flags.f_contiguous and not array.flags.c_contiguous else "C"
+            state["array"] = (
+                "memmap",
+                str(array.filename),
+                array.dtype.str,
+                tuple(array.shape),
+                int(array.offset),
+                order,
+            )
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        array = state["array"]
+        if isinstance(array, tuple) and array and array[0] == "memmap":
+            _, filename, dtype, shape, offset, order = array
+            state["array"] = np.memmap(
+                filename, dtype=np.dtype(dtype), mode="r", shape=shape, offset=offset, order=order
+            )
+        self.__dict__.update(state)
+
+
+def lazy_image(data: Any, rgb: bool = False, labels_ndim: int = 3) -> ChannelsFirst | None:
+    """A (C, Z, Y, X) view, read on demand, of an image layer's data (its full-resolution
+    level when multiscale) that is not an in-memory numpy array (dask, zarr, memory map) and
+    holds more than :data:`napari_semiseg.io.LAZY_VOXELS` voxels; None otherwise (the data
+    is then converted with :func:`image_channels_first` as it always was)."""
+    if not is_lazy(data) or isinstance(data, torch.Tensor) or not hasattr(data, "__getitem__"):
+        return None
+    shape = getattr(data, "shape", None)
+    if shape is None or getattr(data, "dtype", None) is None:
+        return None
+    if int(np.prod(shape)) <= semiseg_io.LAZY_VOXELS:
+        return None
+    ndim = len(shape) - (1 if rgb else 0)
+    if ndim not in (labels_ndim, labels_ndim + 1):
+        raise SemisegError(
+            f"expected a 3D image (Z, Y, X) or (C, Z, Y, X), got an array of shape "
+            f"{tuple(shape)}: give a volume or a stack of 2D slices"
+        )
+    view = LayerVolume(data, channels_last=rgb)
+    return ChannelsFirst(view, view.ndim == labels_ndim + 1)
+
+
+def picklable_image(view: ChannelsFirst) -> ChannelsFirst:
+    """``view`` once checked to pickle (what the training process receives); a
+    :class:`SemisegError` naming the fix when it cannot."""
+    try:
+        pickle.dumps(view, protocol=pickle.HIGHEST_PROTOCOL)
+    except SemisegError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (any pickling failure)
+        kind = type(getattr(view.array, "array", view.array)).__name__
+        raise SemisegError(
+            f"the image layer's data ({kind}) cannot be handed to the training process "
+            f"({exc}); it is too large to copy: save it as a zarr store (or .npy) and open "
+            "that in napari"
+        ) from None
+    return view
+
+
+def _plane_step(shape: tuple[int, ...], max_voxels: int) -> int:
+    plane = int(np.prod(shape[1:])) or 1
+    return max(1, -(-int(shape[0]) * plane // max(1, max_voxels)))
+
+
+def sampled_percentile(array: Any, q: float, max_voxels: int = 1 << 24) -> float:
+    """The ``q`` percentile of an array: exact for an in-memory one, from evenly spaced
+    planes (at most ``max_voxels``) of a lazy one."""
+    if not is_lazy(array):
+        return float(np.percentile(array, q)) if np.size(array) else 1.0
+    shape = tuple(array.shape)
+    if not shape or not int(np.prod(shape)):
+        return 1.0
+    step = _plane_step(shape, max_voxels)
+    sample = np.stack([_read(array, (i,)) for i in range(0, shape[0], step)])
+    return float(np.percentile(sample, q))
+
+
 def slice_score(volume: np.ndarray, axis: int) -> np.ndarray:
-    """Mean of a (Z, Y, X) map over each slice along ``axis`` -> (N,)."""
+    """Mean of a (Z, Y, X) map over each slice along ``axis`` -> (N,); a lazy map (zarr,
+    dask) is read slab by slab."""
     others = tuple(a for a in range(3) if a != axis)
-    return np.asarray(volume, dtype=np.float64).mean(axis=others)
+    if not is_lazy(volume):
+        return np.asarray(volume, dtype=np.float64).mean(axis=others)
+    shape = tuple(volume.shape)
+    sums = np.zeros(shape[axis], np.float64)
+    step = _plane_step(shape, 1 << 24)
+    for z0 in range(0, shape[0], step):
+        part = _read(volume, (slice(z0, min(shape[0], z0 + step)),)).astype(np.float64)
+        if axis == 0:
+            sums[z0 : z0 + part.shape[0]] = part.sum(axis=(1, 2))
+        else:
+            sums += part.sum(axis=others)
+    return sums / (int(np.prod(shape)) // shape[axis])
 
 
 def rank_slices(score_map: np.ndarray, axis: int, exclude: set[int] | list[int]) -> list[int]:
     """Slices along ``axis`` sorted by decreasing mean of ``score_map`` (e.g. discrepancy),
     leaving out ``exclude`` (labeled ones); ties keep slice order."""
-    score = slice_score(score_map, axis)
+    return rank_means(slice_score(score_map, axis), exclude)
+
+
+def rank_means(score: np.ndarray, exclude: set[int] | list[int]) -> list[int]:
+    """Slice indices by decreasing ``score`` (per-slice means), without ``exclude``."""
     skip = set(exclude)
     order = sorted(range(score.shape[0]), key=lambda i: (-score[i], i))
     return [i for i in order if i not in skip]
@@ -423,6 +577,9 @@ class ChildJob:
     device: str
     info: dict[str, Any]
     setup: Callable[[], Any] | None = None
+    #: ``image`` is a lazy (C, Z, Y, X) view (:func:`lazy_image`, pickled by reference): the
+    #: child reads the labeled slices of the labels and builds a volume read slab by slab
+    lazy: bool = False
 
 
 class TrainingProcessDied(SemisegError):
@@ -622,7 +779,7 @@ def _predict_slice(bundle: ModelBundle, volume: Volume, index: int) -> np.ndarra
     rng = torch.get_rng_state()
     method.eval()
     try:
-        x = torch.from_numpy(volume.slices[index : index + 1]).to(method.device)
+        x = torch.from_numpy(np.asarray(volume.slices[index])[None]).to(method.device)
         with torch.no_grad(), method.autocast():
             probs, _ = predict_slices(method, x, volume.background, ())
         return probs[0].argmax(dim=0).to(torch.uint8).cpu().numpy()
@@ -670,8 +827,11 @@ def _share(array: np.ndarray) -> Any:
 
 def prepare_run(job: TrainingJob) -> ChildJob:
     """Parent side of a run: check a model to continue against the job, save the labels (and
-    that model) into the run folder, put the image in shared memory."""
-    image = image_channels_first(job.image, job.rgb)
+    that model) into the run folder, put the image in shared memory (or, for a lazy image
+    layer larger than :data:`napari_semiseg.io.LAZY_VOXELS` voxels, hand the child a lazy view
+    of it: never read whole here)."""
+    view = lazy_image(job.image, job.rgb)
+    image = view if view is not None else image_channels_first(job.image, job.rgb)
     bundle = job.bundle
     if bundle is not None:
         if bundle.axis != job.axis:
@@ -690,7 +850,7 @@ def prepare_run(job: TrainingJob) -> ChildJob:
         save_model(bundle, run_dir)  # the child resumes from it, trainer state included
     device = job.request.device if bundle is None else str(bundle.method.device)
     return ChildJob(
-        _share(image),
+        _share(image) if view is None else picklable_image(view),
         job.axis,
         list(job.labeled),
         job.request,
@@ -699,7 +859,32 @@ def prepare_run(job: TrainingJob) -> ChildJob:
         device,
         dict(job.info),
         job.child_setup,
+        lazy=view is not None,
     )
+
+
+def _lazy_volumes(spec: ChildJob, run_dir: Path, resumed: ModelBundle | None):
+    """Child side, lazy image: only the labeled slices of the saved labels are read (the
+    file is memory-mapped); the image is read slab by slab through a bounded cache."""
+    labels = np.load(run_dir / LABELS_FILE, mmap_mode="r")
+    if tuple(labels.shape) != tuple(spec.image.shape[1:]):
+        raise SemisegError(
+            f"the labels have shape {tuple(labels.shape)}, the image {tuple(spec.image.shape[1:])}"
+            ": they must match voxel for voxel"
+        )
+    slices = read_label_slices(labels, spec.axis, spec.labeled)
+    slices = {s: check_labels(a, allow_ignore=True) for s, a in slices.items()}
+    if resumed is not None:
+        num_classes = resumed.num_classes
+    else:
+        num_classes = max(2, max((int(a.max()) for a in slices.values() if a.size), default=0) + 1)
+    log.info(
+        "image %s (%s) read slab by slab: %d labeled slice(s) in memory",
+        tuple(spec.image.shape),
+        type(getattr(spec.image.array, "array", spec.image.array)).__name__,
+        len(slices),
+    )
+    return [make_lazy_volume(spec.image, slices, spec.axis, num_classes)], num_classes
 
 
 def train_job(
@@ -715,16 +900,19 @@ def train_job(
         spec.setup()
     req, run_dir = spec.request, Path(spec.run_dir)
     image = spec.image.numpy() if isinstance(spec.image, torch.Tensor) else spec.image
-    labels = np.load(run_dir / LABELS_FILE)
+    labels = None if spec.lazy else np.load(run_dir / LABELS_FILE)
     try:
         resumed = load_model(run_dir, device=select_device(spec.device)) if spec.resume else None
-        volumes, num_classes = make_volumes(
-            [image],
-            [labels],
-            spec.axis,
-            [spec.labeled],
-            num_classes=None if resumed is None else resumed.num_classes,
-        )
+        if spec.lazy:
+            volumes, num_classes = _lazy_volumes(spec, run_dir, resumed)
+        else:
+            volumes, num_classes = make_volumes(
+                [image],
+                [labels],
+                spec.axis,
+                [spec.labeled],
+                num_classes=None if resumed is None else resumed.num_classes,
+            )
         volume = volumes[0]
         bundle = resumed or create_model(
             req.method,
@@ -908,22 +1096,83 @@ def training_events(
         job.finished.set()
 
 
-def predict_layers(bundle: ModelBundle, image: Any, rgb: bool = False) -> VolumePrediction:
-    """Labels and every map of the method for a whole volume (worker side)."""
+#: a lazy prediction goes to ``<run folder>/PREDICTIONS/<image>-<time>.zarr``
+PREDICTIONS = "predictions"
+
+
+def prediction_store(run_dir: Path, image_name: str) -> Path:
+    """A new zarr store path in the run folder for the prediction of a lazy image."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in image_name).strip("_")
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    return Path(run_dir) / PREDICTIONS / f"{safe or 'image'}-{stamp}.zarr"
+
+
+def _output_chunks(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
+    """Chunks of a streamed output: thin along the slicing axis (slab writes), whole-ish
+    planes otherwise (napari reads planes)."""
+    return tuple(min(n, 16 if a == axis else 256) for a, n in enumerate(shape))
+
+
+def predict_layers(
+    bundle: ModelBundle, image: Any, rgb: bool = False, store: Path | None = None
+) -> VolumePrediction:
+    """Labels and every map of the method for a whole volume (worker side).
+
+    A lazy image larger than :data:`napari_semiseg.io.LAZY_VOXELS` voxels (:func:`lazy_image`)
+    is read slab by slab and, when ``store`` is given, predicted into zarr arrays of a zarr
+    group there (``labels`` and one per map, the ``pseudo`` map as float32 with -1 left out);
+    the returned prediction then holds those zarr arrays, never whole numpy arrays."""
+    maps = tuple(bundle.method.map_names)
     try:
-        return predict_volume(
-            bundle, image_channels_first(image, rgb), maps=tuple(bundle.method.map_names)
-        )
+        view = lazy_image(image, rgb)
+        if view is None or store is None:
+            source = view if view is not None else image_channels_first(image, rgb)
+            return predict_volume(bundle, source, maps=maps)
+        import zarr
+
+        spatial = tuple(view.shape[1:])
+        chunks = _output_chunks(spatial, bundle.axis)
+        Path(store).parent.mkdir(parents=True, exist_ok=True)
+        group = zarr.open_group(str(store), mode="w")
+        dtype = np.uint8 if bundle.num_classes <= 256 else np.uint16
+        out: dict[str, Any] = {
+            "labels": group.create_array("labels", shape=spatial, chunks=chunks, dtype=dtype)
+        }
+        for name in maps:
+            out[name] = group.create_array(name, shape=spatial, chunks=chunks, dtype="float32")
+        group.attrs["semiseg"] = {
+            "method": bundle.method.name,
+            "iteration": int(bundle.iteration),
+            "maps": list(maps),
+        }
+        return predict_volume(bundle, view, maps=maps, out=out)
+    except OSError as exc:
+        raise SemisegError(
+            f"cannot write the prediction into {store} ({exc}); check free disk space"
+        ) from None
     except (MemoryError, RuntimeError) as exc:
         raise _friendly(exc) from None
 
 
+def _lazy_pseudo(array: Any) -> Any:
+    """The uint8 pseudo-labels of a lazy ``pseudo`` map, as a dask array (read on demand)."""
+    import dask.array as da
+
+    data = da.from_zarr(array) if not hasattr(array, "compute") else array
+    return da.where(data < 0, 0, da.rint(data)).astype(np.uint8)
+
+
 def display_maps(prediction: VolumePrediction) -> dict[str, tuple[np.ndarray, str]]:
     """Name -> (array, layer type) of the layers to show for a prediction: ``pseudo`` becomes
-    the uint8 ``pseudo-labels`` Labels layer (-1, left out, -> 0), every other map an Image."""
+    the uint8 ``pseudo-labels`` Labels layer (-1, left out, -> 0), every other map an Image.
+    Lazy maps (zarr arrays of a streamed prediction) stay lazy."""
     out: dict[str, tuple[np.ndarray, str]] = {}
     for name, array in prediction.maps.items():
-        if name == "pseudo":
+        if is_lazy(array):
+            out["pseudo-labels" if name == "pseudo" else name] = (
+                (_lazy_pseudo(array), "labels") if name == "pseudo" else (array, "image")
+            )
+        elif name == "pseudo":
             ids = np.where(array < 0, 0, np.rint(array)).astype(np.uint8)
             out["pseudo-labels"] = (ids, "labels")
         else:

@@ -71,6 +71,8 @@ from napari_semiseg._layers import (
     balance_docks,
     check_pair,
     current_index,
+    data_note,
+    image_data,
     spatial_shape,
 )
 from napari_semiseg._loss_plot import LossPlot
@@ -630,6 +632,9 @@ class TrainingDock(QWidget):
         problem = interpolation_problem(job.labeled, job.axis)
         if not resume and problem:
             show_info(f"{problem} (training goes on)")
+        note = data_note(self.image_combo.layer())
+        if note:
+            show_info(note)
         if not resume:
             self.session.history.clear()
         self.loss_plot.set_history(self.session.history)
@@ -661,7 +666,7 @@ class TrainingDock(QWidget):
                     f" The previous model ({previous.method.name}, iteration "
                     f"{previous.iteration}) stays in the Runs tab."
                 )
-        self.status.setText(text)
+        self.status.setText(f"{text} ({note})" if note else text)
         self.session.status = ""
         self.session.busy = "training"
         self.session.notify("busy")
@@ -699,7 +704,7 @@ class TrainingDock(QWidget):
         request.validate()
         run_dir = self.session.run_dir if resume and self.session.run_dir else None
         return TrainingJob(
-            image=image.data[0] if image.multiscale else image.data,
+            image=image_data(image),  # level 0 of a multiscale layer; lazy data stays lazy
             rgb=bool(image.rgb),
             labels=labels_data,
             axis=axis,
