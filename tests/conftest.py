@@ -47,6 +47,20 @@ def growing_disc(shape=(12, 40, 36), first: int = 2, last: int = 9) -> np.ndarra
 
 
 @pytest.fixture
+def sparse_niftis(tmp_path, tiny_volume) -> Path:
+    """``image.nii.gz`` and ``labels.nii.gz`` (slices 3 and 8 labeled) of the tiny volume in
+    ``tmp_path``, which is returned."""
+    import nibabel as nib
+
+    image, labels = tiny_volume
+    sparse = np.zeros_like(labels)
+    sparse[[3, 8]] = labels[[3, 8]]
+    nib.save(nib.Nifti1Image(image, np.eye(4)), tmp_path / "image.nii.gz")
+    nib.save(nib.Nifti1Image(sparse, np.eye(4)), tmp_path / "labels.nii.gz")
+    return tmp_path
+
+
+@pytest.fixture
 def tiny_volume() -> tuple[np.ndarray, np.ndarray]:
     return synthetic_volume()
 

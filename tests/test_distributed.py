@@ -111,14 +111,8 @@ def test_two_network_method_stays_identical_across_processes(tmp_path):
     assert run(2, tmp_path, "dfcps")["same"] == [True, True, True]
 
 
-def test_semiseg_train_under_torchrun(tmp_path, tiny_volume):
-    import nibabel as nib
-
-    image, labels = tiny_volume
-    sparse = np.zeros_like(labels)
-    sparse[[3, 8]] = labels[[3, 8]]
-    nib.save(nib.Nifti1Image(image, np.eye(4)), tmp_path / "image.nii.gz")
-    nib.save(nib.Nifti1Image(sparse, np.eye(4)), tmp_path / "labels.nii.gz")
+def test_semiseg_train_under_torchrun(sparse_niftis):
+    tmp_path = sparse_niftis
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
     cmd += [f"--master_port={free_port()}", "-m", "napari_semiseg.cli", "train"]

@@ -6,7 +6,6 @@ import json
 import os
 import stat
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -112,13 +111,8 @@ def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(
 
 
 @pytest.fixture
-def inputs(tmp_path, tiny_volume):
-    image, labels = tiny_volume
-    sparse = np.zeros_like(labels)
-    sparse[[3, 8]] = labels[[3, 8]]
-    nib.save(nib.Nifti1Image(image, np.eye(4)), tmp_path / "image.nii.gz")
-    nib.save(nib.Nifti1Image(sparse, np.eye(4)), tmp_path / "labels.nii.gz")
-    return tmp_path
+def inputs(sparse_niftis):
+    return sparse_niftis
 
 
 def train_args(root, *extra):
