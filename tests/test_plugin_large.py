@@ -18,12 +18,15 @@ from napari_semiseg._session import (
     PROCESS_LOG,
     TrainingJob,
     TrainRequest,
+    display_maps,
     lazy_image,
     predict_layers,
+    sampled_percentile,
+    slice_score,
     training_events,
 )
 from src_models.errors import SemisegError
-from src_models.inference import predict_volume
+from src_models.inference import VolumePrediction, predict_volume
 
 TINY = {"channels": "4, 8, 16, 32, 64"}
 LABELED = [2, 6, 9]
@@ -100,6 +103,25 @@ def test_lazy_image_only_for_large_non_numpy_data(volume, monkeypatch):
     assert lazy_image(arr) is None  # small lazy layers are converted as before
 
 
+def test_lazy_maps_stay_lazy_and_are_scored_slab_by_slab(monkeypatch):
+    rng = np.random.default_rng(0)
+    conf = rng.random((12, 40, 36)).astype(np.float32)
+    pseudo = rng.integers(-1, 3, (12, 40, 36)).astype(np.float32)
+    lazy = VolumePrediction(zarr.array(pseudo[0] > 0), None, {})
+    lazy.maps = {"confidence": zarr.array(conf, chunks=(4, 40, 36)), "pseudo": zarr.array(pseudo)}
+    shown = display_maps(lazy)
+    assert shown["confidence"][0] is lazy.maps["confidence"]
+    ids, kind = shown["pseudo-labels"]
+    assert kind == "labels" and not isinstance(ids, np.ndarray)
+    np.testing.assert_array_equal(np.asarray(ids), np.where(pseudo < 0, 0, pseudo).astype(np.uint8))
+    monkeypatch.setattr("napari_semiseg._session._plane_step", lambda shape, most: 5)
+    for axis in range(3):
+        np.testing.assert_allclose(
+            slice_score(lazy.maps["confidence"], axis), slice_score(conf, axis), rtol=1e-6
+        )
+    assert 0.9 < sampled_percentile(lazy.maps["confidence"], 99.9) <= 1.0
+
+
 def test_memmap_layer_pickles_by_its_file(tmp_path, volume):
     image = volume[0]
     np.save(tmp_path / "image.npy", image)
@@ -147,3 +169,68 @@ def test_zarr_layer_trains_in_the_child_slab_by_slab_like_in_memory(tmp_path, vo
         np.testing.assert_allclose(pred.maps[name][...], array, atol=1e-5)
     again = zarr.open_group(str(store), mode="r")
     np.testing.assert_array_equal(again["labels"][...], full.labels)
+
+
+def test_multiscale_dask_layer_in_the_docks_trains_predicts_to_zarr_and_exports(
+    make_napari_viewer, qtbot, tmp_path, volume, monkeypatch
+):
+    pytest.importorskip("pytestqt")
+    da = pytest.importorskip("dask.array")
+    from napari.utils.notifications import notification_manager
+    from test_plugin_docks import tiny, wait_idle
+
+    import napari_semiseg._session as session_module
+    from napari_semiseg._review_dock import ReviewDock
+    from napari_semiseg._training_dock import TrainingDock
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("the lazy image layer was converted to numpy")
+
+    monkeypatch.setattr(session_module, "image_channels_first", no_conversion)
+    image, labels, truth, arr = volume
+    level0 = da.from_zarr(arr)
+    viewer = make_napari_viewer()
+    viewer.add_image([level0, level0[:, ::2, ::2]], name="vol", multiscale=True)
+    viewer.add_labels(labels, name="labels")
+    train, review = TrainingDock(viewer), ReviewDock(viewer)
+    train.session.run_root = tmp_path / "runs"
+    seen: list[str] = []
+    record = lambda n: seen.append(str(n.message))  # noqa: E731
+    notification_manager.notification_ready.connect(record)
+    try:
+        tiny(train, iterations=4, preview_seconds=0.1)
+        assert train.start_training()
+        assert "full-resolution level" in train.status.text()
+        wait_idle(qtbot, train)
+        bundle = train.session.bundle
+        assert bundle is not None and bundle.iteration == 4, train.status.text()
+        run_dir = train.session.run_dir
+        assert "read slab by slab" in (run_dir / PROCESS_LOG).read_text()
+        assert viewer.layers["vol preview"].data.shape == (1, 40, 36)
+
+        assert review.predict()
+        wait_idle(qtbot, review)
+        pred, conf = viewer.layers["vol prediction"], viewer.layers["vol confidence"]
+        assert isinstance(pred.data, zarr.Array) and isinstance(conf.data, zarr.Array)
+        stores = list((run_dir / "predictions").glob("vol-*.zarr"))
+        assert len(stores) == 1 and pred.data.shape == truth.shape
+        expected = predict_volume(bundle, image, maps=("confidence",))
+        np.testing.assert_array_equal(pred.data[...], expected.labels)
+        np.testing.assert_allclose(conf.data[...], expected.maps["confidence"], atol=1e-5)
+        assert "full-resolution level" in review.status.text()
+        assert any("full-resolution level" in m for m in seen)
+        assert any("slab by slab" in m for m in seen)
+
+        # review ranks from the zarr map; export streams into zarr outputs
+        assert review.next_slice() is not None
+        out = tmp_path / "export"
+        assert review.export_to(out, ".zarr", maps=True)
+        qtbot.waitUntil(lambda: review.export_worker is None, timeout=60_000)
+        written, _ = io.read_labels(out / "vol_prediction.zarr")
+        np.testing.assert_array_equal(written, expected.labels)
+        conf_out, _ = io.read_volume(io.map_path(out / "vol_prediction.zarr", "confidence"))
+        np.testing.assert_allclose(conf_out, expected.maps["confidence"], atol=1e-5)
+    finally:
+        notification_manager.notification_ready.disconnect(record)
+        train.shutdown()
+        review.shutdown()
