@@ -154,8 +154,10 @@ def test_diffusion_networks_have_the_reference_initialisation():
         float(m.bias.detach().abs().max()) > 0 for m in plain.modules() if isinstance(m, nn.Linear)
     )
     cls = get_method("diffusion")
-    method = cls(make_config(cls.Config, {"base_width": 8}), 1, 3)
-    assert method.config.init == "kaiming"
+    # PyTorch's init is the default (measured better at 800 iterations); init=kaiming gives
+    # the reference's to every network
+    assert make_config(cls.Config, {}).init == "default"
+    method = cls(make_config(cls.Config, {"base_width": 8, "init": "kaiming"}), 1, 3)
     for net in method.networks.values():
         biases = [m.bias for m in net.modules() if isinstance(m, nn.Conv2d) and m.bias is not None]
         assert all(float(b.detach().abs().max()) == 0 for b in biases)

@@ -135,12 +135,16 @@ class DiffusionConfig:
         (0.05, 0.1, 0.2, 0.3, 0.4), "encoder dropout per level (one more than width_mults)"
     )
     timesteps: int = param(1000, "diffusion steps T (sigmoid beta schedule)")
+    # The reference initialisation measured 8.9 points worse at this project's budget
+    # (hippocampus protocol, 800 iterations: mean Dice 0.699 with 'kaiming', 0.787 with
+    # 'default'; docs/benchmarks.md), so PyTorch's stays the default; 'kaiming' reproduces
+    # the reference.
     init: str = param(
-        "kaiming",
-        "initialisation of the three networks: 'kaiming' = reference init_weights "
-        "(Kaiming-normal conv/linear, zero biases, BatchNorm weight N(1, 0.02)), "
-        "'default' = PyTorch's",
-        choices=("kaiming", "default"),
+        "default",
+        "initialisation of the three networks: 'default' = PyTorch's (measured 8.9 Dice "
+        "points better at 800 iterations), 'kaiming' = the reference init_weights "
+        "(Kaiming-normal conv/linear, zero biases, BatchNorm weight N(1, 0.02))",
+        choices=("default", "kaiming"),
     )
     pretrain_fraction: float = param(
         0.2,
