@@ -46,6 +46,18 @@ def growing_disc(shape=(12, 40, 36), first: int = 2, last: int = 9) -> np.ndarra
     return labels
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a module (``pytestmark = pytest.mark.usefixtures(
+    "one_torch_thread")``): the tiny networks gain nothing from a second OpenMP thread, and on
+    a shared 2-core machine threads competing with other processes made steps ~15x slower.
+    Restored after the module."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def sparse_niftis(tmp_path, tiny_volume) -> Path:
     """``image.nii.gz`` and ``labels.nii.gz`` (slices 3 and 8 labeled) of the tiny volume in

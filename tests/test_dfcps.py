@@ -27,14 +27,7 @@ TINY = {"channels": "4,8,16,32,64"}
 TINY_DEEPLAB = {"backbone": "deeplabv3plus", "resnet_width": 8}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on the shared 2-core machine, two OpenMP threads competing with
-    other processes made these steps ~15x slower. Restored after the module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _logits(probs) -> torch.Tensor:

@@ -19,15 +19,7 @@ from src_models.networks.ddpm_unet import DDPMUNet, SinusoidalTimeEmbedding
 from src_models.training import TrainConfig, TrainingControl, load_model, train
 from src_models.training.checkpoint import create_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These networks are tiny: a second OpenMP thread only adds synchronisation (and, on a
-    shared CPU, waiting), so this module runs single-threaded and restores the setting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # Tiny: base width 4, two levels below the first (divisor 4), no dropout.

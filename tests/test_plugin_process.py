@@ -40,12 +40,7 @@ TINY = {"channels": "4, 8, 16, 32, 64"}
 LABELED = [2, 6, 9]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_job(run_dir, iterations=4, setup=None, **request) -> TrainingJob:
