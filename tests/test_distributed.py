@@ -1,7 +1,7 @@
 """Several processes with torchrun / DistributedDataParallel, on the CPU with gloo: every
 rank holds the same weights after every step, the 2-process loss matches one process on the
 same global batch, rank 0 alone writes a checkpoint that loads, `semiseg train` under
-torchrun says how many processes trained it."""
+torchrun says how many processes trained it and resumes."""
 
 import json
 import os
@@ -111,20 +111,34 @@ def test_two_network_method_stays_identical_across_processes(tmp_path):
     assert run(2, tmp_path, "dfcps")["same"] == [True, True, True]
 
 
-def test_semiseg_train_under_torchrun(sparse_niftis):
+def test_semiseg_train_under_torchrun_and_resume(sparse_niftis):
     tmp_path = sparse_niftis
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
-    cmd += [f"--master_port={free_port()}", "-m", "napari_semiseg.cli", "train"]
-    cmd += ["--image", str(tmp_path / "image.nii.gz"), "--labels", str(tmp_path / "labels.nii.gz")]
-    cmd += ["--method", "dfcps", "--iterations", "4", "--patch", "32", "--batch-size", "2"]
-    cmd += ["--set", "channels=4,8,16,32,64", "--out", str(run_dir)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.splitlines()[0].startswith("training with 2 processes")
+
+    def torchrun(*extra):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+        cmd += [f"--master_port={free_port()}", "-m", "napari_semiseg.cli", "train"]
+        cmd += ["--image", str(tmp_path / "image.nii.gz")]
+        cmd += ["--labels", str(tmp_path / "labels.nii.gz"), "--method", "dfcps"]
+        cmd += ["--patch", "32", "--batch-size", "2", "--set", "channels=4,8,16,32,64"]
+        done = subprocess.run(
+            [*cmd, "--out", str(run_dir), *extra],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env=env,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    out = torchrun("--iterations", "4")
+    assert out.splitlines()[0].startswith("training with 2 processes")
     meta = json.loads((run_dir / "model.json").read_text())
     assert meta["info"]["processes"] == 2 and meta["iteration"] == 4
-    assert load_model(run_dir).iteration == 4
+    first = load_model(run_dir)
+    assert first.iteration == 4 and len(first.trainer_state["samplers"]) == 2
+    assert "resuming from iteration 4" in torchrun("--iterations", "6", "--resume")
+    assert load_model(run_dir).iteration == 6
     rows = (run_dir / "train_log.jsonl").read_text().splitlines()
-    assert len(rows) == 4
+    assert [json.loads(r)["iteration"] for r in rows] == [1, 2, 3, 4, 5, 6]
