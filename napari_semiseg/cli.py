@@ -227,26 +227,21 @@ def _prepare_run_folder(args: argparse.Namespace) -> tuple[Path, list[str]]:
 
 def _resume_values(args, meta: dict, labels: list):
     """The label values of the run being resumed, after checking the new data fits it."""
-    from src_models.data.label_values import LabelValues, _present
+    from src_models.data.label_values import LabelValues, present_values
 
     if meta["axis"] != args.axis:
         raise SemisegError(
             f"--resume: the model in {args.out} slices along axis {meta['axis']}, not "
             f"--axis {args.axis}: use --axis {meta['axis']} or train a new run"
         )
-    info = meta.get("info", {})
-    values = LabelValues(
-        tuple(info.get("label_values", range(meta["num_classes"]))),
-        info.get("ignore_label"),
-        bool(info.get("binary", False)),
-    )
+    values = LabelValues.from_info(meta.get("info", {}), meta["num_classes"])
     if args.ignore_label is not None and args.ignore_label != values.ignore:
         raise SemisegError(
             f"--resume: the run was trained with ignore label {values.ignore}, not "
             f"{args.ignore_label}: drop --ignore-label or train a new run"
         )
     if not values.binary:
-        new = sorted(set(_present(labels, values.ignore).tolist()) - set(values.values))
+        new = sorted(set(present_values(labels, values.ignore).tolist()) - set(values.values))
         if new:
             raise SemisegError(
                 f"--resume: the labels hold value(s) {new} that the model in {args.out} does "
@@ -384,9 +379,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             info={
                 "spacing": list(spacing or ()),
                 "unit": label_metas[0].unit,
-                "label_values": list(values.values),
-                "ignore_label": values.ignore,
-                "binary": values.binary,
+                **values.info(),
                 "processes": processes,
             },
             class_names=[str(v) for v in values.values],
@@ -460,9 +453,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from napari_semiseg.io import image_volume, map_path, open_volume, volume_format
+    from napari_semiseg.io import map_path, open_image, volume_format
     from src_models.data.label_values import LabelValues
-    from src_models.data.lazy import ChannelsFirst, is_lazy
+    from src_models.data.lazy import is_lazy
     from src_models.device import select_device
     from src_models.files import check_writable
     from src_models.training.checkpoint import META_FILE, WEIGHTS_FILE, load_model
@@ -483,18 +476,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
             )
     check_writable(targets[0].parent)
     bundle = load_model(args.model, device=select_device(args.device))
-    image, meta = open_volume(args.image)
-    lazy = is_lazy(image)
+    img, meta = open_image(args.image)
+    lazy = is_lazy(img)
     if lazy and args.largest_component:
         raise SemisegError(
             "--largest-component needs the whole mask in memory: this volume is larger; drop it"
         )
-    img = ChannelsFirst(image, meta.layout == "CZYX") if lazy else image_volume(image, meta)
-    info = bundle.info
-    values = LabelValues(
-        tuple(info.get("label_values", range(bundle.num_classes))),
-        binary=bool(info.get("binary", False)),
-    )
+    values = LabelValues.from_info(bundle.info, bundle.num_classes)
     if lazy and volume_format(args.out) == ".zarr":
         counts = _predict_streaming(args, bundle, img, meta, maps, targets, values)
         written = targets
@@ -554,7 +542,7 @@ def _predict_streaming(args, bundle, img, meta, maps, targets, values) -> np.nda
         commit(staged)
         return counts
     finally:
-        discard(s for s in staged if s.tmp.exists())
+        discard(staged)  # what was committed is gone from its temporary name
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -289,6 +289,17 @@ def _open_tiff(path: Path):
     return arr, ImageMeta(affine=affine, spacing=space, source=str(path), unit=unit)
 
 
+def open_image(path: str | os.PathLike):
+    """An image as (C, Z, Y, X): a numpy array, or for a volume larger than memory a lazy
+    :class:`~src_models.data.lazy.ChannelsFirst` view (see :func:`open_volume`)."""
+    from src_models.data.lazy import ChannelsFirst, is_lazy
+
+    array, meta = open_volume(path)
+    if is_lazy(array):
+        return ChannelsFirst(array, meta.layout == "CZYX"), meta
+    return image_volume(array, meta), meta
+
+
 def image_volume(array: np.ndarray, meta: ImageMeta) -> np.ndarray:
     """An image as read, as (C, Z, Y, X): a 2D image is one slice (Z = 1) and an RGB image's
     colours are channels."""
@@ -503,7 +514,7 @@ def write_volumes(items) -> list[Path]:
             f"cannot write {path} ({_one_line(exc)}); check free disk space and permissions"
         ) from exc
     finally:
-        discard(s for s in staged if s.tmp.exists())
+        discard(staged)  # what was committed is gone from its temporary name
 
 
 def stage_volume(

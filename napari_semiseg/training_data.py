@@ -14,7 +14,6 @@ import numpy as np
 from napari_semiseg import io
 from src_models.data.label_values import LabelValues
 from src_models.data.lazy import (
-    ChannelsFirst,
     find_labeled_slices,
     is_lazy,
     make_lazy_volume,
@@ -49,14 +48,6 @@ def _grid_problem(img_path, lbl_path, meta, lbl_meta) -> None:
         )
 
 
-def _open_image(path) -> tuple[object, io.ImageMeta]:
-    """(C, Z, Y, X): a numpy array, or a lazy view for a volume larger than memory."""
-    array, meta = io.open_volume(path)
-    if is_lazy(array):
-        return ChannelsFirst(array, meta.layout == "CZYX"), meta
-    return io.image_volume(array, meta), meta
-
-
 def load_training_data(
     image_paths: Sequence[str],
     label_paths: Sequence[str],
@@ -74,7 +65,7 @@ def load_training_data(
     chosen = list(chosen) if chosen is not None else [None] * len(label_paths)
     images, raw, metas, spacing = [], [], [], ()
     for i, (img_path, lbl_path) in enumerate(zip(image_paths, label_paths, strict=True)):
-        img, meta = _open_image(img_path)
+        img, meta = io.open_image(img_path)
         if is_lazy(img):
             lbl, lbl_meta = io.open_volume(lbl_path)
             if lbl_meta.layout.startswith("C"):
@@ -100,7 +91,7 @@ def load_training_data(
         metas.append(lbl_meta)
         spacing = spacing or tuple(meta.spacing)
     for path in unlabeled_paths or []:
-        images.append(_open_image(path)[0])
+        images.append(io.open_image(path)[0])
         raw.append(None)
     given = [
         np.stack(list(r.values())) if isinstance(r, dict) else r

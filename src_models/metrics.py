@@ -207,7 +207,9 @@ def evaluate(
     if lo < 0:
         raise SemisegError(f"label values must be class ids >= 0, found {lo}")
     hi = max(int(pred.max()), int(truth.max())) if pred.size else 0
-    given_classes = num_classes
+    if classes is None and num_classes is None:
+        # the values present: ids 0, 2, 5 are two classes, not five (three never used)
+        classes = [int(c) for c in np.union1d(np.unique(pred), np.unique(truth)) if c != 0]
     if num_classes is None:
         num_classes = hi + 1
     elif hi >= num_classes:
@@ -215,13 +217,7 @@ def evaluate(
             f"label value {hi} exceeds the class count {num_classes} (ids 0..{num_classes - 1}); "
             "pass the right number of classes"
         )
-    if classes is None and given_classes is None:
-        # the values present: ids 0, 2, 5 are two classes, not five (three never used)
-        classes = [int(c) for c in np.union1d(np.unique(pred), np.unique(truth)) if c != 0]
-    elif classes is None:
-        classes = list(range(1, num_classes))
-    else:
-        classes = [int(c) for c in classes]
+    classes = list(range(1, num_classes)) if classes is None else [int(c) for c in classes]
 
     per_class: dict[int, dict] = {}
     empty: dict[str, list[int]] = {"both": [], "pred": [], "truth": []}

@@ -68,6 +68,23 @@ class LabelValues:
             ids[labels == self.ignore] = IGNORE
         return ids
 
+    @classmethod
+    def from_info(cls, info: dict, num_classes: int) -> LabelValues:
+        """The values a checkpoint's ``info`` records (identity ids 0..K-1 when absent)."""
+        return cls(
+            tuple(info.get("label_values", range(num_classes))),
+            info.get("ignore_label"),
+            bool(info.get("binary", False)),
+        )
+
+    def info(self) -> dict:
+        """What :meth:`from_info` reads back (stored in ``model.json``'s ``info``)."""
+        return {
+            "label_values": list(self.values),
+            "ignore_label": self.ignore,
+            "binary": self.binary,
+        }
+
     def decode(self, class_ids: np.ndarray) -> np.ndarray:
         """The user's values for predicted class ids (the inverse of :meth:`encode`)."""
         if not self.remapped:
@@ -76,7 +93,8 @@ class LabelValues:
         return out.astype(np.uint8 if out.max(initial=0) < 256 else np.int32)
 
 
-def _present(labels: Sequence[np.ndarray], ignore: int | None) -> np.ndarray:
+def present_values(labels: Sequence[np.ndarray], ignore: int | None) -> np.ndarray:
+    """The values found in ``labels`` (0 always included), ``ignore`` left out."""
     found = np.unique(np.concatenate([np.unique(np.asarray(lbl)) for lbl in labels]))
     found = found[found != ignore] if ignore is not None else found
     return np.union1d(found, [0]).astype(np.int64)
@@ -102,7 +120,7 @@ def interpret_labels(
         raise SemisegError(f"the ignore label must be a value >= 0, got {ignore}")
     if ignore == 0:
         raise SemisegError("the ignore label cannot be 0: 0 is background")
-    present = _present(labels, ignore)
+    present = present_values(labels, ignore)
     if binary:
         if num_classes not in (None, 2):
             raise SemisegError("--binary trains 2 classes: drop --classes")

@@ -199,6 +199,9 @@ class LabeledSlices:
     def max(self) -> int:
         return max((int(s.max()) for s in self.slices.values()), default=0)
 
+    def min(self) -> int:
+        return min((int(s.min()) for s in self.slices.values()), default=0)
+
 
 def find_labeled_slices(labels: Any, axis: int, ignore: int | None = None) -> list[int]:
     """Slices along ``axis`` of a (Z, Y, X) lazy label array holding an annotation (nonzero,

@@ -135,6 +135,9 @@ class SliceSampler:
         self.num_classes = max(
             [2] + [int(v.labels.max()) + 1 for v in volumes if v.labels is not None]
         )
+        #: some labels mark unannotated voxels (decided once, not per batch: on a GPU the
+        #: per-batch test would wait for the device)
+        self.has_ignore = any(int(v.labels.min()) < 0 for v in volumes if v.labels is not None)
         # The interpolation prior: per volume (labels, weights) on the slices between
         # labeled ones that are not held out (held-out slices must not leak into it).
         held = set(self.holdout)
@@ -262,7 +265,7 @@ class SliceSampler:
                     p_weight * self.prior_scale,
                 ]
             )
-        if (label < 0).any():  # unannotated voxels (IGNORE): weight 0, any class id
+        if self.has_ignore and (label < 0).any():  # unannotated (IGNORE): weight 0
             known = (label >= 0).float()
             mask = known if mask is None else mask * known
             label = label.clamp(min=0)

@@ -124,7 +124,7 @@ def save_model(bundle: ModelBundle, run_dir: str | os.PathLike) -> Path:
         staged.append(stage_file(run_dir / META_FILE, lambda tmp: Path(tmp).write_text(text)))
         commit(staged)
     finally:
-        discard(s for s in staged if s.tmp.exists())
+        discard(staged)  # what was committed is gone from its temporary name
     return run_dir
 
 
