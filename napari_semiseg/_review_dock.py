@@ -391,6 +391,12 @@ class ReviewDock(QWidget):
             image = self._image()
             data = image_data(image)  # level 0 of a multiscale layer
             store = None
+            # the sparse labels fuse the prediction with their propagation (in memory)
+            sparse, labeled = None, []
+            labels = self.labels_combo.layer()
+            if labels is not None and bundle.axis == self._axis():
+                sparse = np.asarray(labels.data)
+                labeled = self.session.labeled(sparse, bundle.axis)
             if lazy_image(data, bool(image.rgb)) is not None:
                 # a volume larger than memory: stream into zarr stores in the run folder
                 run_dir = self.session.run_dir or self.session.new_run_dir()
@@ -412,6 +418,8 @@ class ReviewDock(QWidget):
             data,
             rgb=bool(image.rgb),
             store=store,
+            labels=sparse,
+            labeled=labeled,
             _start_thread=False,
             _connect={
                 "returned": lambda pred: self._show_prediction(image, pred, stamp),
@@ -462,7 +470,7 @@ class ReviewDock(QWidget):
         layers = self.viewer.layers
         layers.move(layers.index(pred_layer), len(layers))
         pred_layer.visible = True
-        for other in (f"{name} preview", "interpolation"):
+        for other in (f"{name} preview", "no-training result"):
             if other in layers and layers[other].metadata.get("semiseg_output"):
                 layers[other].visible = False  # they would hide the prediction
         disc = self._layer("discrepancy")

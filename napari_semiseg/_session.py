@@ -43,6 +43,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 import weakref
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
@@ -56,11 +57,6 @@ import torch
 from napari_semiseg import io as semiseg_io
 from napari_semiseg._train_process import ChildError, ChildProcess, describe_exit, tail_lines
 from src_models.data.lazy import ChannelsFirst, is_lazy, make_lazy_volume, read_label_slices
-from src_models.data.sampler import (
-    DEFAULT_FOREGROUND_CROPS,
-    DEFAULT_PRIOR_FRACTION,
-    SliceSampler,
-)
 from src_models.data.volumes import (
     Volume,
     as_channels_first,
@@ -74,10 +70,11 @@ from src_models.files import atomic_write
 from src_models.inference import VolumePrediction, predict_slices, predict_volume
 from src_models.interpolation import interpolate_volume
 from src_models.methods.base import get_method, make_config
+from src_models.propagation import affordable, propagate, propagation_prior
+from src_models.recipe import DEFAULT_ITERATIONS, RunRecipe, build_run
 from src_models.training.checkpoint import (
     META_FILE,
     ModelBundle,
-    create_model,
     load_model,
     save_model,
 )
@@ -446,7 +443,8 @@ class TrainRequest:
 
     method: str
     params: dict[str, Any] = field(default_factory=dict)
-    iterations: int = 2000  #: budget in iterations (ignored when ``minutes`` is set)
+    #: budget in iterations (ignored when ``minutes`` is set)
+    iterations: int = DEFAULT_ITERATIONS
     minutes: float | None = None  #: wall-clock budget
     batch_size: int = 8
     patch_size: int = 128
@@ -508,12 +506,16 @@ class TrainRequest:
 
 @dataclass
 class InterpolationPreview:
-    """The shape-based interpolation of the sparse labels: labels (Z, Y, X) of the labels'
-    integer dtype, filled between the ``labeled`` slices along ``axis``, 0 outside them."""
+    """A zero-training result of the sparse labels: labels (Z, Y, X) of the labels' integer
+    dtype, filled from the ``labeled`` slices along ``axis``. ``kind`` says which:
+    ``"interpolation"`` (shape-based, instant, 0 outside the labeled range) or
+    ``"propagation"`` (the random walker along the image's edges, seconds)."""
 
     axis: int
     labeled: list[int]
     labels: np.ndarray
+    kind: str = "interpolation"
+    seconds: float = 0.0
 
 
 @dataclass
@@ -772,6 +774,45 @@ def interpolate_labels(
     return InterpolationPreview(axis, used, filled.astype(dtype, copy=False))
 
 
+def propagate_labels(
+    image: Any,
+    labels: np.ndarray,
+    axis: int,
+    labeled: list[int],
+    rgb: bool = False,
+    num_classes: int | None = None,
+) -> InterpolationPreview | None:
+    """The random-walker propagation of the sparse ``labels`` over ``image`` (the better
+    zero-training result, :mod:`src_models.propagation`), or None when the image is larger
+    than memory or the labeled range too large for it (the interpolation stays)."""
+    if lazy_image(image, rgb) is not None:
+        return None
+    img = image_channels_first(image, rgb)
+    labels = check_labels(np.asarray(labels), num_classes)
+    used = sorted({int(s) for s in labeled if 0 <= int(s) < labels.shape[axis]})
+    slices = np.moveaxis(img, axis + 1, 0)
+    if not affordable(slices.shape[:1] + slices.shape[2:], used):
+        return None
+    t0 = time.perf_counter()
+    try:
+        result = propagate(slices, np.moveaxis(labels, axis, 0), used, num_classes)
+    except MemoryError as exc:
+        raise _friendly(exc) from None
+    dtype = labels.dtype if labels.dtype.kind in "iu" else np.int64
+    filled = np.ascontiguousarray(np.moveaxis(result.labels, 0, axis)).astype(dtype)
+    return InterpolationPreview(axis, used, filled, "propagation", time.perf_counter() - t0)
+
+
+def zero_training_previews(
+    image: Any, labels: np.ndarray, axis: int, labeled: list[int], rgb: bool = False
+) -> Generator[InterpolationPreview, None, None]:
+    """The interpolation at once, then the propagation when it is affordable (worker side)."""
+    yield interpolate_labels(labels, axis, labeled)
+    propagated = None if image is None else propagate_labels(image, labels, axis, labeled, rgb)
+    if propagated is not None:
+        yield propagated
+
+
 def _predict_slice(bundle: ModelBundle, volume: Volume, index: int) -> np.ndarray:
     """Labels (H, W) of one normalised slice, leaving the method in training mode and the
     global torch RNG untouched (so a preview never changes the training run)."""
@@ -914,28 +955,21 @@ def train_job(
                 num_classes=None if resumed is None else resumed.num_classes,
             )
         volume = volumes[0]
-        bundle = resumed or create_model(
-            req.method,
-            req.params,
-            volume.slices.shape[1],
-            num_classes,
-            select_device(req.device),
-            req.seed,
+        recipe = RunRecipe(
+            method=req.method,
+            params=req.params,
             axis=spec.axis,
+            batch_size=req.batch_size,
             patch_size=req.patch_size,
+            seed=req.seed,
         )
+        device = resumed.method.device if resumed is not None else select_device(req.device)
+        run = build_run(
+            recipe, volumes=volumes, num_classes=num_classes, device=device, resume=resumed
+        )
+        bundle, sampler = run.bundle, run.sampler
         bundle.info.update(spec.info)
         bundle.info["labeled_slices"] = list(volume.labeled)
-        sampler = SliceSampler(
-            volumes,
-            req.patch_size,
-            req.batch_size,
-            bundle.method.device,
-            req.seed,
-            holdout_fraction=type(bundle.method).holdout_fraction,
-            foreground_crops=DEFAULT_FOREGROUND_CROPS,
-            prior_fraction=DEFAULT_PRIOR_FRACTION,
-        )
         config = req.train_config(start=bundle.iteration)
         # seconds of training (Progress.elapsed: pauses excluded) of the next preview / log
         next_preview, next_log = req.preview_seconds, 0.0
@@ -1057,6 +1091,12 @@ def training_events(
         if job.interpolate:
             classes = None if job.bundle is None else job.bundle.num_classes
             yield interpolate_labels(job.labels, job.axis, job.labeled, classes)
+            # the better zero-training result follows within seconds, while the child trains
+            propagated = propagate_labels(
+                job.image, job.labels, job.axis, job.labeled, job.rgb, classes
+            )
+            if propagated is not None:
+                yield propagated
         last: Progress | None = None
         while not child.ended:
             if job.control.stop_requested:
@@ -1114,20 +1154,32 @@ def _output_chunks(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
 
 
 def predict_layers(
-    bundle: ModelBundle, image: Any, rgb: bool = False, store: Path | None = None
+    bundle: ModelBundle,
+    image: Any,
+    rgb: bool = False,
+    store: Path | None = None,
+    labels: np.ndarray | None = None,
+    labeled: list[int] | None = None,
 ) -> VolumePrediction:
     """Labels and every map of the method for a whole volume (worker side).
 
     A lazy image larger than :data:`napari_semiseg.io.LAZY_VOXELS` voxels (:func:`lazy_image`)
     is read slab by slab and, when ``store`` is given, predicted into zarr arrays of a zarr
     group there (``labels`` and one per map, the ``pseudo`` map as float32 with -1 left out);
-    the returned prediction then holds those zarr arrays, never whole numpy arrays."""
+    the returned prediction then holds those zarr arrays, never whole numpy arrays.
+
+    With the sparse ``labels`` (Z, Y, X) and their ``labeled`` slices along the model's axis,
+    an in-memory prediction is fused with their propagation, as ``semiseg predict --labels``
+    (:func:`src_models.inference.predict_volume` ``prior=``)."""
     maps = tuple(bundle.method.map_names)
     try:
         view = lazy_image(image, rgb)
         if view is None or store is None:
             source = view if view is not None else image_channels_first(image, rgb)
-            return predict_volume(bundle, source, maps=maps)
+            prior = None
+            if view is None and labels is not None and labeled:
+                prior = _fusion_prior(bundle, source, labels, labeled)
+            return predict_volume(bundle, source, maps=maps, prior=prior)
         import zarr
 
         spatial = tuple(view.shape[1:])
@@ -1152,6 +1204,18 @@ def predict_layers(
         ) from None
     except (MemoryError, RuntimeError) as exc:
         raise _friendly(exc) from None
+
+
+def _fusion_prior(bundle: ModelBundle, image: np.ndarray, labels: Any, labeled: list[int]):
+    """The propagation prior (K, Z, Y, X) of ``labels`` for a fused prediction, or None when
+    the labels do not fit the model or the propagation is not affordable."""
+    labels = np.asarray(labels)
+    if labels.shape != image.shape[1:] or labels.max(initial=0) >= bundle.num_classes:
+        return None
+    slices_shape = np.moveaxis(labels, bundle.axis, 0).shape
+    if not affordable(slices_shape, labeled):
+        return None
+    return propagation_prior(image, labels, labeled, bundle.axis, bundle.num_classes)
 
 
 def _lazy_pseudo(array: Any) -> Any:

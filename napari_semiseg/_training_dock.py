@@ -1,8 +1,10 @@
 """The training dock: pick image and sparse labels, choose a method, train in the background.
 
-*Interpolate* (and *Train*, before its first iteration) shows the shape-based interpolation
-of the labeled slices in the ``interpolation`` layer: 3D Slicer's "fill between slices", the
-zero-training baseline, computed in a worker and there at once.
+*Propagate* (and *Train*, while the training process starts) shows the zero-training result
+of the labeled slices in the ``no-training result`` layer: the shape-based interpolation at
+once (3D Slicer's "fill between slices"), then, seconds later, the random walker that carries
+the labels along the image's edges (:mod:`src_models.propagation`), the better of the two
+and the bar a trained model must beat. Both are computed in a worker.
 
 Pattern (after napari-nninteractive's ``widget_main.py``): the work runs in
 ``create_worker(training_events, job)`` from :mod:`napari_semiseg._session`, which trains in
@@ -90,13 +92,13 @@ from napari_semiseg._session import (
     class_count,
     detect_axis,
     format_seconds,
-    interpolate_labels,
     interpolation_problem,
     is_run_dir,
     labeled_slices,
     save_settings,
     session_for,
     training_events,
+    zero_training_previews,
 )
 from napari_semiseg._train_process import ChildError
 from src_models.device import DEVICE_CHOICES, select_device
@@ -108,8 +110,9 @@ from src_models.training.control import TrainingControl
 #: seconds the dock waits for the training process to end when it is closed mid-run (it is
 #: terminated after ``TrainRequest.stop_grace`` seconds)
 STOP_TIMEOUT = 60.0
-#: the layer the shape-based interpolation goes to (added or updated in place)
-INTERPOLATION_LAYER = "interpolation"
+#: the layer the zero-training result goes to (added or updated in place): the shape-based
+#: interpolation at once, then the random-walker propagation when it is ready
+NO_TRAINING_LAYER = "no-training result"
 #: the settings tabs never shrink below this (tab bar + three rows of the Data tab)
 TABS_MIN_HEIGHT = 165
 #: the loss curve's least height (legend, axes and a readable curve)
@@ -291,7 +294,7 @@ class TrainingDock(QWidget):
         form.addRow("Labels", self.labels_combo)
         form.addRow("Slice axis", self.axis_combo)
         form.addRow(self.data_info)
-        self.interpolate_button = QPushButton("Interpolate (no training)")
+        self.interpolate_button = QPushButton("Propagate (no training)")
         form.addRow(self.interpolate_button)
         self.image_combo.layerChanged.connect(self._on_image_layer)
         self.labels_combo.layerChanged.connect(self._on_labels_layer)
@@ -393,14 +396,15 @@ class TrainingDock(QWidget):
         self.pause_button = QPushButton("Pause")
         self.stop_button = QPushButton("Stop")
         self.interpolate_button.setToolTip(
-            "Fill between slices, no training: the shape-based interpolation of the labeled "
-            f"slices into the '{INTERPOLATION_LAYER}' layer (what 3D Slicer's 'Fill between "
-            "slices' does). It is the zero-training baseline a trained model should beat; "
-            "Train shows it too before its first iteration"
+            "No training: the labeled slices carried to the others, into the "
+            f"'{NO_TRAINING_LAYER}' layer: the shape-based interpolation at once (3D Slicer's "
+            "'Fill between slices'), then a random walker along the image's edges, seconds "
+            "later (Biomedisa's 'smart interpolation'). It is the result a trained model "
+            "should beat; Train shows it too while training starts"
         )
         self.train_button.setToolTip(
-            "Train a new model from scratch on the labeled slices (the interpolation of the "
-            f"labels shows at once in the '{INTERPOLATION_LAYER}' layer); the current model "
+            "Train a new model from scratch on the labeled slices (the no-training result "
+            f"shows at once in the '{NO_TRAINING_LAYER}' layer); the current model "
             "stays in the Runs tab"
         )
         for i, b in enumerate((self.train_button, self.pause_button, self.stop_button)):
@@ -788,12 +792,14 @@ class TrainingDock(QWidget):
 
     # -- interpolation ----------------------------------------------------------------------
     def interpolate(self) -> bool:
-        """Fill between the labeled slices of the chosen labels layer into the
-        ``interpolation`` layer, in a worker, without training. Returns whether it started;
-        every problem is shown as a notification."""
+        """Fill the unlabeled slices from the labeled ones of the chosen labels layer into the
+        ``no-training result`` layer, in a worker, without training: the interpolation at
+        once, then the propagation. Returns whether it started; every problem is shown as a
+        notification."""
         if self.interpolation_worker is not None:
             return False
         labels = self.labels_combo.layer()
+        image = self.image_combo.layer()
         try:
             if labels is None:
                 raise SemisegError(
@@ -817,14 +823,19 @@ class TrainingDock(QWidget):
             show_warning(problem)
             self.status.setText(problem)
             return False
+        pixels = None
+        if image is not None and tuple(image_data(image).shape[:3]) == data.shape:
+            pixels = image_data(image)
         self.interpolation_worker = create_worker(
-            interpolate_labels,
+            zero_training_previews,
+            pixels,
             data,
             axis,
             labeled,
+            rgb=bool(image.rgb) if pixels is not None else False,
             _start_thread=False,
             _connect={
-                "returned": partial(self.show_interpolation, source=labels),
+                "yielded": partial(self.show_interpolation, source=labels),
                 "errored": self._on_error,
                 "finished": self._on_interpolation_finished,
             },
@@ -837,8 +848,8 @@ class TrainingDock(QWidget):
     def show_interpolation(
         self, result: InterpolationPreview, source: Labels | None = None
     ) -> Labels | None:
-        """Add or update the ``interpolation`` layer, overlaying ``source`` (the labels it
-        comes from); a layer of that name the plugin did not make, or the labels being
+        """Add or update the ``no-training result`` layer, overlaying ``source`` (the labels
+        it comes from); a layer of that name the plugin did not make, or the labels being
         trained from, is never overwritten."""
         if self._closed:
             return None
@@ -846,27 +857,42 @@ class TrainingDock(QWidget):
         if source is None:
             return None
         layers = self.viewer.layers
-        theirs = INTERPOLATION_LAYER in layers and (
-            not layers[INTERPOLATION_LAYER].metadata.get("semiseg_output")
-            or INTERPOLATION_LAYER in (source.name, self.labels_combo.currentText())
+        theirs = NO_TRAINING_LAYER in layers and (
+            not layers[NO_TRAINING_LAYER].metadata.get("semiseg_output")
+            or NO_TRAINING_LAYER in (source.name, self.labels_combo.currentText())
         )
         if theirs:
             message = (
-                f"the interpolation was not shown: layer {INTERPOLATION_LAYER!r} holds your "
-                "labels; rename it to see the interpolation"
+                f"the no-training result was not shown: layer {NO_TRAINING_LAYER!r} holds "
+                "your labels; rename it to see it"
             )
             show_warning(message)
             self.status.setText(message)
             return None
         layer = add_or_update(
-            self.viewer, INTERPOLATION_LAYER, result.labels, "labels", source, opacity=0.5
+            self.viewer, NO_TRAINING_LAYER, result.labels, "labels", source, opacity=0.5
         )
         layer.metadata["interpolated_slices"] = list(result.labeled)
-        self.status.setText(
-            f"interpolated between {len(result.labeled)} labeled slices "
-            f"({result.labeled[0]}…{result.labeled[-1]}) along axis {result.axis} into "
-            f"layer {INTERPOLATION_LAYER!r}"
-        )
+        layer.metadata["kind"] = result.kind
+        span = f"{len(result.labeled)} labeled slices ({result.labeled[0]}…{result.labeled[-1]})"
+        if result.kind == "propagation":
+            layer.metadata["description"] = (
+                "no training: the labeled slices carried along the image's edges by a random "
+                f"walker ({result.seconds:.1f} s)"
+            )
+            text = (
+                f"propagated {span} along the image's edges in {result.seconds:.1f} s into "
+                f"layer {NO_TRAINING_LAYER!r} (no training)"
+            )
+        else:
+            layer.metadata["description"] = (
+                "no training: shape-based interpolation between the labeled slices"
+            )
+            text = (
+                f"interpolated between {span} along axis {result.axis} into layer "
+                f"{NO_TRAINING_LAYER!r}; propagating along the image's edges…"
+            )
+        self.status.setText(text)
         return layer
 
     def _on_interpolation_finished(self) -> None:

@@ -89,11 +89,23 @@ class _ProgressPrinter:
 
 
 INTERPOLATE = "interpolate"
-INTERPOLATE_HELP = (
-    "no training, instant: shape-based interpolation between the labeled slices, per class, "
-    "along --axis (3D Slicer's / ITK-SNAP's 'fill between slices'); the bar every method "
-    "must beat. Writes <labels-stem>_interpolation.<ext> per labeled volume into --out."
-)
+PROPAGATE = "propagate"
+#: methods that train nothing: name -> (what they write, help)
+ZERO_TRAINING = {
+    INTERPOLATE: (
+        "interpolation",
+        "no training, instant: shape-based interpolation between the labeled slices, per "
+        "class, along --axis (3D Slicer's / ITK-SNAP's 'fill between slices'). Writes "
+        "<labels-stem>_interpolation.<ext> per labeled volume into --out.",
+    ),
+    PROPAGATE: (
+        "propagation",
+        "no training, seconds: a random walker seeded by the labeled slices follows the "
+        "image's edges from one labeled slice to the next (Biomedisa's 'smart "
+        "interpolation'; nothing beyond the outer labeled slices); the best zero-training "
+        "result and the bar every method must beat. Writes <labels-stem>_propagation.<ext>.",
+    ),
+}
 
 
 def _check_fraction(name: str, value: float, high_open: bool = False) -> None:
@@ -137,29 +149,42 @@ def _refuse_overlap(flag: str, output: str | Path, inputs: list[str | Path]) -> 
 RUN_FILES = ("model.pt", "model.json", "train_log.jsonl", "train_config.json", "config.json")
 
 
-def _interpolate(args: argparse.Namespace, volumes, label_metas, values) -> int:
-    """``train --method interpolate``: write the interpolation of each labeled volume."""
+def _zero_training(args: argparse.Namespace, volumes, label_metas, values) -> int:
+    """``train --method interpolate|propagate``: write the result of each labeled volume."""
     from napari_semiseg.io import map_path, write_volumes
     from src_models.data.volumes import from_slices
     from src_models.interpolation import interpolate_slices
+    from src_models.propagation import propagate
 
+    suffix = ZERO_TRAINING[args.method][0]
     out = Path(args.out)
     targets = []
     for vol, meta, path in zip(volumes, label_metas, args.labels, strict=False):
-        target = map_path(out / Path(str(path).rstrip("/\\")).name, "interpolation")
+        target = map_path(out / Path(str(path).rstrip("/\\")).name, suffix)
         if target.exists():
             raise SemisegError(f"{target} exists: choose another --out (nothing is overwritten)")
         _refuse_overlap("--out", target, [*args.image, *args.labels])
         targets.append((vol, meta, target))
+    names = [t[2].name for t in targets]
+    if len(set(names)) < len(names):  # case1/labels.nii.gz and case2/labels.nii.gz
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise SemisegError(
+            f"two label files would both be written as {twice[0]} in {out}: give the label "
+            "files distinct names or run one volume per --out folder"
+        )
     items, notes = [], []
     for vol, meta, target in targets:
         t0 = time.perf_counter()
-        interp = interpolate_slices(vol.labels.clip(min=0), vol.labeled, values.num_classes)
-        mask = values.decode(from_slices(interp.labels, vol.axis))
+        labels = vol.labels.clip(min=0)
+        if args.method == PROPAGATE:
+            result = propagate(vol.slices, vol.labels, vol.labeled, values.num_classes)
+        else:
+            result = interpolate_slices(labels, vol.labeled, values.num_classes)
+        mask = values.decode(from_slices(result.labels, vol.axis))
         if meta.layout in ("YX", "CYX"):
             mask = mask[0]
         items.append((target, mask, meta, True))
-        covered = int(interp.covered.sum())
+        covered = int(result.covered.sum())
         notes.append(
             f"wrote {target}: {len(vol.labeled)} labeled slice(s), {covered - len(vol.labeled)} "
             f"filled between them, in {time.perf_counter() - t0:.2f} s"
@@ -200,8 +225,8 @@ def _check_train_args(args: argparse.Namespace) -> None:
     from src_models.data.volumes import check_axis
 
     check_axis(args.axis)
-    if args.method == INTERPOLATE and args.resume:
-        raise SemisegError("--method interpolate trains nothing: drop --resume")
+    if args.method in ZERO_TRAINING and args.resume:
+        raise SemisegError(f"--method {args.method} trains nothing: drop --resume")
 
 
 def _prepare_run_folder(args: argparse.Namespace) -> tuple[Path, list[str]]:
@@ -263,17 +288,21 @@ def _move_aside(out: Path, existing: list[str]) -> Path:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from napari_semiseg.training_data import load_training_data
-    from src_models.data import SliceSampler
     from src_models.data.label_values import interpret_labels
-    from src_models.data.sampler import DEFAULT_FOREGROUND_CROPS, DEFAULT_PRIOR_FRACTION
     from src_models.device import select_device
     from src_models.files import atomic_write
     from src_models.methods.base import config_to_dict, get_method, make_config
-    from src_models.training import TrainConfig, TrainingControl, distributed, train
-    from src_models.training.checkpoint import create_model, load_model, read_metadata
+    from src_models.recipe import (
+        DEFAULT_FOREGROUND_CROPS,
+        DEFAULT_PRIOR_FRACTION,
+        RunRecipe,
+        build_run,
+    )
+    from src_models.training import TrainingControl, distributed, train
+    from src_models.training.checkpoint import load_model, read_metadata
 
     _check_train_args(args)
-    method_cls = None if args.method == INTERPOLATE else get_method(args.method)
+    method_cls = None if args.method in ZERO_TRAINING else get_method(args.method)
     params = _parse_set(args.set)
     if method_cls is not None:
         make_config(method_cls.Config, params)  # bad values fail before any work
@@ -334,72 +363,64 @@ def cmd_train(args: argparse.Namespace) -> int:
     if method_cls is None:
         if data.lazy:
             raise SemisegError(
-                "--method interpolate needs the volume in memory: this one is larger than "
+                f"--method {args.method} needs the volume in memory: this one is larger than "
                 "memory allows; train a method instead"
             )
-        return _interpolate(args, volumes, label_metas, values)
+        return _zero_training(args, volumes, label_metas, values)
     n_lab = sum(len(v.labeled) for v in volumes)
     n_unl = sum(len(v.unlabeled) for v in volumes)
     print(
         f"{len(volumes)} volume(s), axis {args.axis}: {n_lab} labeled slice(s), "
         f"{n_unl} unlabeled, {num_classes} classes; method {args.method} on {device}"
     )
-    sampler = SliceSampler(
-        volumes,
-        patch_size=args.patch,
+    recipe = RunRecipe(
+        method=args.method,
+        params=params,
+        axis=args.axis,
+        iterations=args.iterations,
+        minutes=args.minutes,
         batch_size=args.batch_size,
-        device=device,
+        patch_size=args.patch,
         seed=args.seed,
-        holdout_fraction=method_cls.holdout_fraction,
         foreground_crops=DEFAULT_FOREGROUND_CROPS
         if args.foreground_crops is None
         else args.foreground_crops,
+        prior=args.prior,
         prior_fraction=DEFAULT_PRIOR_FRACTION
         if args.prior_fraction is None
         else args.prior_fraction,
+        warmup=args.warmup,
+        warmup_plateau=args.warmup_plateau,
+        prior_final=args.prior_final,
+        checkpoint_every=args.checkpoint_every,
     )
-    if processes > 1:  # each process its own stream of batches (the hold-out is shared)
-        sampler.generator.manual_seed(args.seed + 1_000_003 * distributed.rank())
-    if sampler.patch_size != args.patch:
-        print(f"training crops of {sampler.patch_size} pixels (the slices are no larger)")
+    resumed = None
     if args.resume:
-        bundle = load_model(out, device=device, expect_method=args.method)
-        print(f"resuming from iteration {bundle.iteration}")
-        bundle.info["processes"] = processes
-    else:
-        bundle = create_model(
-            args.method,
-            params,
-            volumes[0].slices.shape[1],
-            num_classes,
-            device,
-            seed=args.seed,
-            axis=args.axis,
-            patch_size=args.patch,
-            info={
+        resumed = load_model(out, device=device, expect_method=args.method)
+        print(f"resuming from iteration {resumed.iteration}")
+        resumed.info["processes"] = processes
+    run = build_run(
+        recipe,
+        volumes=volumes,
+        num_classes=num_classes,
+        device=device,
+        resume=resumed,
+        bundle_fields={
+            "info": {
                 "spacing": list(spacing or ()),
                 "unit": label_metas[0].unit,
                 **values.info(),
                 "processes": processes,
             },
-            class_names=[str(v) for v in values.values],
-        )
+            "class_names": [str(v) for v in values.values],
+        },
+    )
+    sampler, bundle, config = run.sampler, run.bundle, run.config
+    if processes > 1:  # each process its own stream of batches (the hold-out is shared)
+        sampler.generator.manual_seed(args.seed + 1_000_003 * distributed.rank())
+    if sampler.patch_size != args.patch:
+        print(f"training crops of {sampler.patch_size} pixels (the slices are no larger)")
     distributed.distribute(bundle.method)
-    iterations = (
-        args.iterations if args.iterations is not None else (1000 if args.minutes is None else 0)
-    )
-    config = TrainConfig(
-        iterations=iterations,
-        minutes=args.minutes,
-        batch_size=args.batch_size,
-        patch_size=args.patch,
-        seed=args.seed,
-        device=str(device),
-        checkpoint_every=args.checkpoint_every,
-        warmup=args.warmup,
-        warmup_plateau=args.warmup_plateau,
-        prior_final=args.prior_final,
-    )
     control = TrainingControl()
     printer = _ProgressPrinter(every=max(1, args.log_every))
 
@@ -483,11 +504,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
             "--largest-component needs the whole mask in memory: this volume is larger; drop it"
         )
     values = LabelValues.from_info(bundle.info, bundle.num_classes)
+    prior = None
+    if args.labels:
+        if lazy:
+            raise SemisegError(
+                "--labels needs the volume in memory (the propagation is computed on the whole "
+                "volume): this one is larger; drop --labels"
+            )
+        prior = _fused_prior(args, bundle, img, meta, values)
     if lazy and volume_format(args.out) == ".zarr":
         counts = _predict_streaming(args, bundle, img, meta, maps, targets, values)
         written = targets
     else:
-        counts, written = _predict_in_memory(args, bundle, img, meta, maps, targets, values)
+        counts, written = _predict_in_memory(args, bundle, img, meta, maps, targets, values, prior)
     shown = ", ".join(f"{v}: {c}" for v, c in zip(values.values, counts.tolist(), strict=False))
     print(f"wrote {written[0]} (voxels per label value: {shown})")
     for path in written[1:]:
@@ -495,12 +524,45 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _predict_in_memory(args, bundle, img, meta, maps, targets, values):
+def _fused_prior(args, bundle, img, meta, values) -> np.ndarray:
+    """The propagation of the labeled slices of ``--labels`` over ``img`` (K, Z, Y, X)."""
+    from napari_semiseg.io import label_volume, read_labels
+    from src_models.data.volumes import check_labels, detect_labeled_slices, to_slices
+    from src_models.propagation import propagation_prior
+
+    _refuse_overlap("--out", args.out, [args.labels])
+    raw, label_meta = read_labels(args.labels)
+    raw = label_volume(raw, label_meta)
+    if raw.shape != tuple(img.shape[1:]):
+        raise SemisegError(
+            f"--labels has shape {raw.shape}, the image {tuple(img.shape[1:])}: give the "
+            "sparse labels of this image"
+        )
+    unknown = sorted(set(np.unique(raw).tolist()) - {*values.values, values.ignore})
+    if unknown and not values.binary:
+        raise SemisegError(
+            f"--labels holds value(s) {unknown[:5]} that the model does not know (its classes: "
+            f"{list(values.values)}): give the labels the model was trained with"
+        )
+    ids = check_labels(values.encode(raw), bundle.num_classes, allow_ignore=True)
+    labeled = detect_labeled_slices(to_slices(ids[None], bundle.axis)[:, 0])
+    if not labeled:
+        raise SemisegError(f"--labels {args.labels} has no labeled slice along axis {bundle.axis}")
+    t0 = time.perf_counter()
+    prior = propagation_prior(np.asarray(img), ids, labeled, bundle.axis, bundle.num_classes)
+    print(
+        f"fused with the propagation of {len(labeled)} labeled slice(s) of {args.labels} "
+        f"({time.perf_counter() - t0:.1f} s)"
+    )
+    return prior
+
+
+def _predict_in_memory(args, bundle, img, meta, maps, targets, values, prior=None):
     """Predict, then write the mask and the maps all or none."""
     from napari_semiseg.io import write_volumes
     from src_models.inference import predict_volume
 
-    pred = predict_volume(bundle, img, maps, batch_size=args.batch_size)
+    pred = predict_volume(bundle, img, maps, batch_size=args.batch_size, prior=prior)
     if args.largest_component:
         from src_models.postprocess import largest_component_3d
 
@@ -603,7 +665,8 @@ def _fmt(v) -> str:
 def cmd_methods(args: argparse.Namespace) -> int:
     from src_models.methods.base import METHODS, config_params, method_names
 
-    print(f"{INTERPOLATE}: {INTERPOLATE_HELP}\n")
+    for name, (_, text) in ZERO_TRAINING.items():
+        print(f"{name}: {text}\n")
     for name in method_names():
         cls = METHODS[name]
         print(f"{name}: {cls.description}")
@@ -689,14 +752,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--prior-fraction",
         type=float,
         default=None,
-        help="share of each labeled batch taken from interpolated slices between labeled "
-        "ones (0: off; default 0.5)",
+        help="share of each labeled batch whose targets come from the zero-training --prior "
+        "on the unlabeled slices, weighted by its confidence (0: off; default 0.5)",
+    )
+    t.add_argument(
+        "--prior",
+        choices=("propagation", "interpolation"),
+        default="propagation",
+        help="the zero-training result the prior's targets come from: the random-walker "
+        "propagation (default) or the shape interpolation",
     )
     t.add_argument(
         "--prior-final",
         type=float,
         default=0.5,
-        help="weight of the interpolation prior at the end of a semi-supervised run",
+        help="weight of the prior at the end of a semi-supervised run",
     )
     t.add_argument(
         "--foreground-crops",
@@ -715,6 +785,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="comma-separated maps, e.g. confidence,discrepancy;"
         " each written beside OUT as OUT-stem_<map>.<ext>",
+    )
+    p.add_argument(
+        "--labels",
+        help="the sparse labels the model was trained from: the prediction is fused with "
+        "their random-walker propagation (what the plugin shows; measured better than the "
+        "network alone, docs/benchmarks.md)",
     )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto")

@@ -26,6 +26,9 @@ from src_models.methods.base import Method
 from src_models.training.checkpoint import ModelBundle
 
 DIVISOR = 16
+#: share of the zero-training prior in a fused prediction (docs/benchmarks.md: left atrium
+#: and hippocampus, the supervised default with the propagation prior, 0.5 measured best)
+DEFAULT_PRIOR_WEIGHT = 0.5
 #: maps that hold class ids (-1 = left out) rather than continuous values
 CATEGORICAL_MAPS = frozenset({"pseudo"})
 
@@ -114,6 +117,8 @@ def predict_volume(
     return_probabilities: bool = False,
     out: MutableMapping[str, object] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    prior: np.ndarray | None = None,
+    prior_weight: float = DEFAULT_PRIOR_WEIGHT,
 ) -> VolumePrediction:
     """Predict a whole volume.
 
@@ -126,6 +131,10 @@ def predict_volume(
         out: optional arrays to fill instead of allocating: keys ``labels`` (Z, Y, X),
             ``probabilities`` (K, Z, Y, X) and map names (Z, Y, X), e.g. zarr arrays.
         progress: called with (slices done, slices total).
+        prior: class probabilities (K, Z, Y, X) of a zero-training result on this volume
+            (the propagation of its labeled slices, :func:`src_models.propagation.
+            propagation_prior`): the mask and the probabilities become the blend
+            ``(1 - prior_weight) * model + prior_weight * prior``; maps stay the model's.
     Returns:
         VolumePrediction whose arrays are the ``out`` arrays when given.
     """
@@ -150,6 +159,12 @@ def predict_volume(
         raise SemisegError(
             f"slices along axis {axis} are {in_plane[0]}x{in_plane[1]} pixels, smaller than "
             f"the minimum {MIN_SLICE_SIZE}x{MIN_SLICE_SIZE}"
+        )
+    if prior is not None and tuple(np.shape(prior)) != (method.num_classes, *img.shape[1:]):
+        raise SemisegError(
+            f"the prior has shape {tuple(np.shape(prior))}, the prediction needs "
+            f"{(method.num_classes, *img.shape[1:])} (classes, Z, Y, X): compute it from "
+            "labels of this image with the model's classes"
         )
     norm = fit_normalization(img, bundle.percentiles)
     fill = min((norm.low[c] - norm.mean[c]) / norm.std[c] for c in range(img.shape[0]))
@@ -182,6 +197,11 @@ def predict_volume(
             x = torch.from_numpy(slab[b0 : b0 + batch_size]).to(device)
             with torch.no_grad(), method.autocast():
                 p, mp = predict_slices(method, x, fill, maps, tile_size)
+            if prior is not None:
+                index4 = [slice(None)] * 4
+                index4[axis + 1] = slice(s0 + b0, s0 + b0 + x.shape[0])
+                q = torch.from_numpy(to_slices(np.asarray(prior[tuple(index4)]), axis).copy())
+                p = (1.0 - prior_weight) * p.float() + prior_weight * q.to(p.device)
             slab_ids.append(class_ids(p).cpu().numpy().astype(label_dtype))
             if probs_out is not None:
                 slab_probs.append(p.float().cpu().numpy())

@@ -9,12 +9,17 @@ Two levers for short budgets, shared by every method (docs/benchmarks.md measure
 - *foreground-aware crops*: a share ``foreground_crops`` of the labeled crops is placed so
   that a random foreground pixel of the slice lies inside it, so a 128-pixel crop of a
   232-pixel slice does not miss a small structure half of the time;
-- *interpolation prior*: with ``prior_fraction`` > 0, that share of every labeled batch
-  comes from the slices *between* labeled ones, with the shape-based interpolation
-  (:mod:`src_models.interpolation`) as target and per-pixel weights in ``Batch.mask``
-  (0 near the interpolated boundaries, falling with the distance to the labeled slices,
-  times :attr:`SliceSampler.prior_scale`, which the trainer lowers as the method's own
-  pseudo-labels take over).
+- *a zero-training prior*: with ``prior_fraction`` > 0, that share of every labeled batch
+  comes from the unlabeled slices the prior reaches, with a zero-training result as target
+  and per-pixel weights in ``Batch.mask``, times :attr:`SliceSampler.prior_scale` (which
+  the trainer lowers as a semi-supervised method's own pseudo-labels take over). The prior
+  is the random-walker *propagation* of the labeled slices (:mod:`src_models.propagation`;
+  weight 0 where the walk is unsure) by default, or the shape-based *interpolation*
+  (:mod:`src_models.interpolation`; 0 near the interpolated boundaries, falling with the
+  distance to the labeled slices). The network then learns from the image where the
+  propagation is sure and from the labeled slices everywhere: on the development volumes
+  it beats both the network without a prior and the propagation alone
+  (docs/benchmarks.md, "annotation effort").
 """
 
 from __future__ import annotations
@@ -29,16 +34,40 @@ from src_models.data.lazy import LazySlices, UnlabeledWindow
 from src_models.data.volumes import Volume
 from src_models.errors import SemisegError
 from src_models.interpolation import interpolate_slices, prior_weights
+from src_models.propagation import affordable
 
 #: fewer labeled slices than this are all needed for training: none is held out and a method
 #: that selects on held-out slices (SDCL) keeps its last state instead (with the 3-5 labeled
 #: slices of the sparse-slice use, a hold-out of 0.2 would take one of the user's few slices)
 MIN_HOLDOUT_LABELED = 10
-#: defaults of the CLI and the plugin (docs/benchmarks.md, sparse-slice benchmark)
-DEFAULT_FOREGROUND_CROPS = 0.5
-DEFAULT_PRIOR_FRACTION = 0.0
 #: weights travel through the label augmentation quantised to 1/WEIGHT_LEVELS
 WEIGHT_LEVELS = 255
+PRIORS = ("interpolation", "propagation")
+#: the propagation's class probability below which a voxel is not a target (weight 0), and
+#: the one from which it is a full target (weights rise linearly between)
+PROPAGATION_UNSURE, PROPAGATION_SURE = 0.6, 0.9
+
+
+def in_memory(volume: Volume) -> bool:
+    return isinstance(volume.slices, np.ndarray)
+
+
+def propagation_targets(
+    volume: Volume, labeled: list[int], num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Targets (N, H, W) and per-pixel weights (N, H, W) of the random-walker propagation of
+    ``volume``'s ``labeled`` slices: its class ids, weighted by how sure the walk is (0 below
+    :data:`PROPAGATION_UNSURE`, 1 from :data:`PROPAGATION_SURE`), 0 on the labeled slices
+    (they train as labeled) and on slices the propagation does not reach."""
+    from src_models.propagation import propagate
+
+    result = propagate(volume.slices, volume.labels, labeled, num_classes)
+    sure = result.probabilities.max(axis=0)
+    span = PROPAGATION_SURE - PROPAGATION_UNSURE
+    weights = np.clip((sure - PROPAGATION_UNSURE) / span, 0.0, 1.0).astype(np.float32)
+    weights[~result.covered] = 0.0
+    weights[list(labeled)] = 0.0
+    return result.labels, weights
 
 
 def fitted_patch_size(volumes: list[Volume]) -> int:
@@ -75,6 +104,10 @@ class SliceSampler:
         prior_fraction: share of each labeled batch drawn from interpolated slices (0: off).
         prior_band: pixels of the ignored band around interpolated boundaries, per slice
             of distance to the nearest labeled slice.
+        prior: where the prior's targets come from: ``"interpolation"`` (shape-based,
+            weights from :func:`prior_weights`) or ``"propagation"`` (the random walker of
+            :mod:`src_models.propagation`, weights from its confidence,
+            :func:`propagation_targets`; the interpolation for a volume too large for it).
     """
 
     def __init__(
@@ -89,7 +122,10 @@ class SliceSampler:
         foreground_crops: float = 0.0,
         prior_fraction: float = 0.0,
         prior_band: float = 1.0,
+        prior: str = "propagation",
     ) -> None:
+        if prior not in PRIORS:
+            raise SemisegError(f"prior must be one of {', '.join(PRIORS)}, not {prior!r}")
         if not (0.0 <= foreground_crops <= 1.0 and 0.0 <= prior_fraction < 1.0):
             raise SemisegError(
                 "foreground_crops must be in [0, 1] and prior_fraction in [0, 1), got "
@@ -148,12 +184,17 @@ class SliceSampler:
                 used = [s for s in vol.labeled if (v, s) not in held]
                 if not isinstance(vol.labels, np.ndarray) or len(used) < 2:
                     continue  # unlabeled, or larger than memory (no interpolation prior)
-                interp = interpolate_slices(vol.labels, used, self.num_classes)
-                weights = prior_weights(interp, band_per_slice=prior_band)
+                shape = vol.labels.shape
+                if prior == "propagation" and affordable(shape, used) and in_memory(vol):
+                    targets, weights = propagation_targets(vol, used, self.num_classes)
+                else:
+                    interp = interpolate_slices(vol.labels, used, self.num_classes)
+                    targets = interp.labels
+                    weights = prior_weights(interp, band_per_slice=prior_band)
                 slices = [int(s) for s in np.flatnonzero(weights.reshape(len(weights), -1).max(1))]
                 slices = [s for s in slices if s not in vol.labeled]
                 if slices:
-                    self.prior_targets[v] = (interp.labels, weights)
+                    self.prior_targets[v] = (targets, weights)
                     self.prior_index += [(v, s) for s in slices]
         self._foreground: dict[tuple[str, int, int], np.ndarray] = {}
 

@@ -1,0 +1,136 @@
+"""One recipe builds every training run: the CLI, the plugin's training process and the
+benchmarks ask it, so they train the same thing with the same defaults.
+
+A :class:`RunRecipe` holds what a user chooses (method, its parameters, budget, crops,
+the prior, seed); :func:`build_run` turns it and the volumes into a :class:`Run`: the batch
+sampler, the model (new, or a checkpoint to continue) and the :class:`TrainConfig`. The
+defaults here are *the* defaults of the product, measured in ``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from src_models.data import SliceSampler, Volume, make_volumes
+from src_models.methods.base import get_method, make_config
+from src_models.training.checkpoint import ModelBundle, create_model
+from src_models.training.trainer import TrainConfig
+
+#: the default method: supervised with the propagation prior measured best at the budgets
+#: users give on a CPU (docs/benchmarks.md, "annotation effort")
+DEFAULT_METHOD = "supervised"
+#: iteration budget when neither iterations nor minutes are given
+DEFAULT_ITERATIONS = 1000
+#: share of the labeled crops placed over the labeled structure
+DEFAULT_FOREGROUND_CROPS = 0.5
+#: where the prior's targets come from, and its share of each labeled batch
+DEFAULT_PRIOR = "propagation"
+DEFAULT_PRIOR_FRACTION = 0.5
+
+
+@dataclass
+class RunRecipe:
+    """Everything a user chooses about a training run (the data comes separately)."""
+
+    method: str = DEFAULT_METHOD
+    params: dict[str, Any] = field(default_factory=dict)
+    axis: int = 0
+    iterations: int | None = None  #: None: DEFAULT_ITERATIONS unless minutes are given
+    minutes: float | None = None
+    batch_size: int = 8
+    patch_size: int = 128
+    seed: int = 0
+    foreground_crops: float = DEFAULT_FOREGROUND_CROPS
+    prior: str = DEFAULT_PRIOR
+    prior_fraction: float = DEFAULT_PRIOR_FRACTION
+    warmup: float = 0.4
+    warmup_plateau: float = 0.0
+    prior_final: float = 0.5
+    checkpoint_every: int = 250
+    checkpoint_seconds: float = 0.0
+
+    def train_config(self, device: torch.device | str = "cpu") -> TrainConfig:
+        iterations = self.iterations
+        if iterations is None:
+            iterations = DEFAULT_ITERATIONS if self.minutes is None else 0
+        return TrainConfig(
+            iterations=iterations,
+            minutes=self.minutes,
+            batch_size=self.batch_size,
+            patch_size=self.patch_size,
+            seed=self.seed,
+            device=str(device),
+            checkpoint_every=self.checkpoint_every,
+            checkpoint_seconds=self.checkpoint_seconds,
+            warmup=self.warmup,
+            warmup_plateau=self.warmup_plateau,
+            prior_final=self.prior_final,
+        )
+
+
+@dataclass
+class Run:
+    """A run ready for :func:`src_models.training.train`."""
+
+    volumes: list[Volume]
+    sampler: SliceSampler
+    bundle: ModelBundle
+    config: TrainConfig
+
+
+def build_run(
+    recipe: RunRecipe,
+    images: Sequence[np.ndarray] | None = None,
+    labels: Sequence[np.ndarray | None] | None = None,
+    labeled_slices: Sequence[Sequence[int] | None] | None = None,
+    *,
+    volumes: list[Volume] | None = None,
+    num_classes: int | None = None,
+    device: torch.device | str = "cpu",
+    resume: ModelBundle | None = None,
+    bundle_fields: dict[str, Any] | None = None,
+) -> Run:
+    """Build the run of ``recipe`` on arrays (``images``, ``labels``, ``labeled_slices``,
+    validated by :func:`make_volumes`) or on ready ``volumes`` with ``num_classes``.
+    ``resume`` continues a loaded model; otherwise a new one is created with
+    ``bundle_fields`` (info, class names) on top of the recipe's axis and patch size."""
+    method_cls = get_method(recipe.method)
+    make_config(method_cls.Config, recipe.params)  # bad values fail before any work
+    if volumes is None:
+        volumes, num_classes = make_volumes(
+            images, labels, recipe.axis, labeled_slices, num_classes=num_classes
+        )
+    elif num_classes is None:
+        raise ValueError("give num_classes with ready volumes")
+    sampler = SliceSampler(
+        volumes,
+        patch_size=recipe.patch_size,
+        batch_size=recipe.batch_size,
+        device=device,
+        seed=recipe.seed,
+        holdout_fraction=method_cls.holdout_fraction,
+        foreground_crops=recipe.foreground_crops,
+        prior_fraction=recipe.prior_fraction,
+        prior=recipe.prior,
+    )
+    if resume is not None:
+        bundle = resume
+    else:
+        bundle = create_model(
+            recipe.method,
+            recipe.params,
+            volumes[0].slices.shape[1],
+            num_classes,
+            device,
+            seed=recipe.seed,
+            axis=recipe.axis,
+            patch_size=recipe.patch_size,
+            **(bundle_fields or {}),
+        )
+        bundle.info.setdefault("prior", recipe.prior if recipe.prior_fraction > 0 else None)
+    return Run(volumes, sampler, bundle, recipe.train_config(device))

@@ -1,0 +1,147 @@
+"""The random-walker propagation: the zero-training result, the training prior and the fusion
+of a prediction with it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from src_models.data import SliceSampler, make_volumes
+from src_models.data.label_values import IGNORE
+from src_models.inference import predict_volume
+from src_models.interpolation import interpolate_slices
+from src_models.metrics import dice
+from src_models.propagation import (
+    MAX_VOXELS,
+    affordable,
+    propagate,
+    propagate_volume,
+    propagation_prior,
+)
+from src_models.training.checkpoint import create_model
+
+
+def wobbly_blob(n: int = 15, size: int = 48, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """An image (N, 1, H, W) of a bright blob whose centre moves along a curve (not linearly
+    between slices 0, 7 and 14), with noise, and its labels (N, H, W)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    labels = np.zeros((n, size, size), np.int64)
+    for s in range(n):
+        cy = size / 2 + 8 * np.sin(np.pi * s / (n - 1) * 2)  # a full sine period
+        cx = size / 2
+        labels[s] = (yy - cy) ** 2 + (xx - cx) ** 2 <= 9**2
+    image = labels.astype(np.float32) + rng.normal(0, 0.15, labels.shape).astype(np.float32)
+    return image[:, None], labels
+
+
+def slice_dice(pred: np.ndarray, truth: np.ndarray, skip: list[int]) -> float:
+    keep = np.ones(len(truth), bool)
+    keep[skip] = False
+    return dice(pred[keep] == 1, truth[keep] == 1)
+
+
+def test_propagation_follows_the_image_where_interpolation_cannot():
+    image, truth = wobbly_blob()
+    labeled = [0, 7, 14]
+    sparse = np.where(np.isin(np.arange(15), labeled)[:, None, None], truth, 0)
+    result = propagate(image, sparse, labeled, 2, extend=0)
+    interp = interpolate_slices(sparse, labeled, 2).labels
+    ours, theirs = slice_dice(result.labels, truth, labeled), slice_dice(interp, truth, labeled)
+    assert ours > 0.9 and ours > theirs + 0.1, (ours, theirs)
+    # probabilities: a distribution per voxel; the labeled slices keep their labels
+    assert result.probabilities.shape == (2, 15, 48, 48)
+    np.testing.assert_allclose(result.probabilities.sum(axis=0), 1.0, atol=1e-3)
+    np.testing.assert_array_equal(result.labels[labeled], truth[labeled])
+    assert result.covered.all()
+
+
+def test_nothing_beyond_the_labeled_range_but_extend_slices():
+    image, truth = wobbly_blob()
+    labeled = [5, 9]
+    sparse = np.where(np.isin(np.arange(15), labeled)[:, None, None], truth, 0)
+    strict = propagate(image, sparse, labeled, 2, extend=0)
+    assert strict.covered.tolist() == [5 <= s <= 9 for s in range(15)]
+    assert not strict.labels[~strict.covered].any()
+    wide = propagate(image, sparse, labeled, 2, extend=2)
+    assert wide.covered.tolist() == [3 <= s <= 11 for s in range(15)]
+    # the walk carries the blob into the 2 extra slices on each side (the image goes on)
+    for s in (3, 4, 10, 11):
+        assert dice(wide.labels[s] == 1, truth[s] == 1) > 0.8, s
+    assert not wide.labels[:3].any() and not wide.labels[12:].any()
+
+
+def test_unannotated_voxels_of_a_labeled_slice_are_decided_and_one_class_fills_all():
+    image, truth = wobbly_blob()
+    sparse = np.where(np.isin(np.arange(15), [0, 7, 14])[:, None, None], truth, 0)
+    sparse[7, :, 24:] = IGNORE  # half of slice 7 unannotated
+    result = propagate(image, sparse, [0, 7, 14], 2)
+    assert dice(result.labels[7] == 1, truth[7] == 1) > 0.9
+    # only background seeded: nothing to decide, all background, no solver call
+    empty = propagate(image, np.zeros_like(truth), [3, 6], 2)
+    assert not empty.labels.any() and (empty.probabilities[0] == 1).all()
+    nothing = propagate(image, truth, [], 2)
+    assert not nothing.covered.any() and not nothing.labels.any()
+
+
+def test_volume_helpers_put_the_slicing_axis_back():
+    image, truth = wobbly_blob()
+    labeled = [0, 7, 14]
+    sparse = np.where(np.isin(np.arange(15), labeled)[:, None, None], truth, 0)
+    # the same volume with slices along axis 2
+    image_x, sparse_x = np.moveaxis(image[:, 0], 0, 2), np.moveaxis(sparse, 0, 2)
+    along_x = propagate_volume(image_x, sparse_x, labeled, axis=2, num_classes=2)
+    np.testing.assert_array_equal(np.moveaxis(along_x, 2, 0), propagate(image, sparse, labeled, 2).labels)
+    prior = propagation_prior(image_x, sparse_x, labeled, 2, 2)
+    assert prior.shape == (2, *image_x.shape)
+    np.testing.assert_array_equal(prior.argmax(0), along_x)
+
+
+def test_affordable_bounds_the_walk_by_the_labeled_range():
+    assert affordable((40, 100, 100), [10, 20])
+    assert not affordable((40, 100, 100), [])
+    side = int(np.sqrt(MAX_VOXELS / 10)) + 10
+    assert not affordable((200, side, side), [0, 199])
+    assert affordable((200, side, side), [100, 102])  # 9 slices of the range
+
+
+def test_sampler_trains_on_the_propagation_where_it_is_sure():
+    image, truth = wobbly_blob()
+    labeled = [0, 7, 14]
+    sparse = np.where(np.isin(np.arange(15), labeled)[:, None, None], truth, 0)
+    volumes, k = make_volumes([image[:, 0]], [sparse], 0, [labeled])
+    sampler = SliceSampler(volumes, patch_size=48, batch_size=8, prior_fraction=0.5)
+    targets, weights = sampler.prior_targets[0]
+    assert set(sampler.prior_index) <= {(0, s) for s in range(15) if s not in labeled}
+    assert len(sampler.prior_index) == 12
+    assert weights.min() >= 0 and weights.max() == 1.0 and not weights[labeled].any()
+    # sure voxels carry the propagation's labels, and these are right
+    sure = weights > 0.5
+    assert (targets[sure] == truth[sure]).mean() > 0.97
+    assert 0 < sure.mean() < 1  # the boundary band is left to the image
+    batch = sampler.labeled(augment=False)
+    assert batch.mask is not None and batch.mask.shape == (8, 48, 48)
+    assert (batch.mask[:4] == 1).all() and batch.mask[4:].min() >= 0  # 4 labeled + 4 prior
+    # the shape interpolation is the other prior
+    interp = SliceSampler(volumes, patch_size=48, prior_fraction=0.5, prior="interpolation")
+    assert not np.array_equal(interp.prior_targets[0][1], weights)
+    with pytest.raises(Exception, match="prior must be one of"):
+        SliceSampler(volumes, patch_size=48, prior_fraction=0.5, prior="magic")
+
+
+def test_fused_prediction_blends_the_model_with_the_prior():
+    image, truth = wobbly_blob(n=6, size=32)
+    vol = image[:, 0]
+    bundle = create_model("supervised", {"channels": "4,8,16,32,64"}, 1, 2, seed=0, axis=0, patch_size=32)
+    prior = np.stack([1.0 - truth, truth]).astype(np.float32)  # a certain, right prior
+    alone = predict_volume(bundle, vol, maps=(), return_probabilities=True)
+    fused = predict_volume(bundle, vol, maps=(), prior=prior, return_probabilities=True)
+    np.testing.assert_allclose(
+        fused.probabilities, 0.5 * alone.probabilities + 0.5 * prior, atol=1e-5
+    )
+    only_prior = predict_volume(bundle, vol, maps=(), prior=prior, prior_weight=1.0)
+    np.testing.assert_array_equal(only_prior.labels, truth)
+    with pytest.raises(Exception, match="the prior has shape"):
+        predict_volume(bundle, vol, maps=(), prior=prior[:, :3])
+    assert torch.get_num_threads() >= 1
