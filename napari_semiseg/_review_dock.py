@@ -436,6 +436,8 @@ class ReviewDock(QWidget):
         if self._closed or image.name not in self.viewer.layers:
             return
         name = image.name
+        if pred.note:  # e.g. a model that has not learned: the propagation is shown
+            show_warning(pred.note)
         stamp = dict(stamp) if stamp else self.session.model_stamp()
         k = self.session.bundle.num_classes if self.session.bundle is not None else 2
         maps = display_maps(pred)

@@ -482,6 +482,7 @@ class TrainRequest:
             device=self.device,
             checkpoint_every=self.checkpoint_every,
             checkpoint_seconds=self.checkpoint_seconds,
+            adapt_threads=True,
         )
 
     def validate(self) -> Any:

@@ -563,6 +563,8 @@ def _predict_in_memory(args, bundle, img, meta, maps, targets, values, prior=Non
     from src_models.inference import predict_volume
 
     pred = predict_volume(bundle, img, maps, batch_size=args.batch_size, prior=prior)
+    if pred.note:
+        print(pred.note)
     if args.largest_component:
         from src_models.postprocess import largest_component_3d
 

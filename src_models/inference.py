@@ -24,6 +24,7 @@ from src_models.data.volumes import MIN_SLICE_SIZE, as_channels_first, from_slic
 from src_models.errors import SemisegError
 from src_models.methods.base import Method
 from src_models.training.checkpoint import ModelBundle
+from src_models.training.fit import MIN_FIT
 
 DIVISOR = 16
 #: share of the zero-training prior in a fused prediction (docs/benchmarks.md: left atrium
@@ -41,6 +42,8 @@ class VolumePrediction:
     labels: np.ndarray
     probabilities: np.ndarray | None
     maps: dict[str, np.ndarray] = field(default_factory=dict)
+    #: what the caller should tell the user about this prediction ("" when nothing)
+    note: str = ""
 
 
 def _pad_to(x: torch.Tensor, height: int, width: int, value: float) -> torch.Tensor:
@@ -166,6 +169,15 @@ def predict_volume(
             f"{(method.num_classes, *img.shape[1:])} (classes, Z, Y, X): compute it from "
             "labels of this image with the model's classes"
         )
+    note = ""
+    fit = bundle.info.get("labeled_fit")
+    if prior is not None and isinstance(fit, (int, float)) and fit < MIN_FIT:
+        prior_weight = 1.0
+        note = (
+            f"the model fits its own labeled slices with Dice {fit:.2f} only (iteration "
+            f"{bundle.iteration}): it has not learned yet, so the result is the zero-training "
+            "propagation; train longer"
+        )
     norm = fit_normalization(img, bundle.percentiles)
     fill = min((norm.low[c] - norm.mean[c]) / norm.std[c] for c in range(img.shape[0]))
     spatial = img.shape[1:]
@@ -216,4 +228,4 @@ def predict_volume(
             maps_out[m][tuple(index3)] = from_slices(np.concatenate(slab_maps[m]), axis)
         if progress is not None:
             progress(s1, n_slices)
-    return VolumePrediction(labels, probs_out, maps_out)
+    return VolumePrediction(labels, probs_out, maps_out, note)

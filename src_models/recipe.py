@@ -53,6 +53,8 @@ class RunRecipe:
     prior_final: float = 0.5
     checkpoint_every: int = 250
     checkpoint_seconds: float = 0.0
+    #: fit torch's threads to the cores other programs leave free (on the CPU)
+    adapt_threads: bool = True
 
     def train_config(self, device: torch.device | str = "cpu") -> TrainConfig:
         iterations = self.iterations
@@ -70,6 +72,7 @@ class RunRecipe:
             warmup=self.warmup,
             warmup_plateau=self.warmup_plateau,
             prior_final=self.prior_final,
+            adapt_threads=self.adapt_threads,
         )
 
 

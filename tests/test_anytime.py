@@ -215,3 +215,62 @@ def test_patch_size_is_capped_at_the_slice_size(tiny_volume):
     vols, _ = make_volumes([image], [labels])
     big = SliceSampler(vols, patch_size=128, batch_size=2)
     assert big.patch_size == 48 and big.labeled().image.shape == (2, 1, 48, 48)
+
+
+def test_a_method_whose_own_phase_unlearns_hands_back_its_warmed_up_networks(
+    tiny_volume, monkeypatch, tmp_path
+):
+    """Issue 18's collapse (SDCL: a few own iterations, then an empty mask): when the method's
+    own step leaves the networks fitting the labeled slices worse than the warm-up did, the
+    warmed-up networks are handed back and the run says so."""
+    from src_models.training.fit import labeled_fit
+
+    data, k = _sampler(tiny_volume)
+    bundle = create_model("dfcps", TINY, 1, k, seed=0)
+    method = bundle.method
+    at_warm_end = {}
+    end = method.end_warmup
+
+    def end_warmup(d):
+        end(d)
+        at_warm_end["networks"] = {
+            n: {key: v.clone() for key, v in net.state_dict().items()}
+            for n, net in method.networks.items()
+        }
+
+    def collapse(d, iteration, total):  # an own step that predicts background everywhere
+        with torch.no_grad():
+            for net in method.networks.values():
+                for m in net.modules():
+                    if isinstance(m, torch.nn.Conv2d) and m.out_channels == k:
+                        m.weight.zero_()
+                        m.bias.copy_(torch.tensor([10.0] + [0.0] * (k - 1)))
+        return {"loss": 1.0}
+
+    monkeypatch.setattr(method, "end_warmup", end_warmup)
+    monkeypatch.setattr(method, "train_step", collapse)
+    events = []
+    config = TrainConfig(iterations=60, warmup=0.9, checkpoint_every=0)
+    train(bundle, data, config, out_dir=tmp_path, callback=events.append)
+    assert (
+        "handed back" in events[-1].message
+        and "fits the labeled slices worse" in events[-1].message
+    )
+    assert bundle.info["handed_back"] == events[-1].message
+    for name, net in method.networks.items():
+        for key, value in net.state_dict().items():
+            assert torch.equal(value, at_warm_end["networks"][name][key]), (name, key)
+    fit = labeled_fit(method, data)
+    assert fit > 0.5 and bundle.info["labeled_fit"] == pytest.approx(fit, abs=1e-4)
+    # the checkpoint on disk is the handed-back model and says so
+    saved = load_model(tmp_path)
+    assert saved.info["handed_back"] == bundle.info["handed_back"]
+
+
+def test_a_method_that_keeps_learning_is_not_handed_back(tiny_volume):
+    data, k = _sampler(tiny_volume)
+    bundle = create_model("supervised", TINY, 1, k, seed=0)
+    events = []
+    train(bundle, data, TrainConfig(iterations=40, checkpoint_every=0), callback=events.append)
+    assert events[-1].message == "finished" and bundle.info["handed_back"] is None
+    assert 0.0 <= bundle.info["labeled_fit"] <= 1.0

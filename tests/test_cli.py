@@ -277,6 +277,55 @@ def test_interpolate_method_writes_the_fill_between_slices(files, tmp_path, caps
     assert "interpolate:" in (run("methods"), capsys.readouterr().out)[1]
 
 
+def test_propagate_method_writes_the_random_walk_and_refuses_two_outputs_of_one_name(
+    files, tmp_path, capsys, tiny_volume
+):
+    from src_models.propagation import propagate_volume
+
+    out = tmp_path / "prop"
+    args = ("train", "--method", "propagate", "--image", files["image"])
+    assert run(*args, "--labels", files["labels"], "--out", out) == 0, capsys.readouterr().err
+    written = nib.load(out / "labels_propagation.nii.gz")
+    np.testing.assert_allclose(written.affine, AFFINE)
+    image, labels = tiny_volume
+    sparse = np.zeros_like(labels)
+    sparse[[3, 8]] = labels[[3, 8]]
+    data = np.asarray(written.dataobj)
+    assert np.array_equal(data, propagate_volume(image, sparse, [3, 8], 0, 3))
+    assert np.array_equal(data[[3, 8]], labels[[3, 8]]) and data[[5, 6]].any()
+    assert "propagate:" in (run("methods"), capsys.readouterr().out)[1]
+    # two label files with one name would both become OUT/labels_propagation.nii.gz
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "labels.nii.gz").write_bytes(files["labels"].read_bytes())
+    two = tmp_path / "two"
+    code = run(
+        *args, files["image"], "--labels", files["labels"], other / "labels.nii.gz", "--out", two
+    )
+    assert code == 2 and "distinct names" in capsys.readouterr().err
+    assert not two.exists()
+
+
+def test_predict_with_labels_fuses_the_model_with_their_propagation(files, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert train_tiny(files, run_dir) == 0
+    capsys.readouterr()
+    alone, fused = tmp_path / "alone.nii.gz", tmp_path / "fused.nii.gz"
+    base = ("predict", "--model", run_dir, "--image", files["image"])
+    assert run(*base, "--out", alone) == 0
+    assert run(*base, "--out", fused, "--labels", files["labels"]) == 0
+    assert "fused with the propagation of 2 labeled slice(s)" in capsys.readouterr().out
+    a, f = np.asarray(nib.load(alone).dataobj), np.asarray(nib.load(fused).dataobj)
+    truth = np.asarray(nib.load(files["truth"]).dataobj)
+    assert not np.array_equal(a, f)
+    # a 4-iteration model is poor; the propagation pulls the fused mask towards the truth
+    assert (f == truth).mean() > (a == truth).mean()
+    wrong = tmp_path / "wrong.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((5, 5, 5), np.uint8), AFFINE), wrong)
+    assert run(*base, "--out", tmp_path / "x.nii.gz", "--labels", wrong) == 2
+    assert "--labels has shape" in capsys.readouterr().err
+
+
 def test_evaluate_can_exclude_the_labeled_slices(files, capsys):
     assert run("evaluate", "--pred", files["labels"], "--truth", files["truth"], "--json") == 0
     whole = json.loads(capsys.readouterr().out)["mean"]["dice"]

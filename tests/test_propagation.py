@@ -92,7 +92,9 @@ def test_volume_helpers_put_the_slicing_axis_back():
     # the same volume with slices along axis 2
     image_x, sparse_x = np.moveaxis(image[:, 0], 0, 2), np.moveaxis(sparse, 0, 2)
     along_x = propagate_volume(image_x, sparse_x, labeled, axis=2, num_classes=2)
-    np.testing.assert_array_equal(np.moveaxis(along_x, 2, 0), propagate(image, sparse, labeled, 2).labels)
+    np.testing.assert_array_equal(
+        np.moveaxis(along_x, 2, 0), propagate(image, sparse, labeled, 2).labels
+    )
     prior = propagation_prior(image_x, sparse_x, labeled, 2, 2)
     assert prior.shape == (2, *image_x.shape)
     np.testing.assert_array_equal(prior.argmax(0), along_x)
@@ -133,7 +135,9 @@ def test_sampler_trains_on_the_propagation_where_it_is_sure():
 def test_fused_prediction_blends_the_model_with_the_prior():
     image, truth = wobbly_blob(n=6, size=32)
     vol = image[:, 0]
-    bundle = create_model("supervised", {"channels": "4,8,16,32,64"}, 1, 2, seed=0, axis=0, patch_size=32)
+    bundle = create_model(
+        "supervised", {"channels": "4,8,16,32,64"}, 1, 2, seed=0, axis=0, patch_size=32
+    )
     prior = np.stack([1.0 - truth, truth]).astype(np.float32)  # a certain, right prior
     alone = predict_volume(bundle, vol, maps=(), return_probabilities=True)
     fused = predict_volume(bundle, vol, maps=(), prior=prior, return_probabilities=True)

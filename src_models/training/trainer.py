@@ -35,6 +35,8 @@ from src_models.files import atomic_write
 from src_models.training import distributed
 from src_models.training.checkpoint import ModelBundle, save_model
 from src_models.training.control import TrainingControl
+from src_models.training.fit import HAND_BACK_DROP, labeled_fit
+from src_models.training.threads import ThreadGovernor
 from src_models.training.warmup import LossPlateau
 
 LOG_FILE = "train_log.jsonl"
@@ -62,6 +64,11 @@ class TrainConfig:
     warmup_plateau: float = 0.0
     #: weight of the interpolation prior at the end of a semi-supervised run (1: no decay)
     prior_final: float = 0.5
+    #: on the CPU, fit torch's threads (at most as many as at the start) to the cores other
+    #: programs leave free, at the start and every 20 s (:mod:`src_models.training.threads`);
+    #: off by default so that a library call keeps the caller's threads (the recipe turns
+    #: it on for the CLI, the plugin and the benchmarks)
+    adapt_threads: bool = False
 
 
 @dataclass
@@ -126,6 +133,9 @@ def train(
         if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
             raise SemisegError(f"{name} must be a number in [0, 1], got {value}")
     plateau = LossPlateau(config.warmup_plateau)
+    # the networks and labeled-slice fit at the end of the warm-up (see training.fit)
+    warm_networks: dict | None = None
+    warm_fit = float("nan")
     start = bundle.iteration
     it = start
     has_warmup = bool(method.warmup_networks) and config.warmup > 0
@@ -191,15 +201,22 @@ def train(
             row = {"iteration": it, "lr": lr, "elapsed": round(elapsed, 3), **logs}
             try:
                 log_file.write(json.dumps(row) + "\n")
+                log_file.flush()  # a killed run keeps its history
             except OSError:  # a full disk: the checkpoint reports it; the log just stops
                 pass
         if callback is not None and main:
             callback(event)
 
+    governor = None
+    if config.adapt_threads and method.device.type == "cpu":
+        governor = ThreadGovernor(max_threads=torch.get_num_threads())
+        governor.start()
     method.train()
     logs: dict[str, float] = {}
     try:
         while it < total:
+            if governor is not None:
+                governor.update()
             if control.paused:
                 paused += control.wait_while_paused()
             warm_over = False
@@ -214,6 +231,9 @@ def train(
             if warm_over:
                 warm_end = it
                 method.end_warmup(data)
+                if main:  # what the warm-up reached, to hand back if the method's own
+                    warm_fit = labeled_fit(method, data)  # phase makes it worse
+                    warm_networks = copy.deepcopy(method.state_dict()["networks"])
             if warm_end is None:
                 data.prior_scale = 1.0
                 logs = method.warmup_step(data)
@@ -253,9 +273,27 @@ def train(
         if warm_end is None:  # stopped inside the warm-up (a resume continues it)
             method.end_warmup(data)
         method.finish(data)
+        note = ""
+        if main:
+            fit = labeled_fit(method, data)
+            if warm_networks is not None and fit < warm_fit - HAND_BACK_DROP:
+                own = it - (warm_end or 0)
+                note = (
+                    f"{method.name}'s own step ran {own} iteration(s) and fits the labeled "
+                    f"slices worse than its supervised warm-up (Dice {fit:.2f} against "
+                    f"{warm_fit:.2f}): the warmed-up networks are handed back; give it more "
+                    "time to pay off"
+                )
+                method.load_state_dict(
+                    {"networks": warm_networks, "extra": method.extra_state_dict()},
+                    with_optimizers=False,
+                )
+                fit = warm_fit
+            bundle.info["labeled_fit"] = None if math.isnan(fit) else round(fit, 4)
+            bundle.info["handed_back"] = note or None
         checkpoint()
         stopped = it < total
-        emit(logs, done=True, message="stopped" if stopped else "finished")
+        emit(logs, done=True, message=note or ("stopped" if stopped else "finished"))
     except torch.cuda.OutOfMemoryError:
         method.load_state_dict(last_good)
         raise SemisegError(
