@@ -116,7 +116,7 @@ def _size(w) -> str:
 
 
 def first_screen(size: tuple[int, int], out: Path, method: str, minutes: float) -> None:
-    from napari_semiseg._layers import go_to_slice
+    from napari_semiseg._qt.layers import go_to_slice
 
     win = Window(size)
     tag = f"{size[0]}x{size[1]}"

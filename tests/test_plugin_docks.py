@@ -22,9 +22,9 @@ pytest.importorskip("pytestqt")
 
 from napari.utils.notifications import notification_manager  # noqa: E402
 
-from napari_semiseg._review_dock import ReviewDock  # noqa: E402
+from napari_semiseg._qt.review_dock import ReviewDock  # noqa: E402
+from napari_semiseg._qt.training_dock import NO_TRAINING_LAYER, TrainingDock  # noqa: E402
 from napari_semiseg._session import TrainingUpdate  # noqa: E402
-from napari_semiseg._training_dock import INTERPOLATION_LAYER, TrainingDock  # noqa: E402
 from src_models.errors import SemisegError  # noqa: E402
 from src_models.inference import predict_volume  # noqa: E402
 from src_models.interpolation import interpolate_volume  # noqa: E402
@@ -508,8 +508,8 @@ def test_the_live_preview_lands_on_the_viewed_slice_in_its_own_colours(
 ):
     """An image whose world coordinates are shifted (a NIfTI origin, as the sample's): the
     preview predicts and shows the slice on screen from the first preview on."""
-    from napari_semiseg._layers import go_to_slice
-    from napari_semiseg._training_dock import PREDICTION_COLORS
+    from napari_semiseg._qt.layers import go_to_slice
+    from napari_semiseg._qt.training_dock import PREDICTION_COLORS
 
     viewer = make_napari_viewer()
     image, truth = synthetic_volume()
@@ -562,9 +562,7 @@ def test_train_shows_the_interpolation_before_the_first_training_event(docks, qt
 
     def spy(update):
         if isinstance(update, TrainingUpdate) and not at_first_update:
-            layer = (
-                viewer.layers[INTERPOLATION_LAYER] if INTERPOLATION_LAYER in viewer.layers else None
-            )
+            layer = viewer.layers[NO_TRAINING_LAYER] if NO_TRAINING_LAYER in viewer.layers else None
             at_first_update.append(None if layer is None else np.array(layer.data))
         on_update(update)
 
@@ -572,13 +570,13 @@ def test_train_shows_the_interpolation_before_the_first_training_event(docks, qt
     tiny(train, iterations=2, preview_seconds=0)
     try:
         assert train.start_training()
-        qtbot.waitUntil(lambda: INTERPOLATION_LAYER in viewer.layers, timeout=TIMEOUT)
+        qtbot.waitUntil(lambda: NO_TRAINING_LAYER in viewer.layers, timeout=TIMEOUT)
         qtbot.waitUntil(reached.exists, timeout=TIMEOUT)
         qtbot.wait(200)  # let any queued event reach the GUI
         # training is held in its first step: no training event can have been shown
         assert not at_first_update and len(train.session.history) == 0
         assert train.progress.value() <= 0
-        layer = viewer.layers[INTERPOLATION_LAYER]
+        layer = viewer.layers[NO_TRAINING_LAYER]
         np.testing.assert_array_equal(layer.data, expected)
         assert layer.opacity == pytest.approx(0.5) and layer.metadata["semiseg_output"]
         assert "interpolated between 2 labeled slices" in train.status.text()
@@ -603,7 +601,7 @@ def test_interpolate_button_fills_between_slices_without_training(docks, qtbot, 
         qtbot.waitUntil(lambda: train.interpolation_worker is None, timeout=TIMEOUT)
 
     click()
-    layer = viewer.layers[INTERPOLATION_LAYER]
+    layer = viewer.layers[NO_TRAINING_LAYER]
     np.testing.assert_array_equal(layer.data, interpolate_volume(labels, [2, 9], 0))
     assert layer.opacity == pytest.approx(0.5) and len(viewer.layers) == n_layers + 1
     # no training: no worker, model, loss history, preview or run folder
@@ -620,7 +618,7 @@ def test_interpolate_button_fills_between_slices_without_training(docks, qtbot, 
     painted[5] = growing_disc(first=5, last=5)[5]
     user_layer.data = painted.copy()
     click()
-    assert viewer.layers[INTERPOLATION_LAYER] is layer and len(viewer.layers) == n_layers + 1
+    assert viewer.layers[NO_TRAINING_LAYER] is layer and len(viewer.layers) == n_layers + 1
     np.testing.assert_array_equal(layer.data, interpolate_volume(painted, [2, 5, 9], 0))
 
     # one labeled slice: a message instead of a layer of the labeled slice alone
@@ -637,10 +635,10 @@ def test_interpolate_button_fills_between_slices_without_training(docks, qtbot, 
 
     # a labels layer of the user's named "interpolation" is never overwritten
     user_layer.data = labels.copy()
-    viewer.layers.remove(INTERPOLATION_LAYER)
-    mine = viewer.add_labels(np.zeros_like(labels), name=INTERPOLATION_LAYER)
+    viewer.layers.remove(NO_TRAINING_LAYER)
+    mine = viewer.add_labels(np.zeros_like(labels), name=NO_TRAINING_LAYER)
     click()
-    assert viewer.layers[INTERPOLATION_LAYER] is mine and not mine.data.any()
+    assert viewer.layers[NO_TRAINING_LAYER] is mine and not mine.data.any()
     assert any("holds your labels" in m for _, m in notes)
 
     # bad input: a notification, no traceback, no thread

@@ -40,8 +40,8 @@ def test_manifest_validates_and_is_discovered():
 
 
 def test_sample_data_and_docks_from_the_plugins_menu(make_napari_viewer):
-    from napari_semiseg._review_dock import ReviewDock
-    from napari_semiseg._training_dock import TrainingDock
+    from napari_semiseg._qt.review_dock import ReviewDock
+    from napari_semiseg._qt.training_dock import TrainingDock
 
     viewer = make_napari_viewer()
     check_sample_data_has_three_annotated_slices(viewer)

@@ -180,8 +180,8 @@ def test_multiscale_dask_layer_in_the_docks_trains_predicts_to_zarr_and_exports(
     from test_plugin_docks import tiny, wait_idle
 
     import napari_semiseg._session as session_module
-    from napari_semiseg._review_dock import ReviewDock
-    from napari_semiseg._training_dock import TrainingDock
+    from napari_semiseg._qt.review_dock import ReviewDock
+    from napari_semiseg._qt.training_dock import TrainingDock
 
     def no_conversion(*args, **kwargs):
         raise AssertionError("the lazy image layer was converted to numpy")

@@ -42,7 +42,7 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
-from napari_semiseg._layers import (
+from napari_semiseg._qt.layers import (
     LayerCombo,
     add_or_update,
     check_pair,
@@ -50,6 +50,14 @@ from napari_semiseg._layers import (
     data_note,
     go_to_slice,
     image_data,
+)
+from napari_semiseg._qt.training_dock import (
+    DOCK_WIDTH,
+    _wrapping_label,
+    balance_later,
+    error_message,
+    prediction_colormap,
+    short,
 )
 from napari_semiseg._session import (
     describe_training,
@@ -61,14 +69,6 @@ from napari_semiseg._session import (
     sampled_percentile,
     session_for,
     slice_score,
-)
-from napari_semiseg._training_dock import (
-    DOCK_WIDTH,
-    _wrapping_label,
-    balance_later,
-    error_message,
-    prediction_colormap,
-    short,
 )
 from src_models.data.lazy import is_lazy
 from src_models.errors import SemisegError

@@ -20,7 +20,7 @@ Layout: the settings sit in tabs (Data, Method, Budget, Runs; each scrolls on it
 the Run section, which is always in sight (Train / Pause / Stop, progress, a status line of
 at most three lines, the loss curve, Save / Load model); no widget forces the dock wider than
 napari's dock column, and when the review dock shares the column the two split it once
-(:func:`napari_semiseg._layers.balance_docks`). Each run writes a run folder under the
+(:func:`napari_semiseg._qt.layers.balance_docks`). Each run writes a run folder under the
 session's runs folder (per-user data folder by default); the Runs tab lists them (method,
 time, iterations) and makes an earlier one's model current again. Notifications are one
 short line (:func:`short`), the status line keeps the whole message.
@@ -67,7 +67,7 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
-from napari_semiseg._layers import (
+from napari_semiseg._qt.layers import (
     LayerCombo,
     add_or_update,
     balance_docks,
@@ -77,8 +77,8 @@ from napari_semiseg._layers import (
     image_data,
     spatial_shape,
 )
-from napari_semiseg._loss_plot import LossPlot
-from napari_semiseg._param_form import ParamForm
+from napari_semiseg._qt.loss_plot import LossPlot
+from napari_semiseg._qt.param_form import ParamForm
 from napari_semiseg._session import (
     AXIS_NAMES,
     KEEP_FILE,
@@ -159,7 +159,7 @@ def balance_later(widget: QWidget) -> None:
         return
 
     def balance() -> None:
-        from napari_semiseg._review_dock import ReviewDock
+        from napari_semiseg._qt.review_dock import ReviewDock
 
         if session.docks_balanced or getattr(widget, "_closed", True):
             return
