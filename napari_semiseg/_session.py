@@ -56,6 +56,7 @@ import torch
 
 from napari_semiseg import io as semiseg_io
 from napari_semiseg._train_process import ChildError, ChildProcess, describe_exit, tail_lines
+from src_models.data.label_values import LabelValues, interpret_labels, present_values
 from src_models.data.lazy import ChannelsFirst, is_lazy, make_lazy_volume, read_label_slices
 from src_models.data.volumes import (
     Volume,
@@ -138,6 +139,39 @@ def class_count(labels: np.ndarray) -> int:
     labels = np.asarray(labels)
     top = int(labels.max()) if labels.size else 0
     return max(2, top + 1)
+
+
+def label_values(
+    labels: np.ndarray, ignore: int | None = None, model: ModelBundle | None = None
+) -> LabelValues:
+    """How the plugin reads painted values, as ``semiseg train`` does
+    (:func:`~src_models.data.label_values.interpret_labels`): ids with gaps and 0/255 masks
+    become classes 0..K-1 and predictions go back to the painted values; an instance mask is
+    refused with the fix. Continuing ``model``, its recorded values are used, and values it
+    was not trained with are refused."""
+    if model is not None:
+        values = LabelValues.from_info(model.info, model.num_classes)
+        if not values.binary:
+            found = set(present_values([labels], values.ignore).tolist())
+            unknown = sorted(found - {*values.values})
+            if unknown:
+                raise SemisegError(
+                    f"the labels hold value(s) {unknown[:5]} that the model was not trained "
+                    f"with (its classes: {list(values.values)}): train a new model for them"
+                )
+        return values
+    return interpret_labels([np.asarray(labels)], ignore=ignore)
+
+
+def describe_values(values: LabelValues) -> str:
+    """'2 classes (0, 255 -> 1)' and the like, for the Data tab."""
+    text = f"{values.num_classes} classes"
+    if values.remapped:
+        shown = ", ".join(f"{v} -> {i}" for i, v in enumerate(values.values) if v != i)
+        text += f" ({shown})"
+    if values.ignore is not None:
+        text += f", {values.ignore} = unannotated"
+    return text
 
 
 def image_channels_first(data: Any, rgb: bool = False, labels_ndim: int = 3) -> np.ndarray:
@@ -464,6 +498,8 @@ class TrainRequest:
     threads: int = 0
     #: seconds a stopped training process gets to checkpoint and end before it is terminated
     stop_grace: float = 5.0
+    #: the painted value that marks unannotated voxels (not trained on), or None
+    ignore_label: int | None = None
 
     def thread_count(self) -> int:
         if self.threads > 0:
@@ -751,7 +787,11 @@ def interpolation_problem(labeled: list[int] | int, axis: int) -> str:
 
 
 def interpolate_labels(
-    labels: np.ndarray, axis: int, labeled: list[int], num_classes: int | None = None
+    labels: np.ndarray,
+    axis: int,
+    labeled: list[int],
+    num_classes: int | None = None,
+    values: LabelValues | None = None,
 ) -> InterpolationPreview:
     """Shape-based interpolation ("fill between slices") of the sparse ``labels`` (Z, Y, X)
     from their ``labeled`` slices along ``axis`` (:func:`Session.labeled` gives the same ones
@@ -762,13 +802,15 @@ def interpolate_labels(
         raise SemisegError(
             f"labels have shape {labels.shape}: a 3D label volume (Z, Y, X) is needed"
         )
-    checked = check_labels(labels, num_classes)
+    check_labels(labels, None if values is not None else num_classes)
+    values = values or interpret_labels([labels], num_classes)
+    ids = values.encode(labels).clip(min=0)
     used = sorted({int(s) for s in labeled if 0 <= int(s) < labels.shape[axis]})
     problem = interpolation_problem(used, axis)
     if problem:
         raise SemisegError(problem)
     try:
-        filled = interpolate_volume(checked, used, axis, num_classes)
+        filled = values.decode(interpolate_volume(ids, used, axis, values.num_classes))
     except MemoryError as exc:
         raise _friendly(exc) from None
     dtype = labels.dtype if labels.dtype.kind in "iu" else np.int64
@@ -782,6 +824,7 @@ def propagate_labels(
     labeled: list[int],
     rgb: bool = False,
     num_classes: int | None = None,
+    values: LabelValues | None = None,
 ) -> InterpolationPreview | None:
     """The random-walker propagation of the sparse ``labels`` over ``image`` (the better
     zero-training result, :mod:`src_models.propagation`), or None when the image is larger
@@ -789,18 +832,22 @@ def propagate_labels(
     if lazy_image(image, rgb) is not None:
         return None
     img = image_channels_first(image, rgb)
-    labels = check_labels(np.asarray(labels), num_classes)
+    labels = np.asarray(labels)
+    check_labels(labels, None if values is not None else num_classes)
+    values = values or interpret_labels([labels], num_classes)
+    ids = values.encode(labels)
     used = sorted({int(s) for s in labeled if 0 <= int(s) < labels.shape[axis]})
     slices = np.moveaxis(img, axis + 1, 0)
     if not affordable(slices.shape[:1] + slices.shape[2:], used):
         return None
     t0 = time.perf_counter()
     try:
-        result = propagate(slices, np.moveaxis(labels, axis, 0), used, num_classes)
+        result = propagate(slices, np.moveaxis(ids, axis, 0), used, values.num_classes)
     except MemoryError as exc:
         raise _friendly(exc) from None
     dtype = labels.dtype if labels.dtype.kind in "iu" else np.int64
-    filled = np.ascontiguousarray(np.moveaxis(result.labels, 0, axis)).astype(dtype)
+    filled = values.decode(np.ascontiguousarray(np.moveaxis(result.labels, 0, axis)))
+    filled = filled.astype(dtype)
     return InterpolationPreview(axis, used, filled, "propagation", time.perf_counter() - t0)
 
 
@@ -945,15 +992,18 @@ def train_job(
     labels = None if spec.lazy else np.load(run_dir / LABELS_FILE)
     try:
         resumed = load_model(run_dir, device=select_device(spec.device)) if spec.resume else None
-        if spec.lazy:
+        values = None
+        if spec.lazy:  # (painted ids are classes as they are)
             volumes, num_classes = _lazy_volumes(spec, run_dir, resumed)
         else:
+            # painted values read as the CLI reads them (0/255 -> 2 classes, gaps closed)
+            values = label_values(labels, req.ignore_label, resumed)
             volumes, num_classes = make_volumes(
                 [image],
-                [labels],
+                [values.encode(labels)],
                 spec.axis,
                 [spec.labeled],
-                num_classes=None if resumed is None else resumed.num_classes,
+                num_classes=values.num_classes,
             )
         volume = volumes[0]
         recipe = RunRecipe(
@@ -970,6 +1020,8 @@ def train_job(
         )
         bundle, sampler = run.bundle, run.sampler
         bundle.info.update(spec.info)
+        if values is not None:
+            bundle.info.update(values.info())
         bundle.info["labeled_slices"] = list(volume.labeled)
         config = req.train_config(start=bundle.iteration)
         # seconds of training (Progress.elapsed: pauses excluded) of the next preview / log
@@ -1090,11 +1142,15 @@ def training_events(
         job.pid = child.pid
         del spec  # the child holds the shared image now
         if job.interpolate:
-            classes = None if job.bundle is None else job.bundle.num_classes
-            yield interpolate_labels(job.labels, job.axis, job.labeled, classes)
+            values = (
+                None
+                if job.bundle is None
+                else LabelValues.from_info(job.bundle.info, job.bundle.num_classes)
+            )
+            yield interpolate_labels(job.labels, job.axis, job.labeled, values=values)
             # the better zero-training result follows within seconds, while the child trains
             propagated = propagate_labels(
-                job.image, job.labels, job.axis, job.labeled, job.rgb, classes
+                job.image, job.labels, job.axis, job.labeled, job.rgb, values=values
             )
             if propagated is not None:
                 yield propagated
@@ -1177,10 +1233,13 @@ def predict_layers(
         view = lazy_image(image, rgb)
         if view is None or store is None:
             source = view if view is not None else image_channels_first(image, rgb)
+            values = LabelValues.from_info(bundle.info, bundle.num_classes)
             prior = None
             if view is None and labels is not None and labeled:
-                prior = _fusion_prior(bundle, source, labels, labeled)
-            return predict_volume(bundle, source, maps=maps, prior=prior)
+                prior = _fusion_prior(bundle, source, labels, labeled, values)
+            pred = predict_volume(bundle, source, maps=maps, prior=prior)
+            pred.labels = values.decode(pred.labels)  # the painted values back
+            return pred
         import zarr
 
         spatial = tuple(view.shape[1:])
@@ -1207,11 +1266,18 @@ def predict_layers(
         raise _friendly(exc) from None
 
 
-def _fusion_prior(bundle: ModelBundle, image: np.ndarray, labels: Any, labeled: list[int]):
+def _fusion_prior(
+    bundle: ModelBundle, image: np.ndarray, labels: Any, labeled: list[int], values: LabelValues
+):
     """The propagation prior (K, Z, Y, X) of ``labels`` for a fused prediction, or None when
     the labels do not fit the model or the propagation is not affordable."""
     labels = np.asarray(labels)
-    if labels.shape != image.shape[1:] or labels.max(initial=0) >= bundle.num_classes:
+    if labels.shape != image.shape[1:]:
+        return None
+    try:
+        label_values(labels, model=bundle)  # refuses values the model does not know
+        labels = values.encode(labels)
+    except SemisegError:  # values the model does not know: no fusion
         return None
     slices_shape = np.moveaxis(labels, bundle.axis, 0).shape
     if not affordable(slices_shape, labeled):

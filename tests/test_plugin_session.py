@@ -25,13 +25,16 @@ from napari_semiseg._session import (
     TrainingUpdate,
     TrainRequest,
     class_count,
+    describe_values,
     detect_axis,
     display_maps,
     format_seconds,
     interpolate_labels,
     interpolation_problem,
+    label_values,
     labeled_slices,
     list_runs,
+    predict_layers,
     prepare_run,
     rank_slices,
     train_job,
@@ -40,6 +43,7 @@ from napari_semiseg._session import (
 from src_models.errors import SemisegError
 from src_models.inference import VolumePrediction, predict_volume
 from src_models.interpolation import interpolate_volume
+from src_models.propagation import propagate_volume
 from src_models.training.checkpoint import load_model
 from src_models.training.control import TrainingControl
 
@@ -210,9 +214,14 @@ def test_training_events_yield_the_interpolation_before_training_starts(tmp_path
     first = next(gen)
     # the interpolation comes first, while the training process starts; the labels it
     # trains on are already in the run folder
-    assert isinstance(first, InterpolationPreview)
+    assert isinstance(first, InterpolationPreview) and first.kind == "interpolation"
     np.testing.assert_array_equal(first.labels, interpolate_volume(labels, [2, 9], 0))
     np.testing.assert_array_equal(np.load(tmp_path / "labels.npy"), labels)
+    # then the propagation along the image's edges, the better zero-training result
+    second = next(gen)
+    assert isinstance(second, InterpolationPreview) and second.kind == "propagation"
+    np.testing.assert_array_equal(second.labels, propagate_volume(image, labels, [2, 9], 0, 2))
+    assert second.seconds > 0
     updates, bundle = run_to_end(gen)
     assert updates and all(isinstance(u, TrainingUpdate) for u in updates)
     assert bundle.iteration == 2
@@ -370,3 +379,37 @@ def test_run_folders_go_to_the_runs_folder_and_are_pruned_to_the_last_n(tmp_path
     session.prune()
     assert (tmp_path / "runs" / "mine").is_dir() and made[0].is_dir()
     assert session.run_dir is not None and session.run_dir.is_dir()
+
+
+def test_painted_0_255_masks_train_two_classes_and_predict_back_255(tmp_path):
+    """Issue 19: the plugin reads label values as the CLI does (a 0/255 mask is binary, the
+    prediction is written back with 255) and fuses Predict volume with the propagation."""
+    torch.set_num_threads(1)
+    labels = growing_disc() * 255
+    image = np.where(labels > 0, 200.0, 100.0).astype(np.float32)
+    image += np.random.default_rng(0).normal(0, 5, image.shape).astype(np.float32)
+    assert describe_values(label_values(labels)) == "2 classes (255 -> 1)"
+    req = TrainRequest(
+        "supervised",
+        TINY,
+        iterations=3,
+        batch_size=2,
+        patch_size=32,
+        device="cpu",
+        preview_seconds=0,
+    )
+    sparse_labels = sparse(labels, [2, 6, 9])
+    job = TrainingJob(image, sparse_labels, 0, [2, 6, 9], req, tmp_path)
+    _, bundle = run_to_end(training_events(job))
+    assert bundle.num_classes == 2 and bundle.info["label_values"] == [0, 255]
+    alone = predict_layers(bundle, image)
+    fused = predict_layers(bundle, image, labels=sparse_labels, labeled=[2, 6, 9])
+    assert set(np.unique(fused.labels)) <= {0, 255} and set(np.unique(alone.labels)) <= {0, 255}
+    # 3 iterations teach nothing: the fused mask is the propagation's, close to the truth
+    assert (fused.labels == labels).mean() > max(0.97, (alone.labels == labels).mean())
+    # an instance mask is refused up front, with the fix
+    with pytest.raises(SemisegError, match="instance mask"):
+        label_values(np.arange(64).reshape(4, 4, 4))
+    # continuing a model refuses values it was not trained with
+    with pytest.raises(SemisegError, match="not trained with"):
+        label_values(np.where(labels > 0, 7, 0), model=bundle)

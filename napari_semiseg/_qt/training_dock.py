@@ -89,11 +89,12 @@ from napari_semiseg._session import (
     TrainingProcessDied,
     TrainingUpdate,
     TrainRequest,
-    class_count,
+    describe_values,
     detect_axis,
     format_seconds,
     interpolation_problem,
     is_run_dir,
+    label_values,
     labeled_slices,
     save_settings,
     session_for,
@@ -588,8 +589,11 @@ class TrainingDock(QWidget):
             f"{len(labeled)} labeled slices of {data.shape[axis]} (axis {axis})"
             + (f" ({extra} accepted empty)" if extra else "")
             + (f": {shown}" if labeled else "")
-            + f" · {class_count(data)} classes"
         )
+        try:
+            text += f" · {describe_values(label_values(data))}"
+        except SemisegError as exc:  # e.g. an instance mask: said now, not after Train
+            text += f" · ⚠ {exc}"
         self.data_info.setText(text)
 
     def _update_preview_index(self, *_: Any) -> None:
