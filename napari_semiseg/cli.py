@@ -22,6 +22,8 @@ from src_models.errors import SemisegError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+#: stopped by SIGTERM (128 + 15), with a checkpoint
+EXIT_TERMINATED = 143
 
 
 def _parse_slices(text: str | None, n_images: int) -> list[list[int] | None] | None:
@@ -287,6 +289,19 @@ def _move_aside(out: Path, existing: list[str]) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """``semiseg train``: a trained method holds the run folder's lock for the whole run
+    (rank 0 under torchrun), so a second training into it is refused."""
+    from src_models.files import folder_lock
+
+    _check_train_args(args)
+    if args.method in ZERO_TRAINING or os.environ.get("RANK", "0") != "0":
+        return _train(args)
+    _prepare_run_folder(args)  # the user's mistakes first, before any folder is made
+    with folder_lock(Path(args.out).expanduser(), "semiseg train"):
+        return _train(args)
+
+
+def _train(args: argparse.Namespace) -> int:
     from napari_semiseg.training_data import load_training_data
     from src_models.data.label_values import interpret_labels
     from src_models.device import select_device
@@ -301,7 +316,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     from src_models.training import TrainingControl, distributed, train
     from src_models.training.checkpoint import load_model, read_metadata
 
-    _check_train_args(args)
     method_cls = None if args.method in ZERO_TRAINING else get_method(args.method)
     params = _parse_set(args.set)
     if method_cls is not None:
@@ -424,16 +438,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     control = TrainingControl()
     printer = _ProgressPrinter(every=max(1, args.log_every))
 
+    terminated = []
+
     def stop_gracefully(signum, frame):  # first Ctrl-C: checkpoint and stop; second: abort
         print("\nstopping after this iteration (Ctrl-C again to abort)...", file=sys.stderr)
         control.stop()
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def stop_on_term(signum, frame):  # SLURM, systemd, kill: checkpoint and stop
+        print("\nSIGTERM: stopping after this iteration with a checkpoint...", file=sys.stderr)
+        terminated.append(signum)
+        control.stop()
 
     created = not out.exists()
     if args.force and existing and distributed.is_main():
         _move_aside(out, existing)
     distributed.barrier()
     previous = signal.signal(signal.SIGINT, stop_gracefully)
+    previous_term = signal.signal(signal.SIGTERM, stop_on_term)
     try:
         train(bundle, sampler, config, out_dir=out, callback=printer, control=control)
     except BaseException:
@@ -446,6 +468,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous_term)
     final = {
         "method": args.method,
         "params": config_to_dict(bundle.method.config),
@@ -468,7 +491,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"stopped at iteration {bundle.iteration}: checkpoint in {out} "
             "(continue with the same command and --resume)"
         )
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     print(f"model written to {out} (iteration {bundle.iteration})")
     return 0
 

@@ -14,12 +14,13 @@ it replaces), so colleagues sharing a server can read the results.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
 import tempfile
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,3 +162,43 @@ def check_writable(folder: str | os.PathLike, what: str = "output folder") -> Pa
             f"cannot write to the {what} {folder} ({problem}): choose a writable location"
         )
     return folder
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, what: str = "training") -> Iterator[Path]:
+    """Hold an exclusive lock on ``folder`` (created if missing) for the ``with`` block, so
+    two trainings never write one run folder at once: the second is refused by name. The
+    lock is the kernel's ``flock`` on the folder itself (no lock file, nothing in the folder
+    changes; a killed process leaves no stale lock). Folders this call created go when it
+    ends, if empty. Where ``flock`` does not exist (Windows) nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield Path(folder)
+        return
+    folder = Path(folder)
+    made = []
+    for parent in [folder, *folder.parents]:
+        if parent.exists():
+            break
+        made.append(parent)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise SemisegError(
+            f"another {what} is writing {folder} right now: wait for it to end, or choose "
+            "another --out"
+        ) from None
+    try:
+        yield folder
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+        for created in made:  # innermost first
+            try:
+                created.rmdir()
+            except OSError:
+                break
