@@ -497,7 +497,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from napari_semiseg.io import map_path, open_image, volume_format
+    from napari_semiseg.io import is_zarr_store, map_path, open_image, volume_format
     from src_models.data.label_values import LabelValues
     from src_models.data.lazy import is_lazy
     from src_models.device import select_device
@@ -517,6 +517,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if target.exists() and not args.force:
             raise SemisegError(
                 f"{target} exists: choose another --out, or pass --force to replace it"
+            )
+        if target.is_dir() and not is_zarr_store(target):
+            raise SemisegError(
+                f"{target} is a folder holding files that are not a zarr store's (--force "
+                "replaces a store, never other files): choose another --out"
             )
     check_writable(targets[0].parent)
     bundle = load_model(args.model, device=select_device(args.device))
@@ -850,6 +855,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        from napari_semiseg.io import LAZY_VOXELS_PROBLEM
+
+        if LAZY_VOXELS_PROBLEM:
+            raise SemisegError(LAZY_VOXELS_PROBLEM)
         return args.func(args)
     except SemisegError as exc:
         if args.debug:

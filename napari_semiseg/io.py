@@ -33,7 +33,9 @@ with a one-line message naming the file and the fix.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -239,7 +241,28 @@ def read_labels(path: str | os.PathLike) -> tuple[np.ndarray, ImageMeta]:
 
 #: more voxels than this in a zarr, .npy or TIFF file: :func:`open_volume` reads it lazily
 #: (environment variable SEMISEG_LAZY_VOXELS overrides it)
-LAZY_VOXELS = int(os.environ.get("SEMISEG_LAZY_VOXELS", 64 * 2**20))
+DEFAULT_LAZY_VOXELS = 64 * 2**20
+
+
+def lazy_voxels_setting(text: str | None) -> tuple[int, str]:
+    """(bound, problem) for the value of ``SEMISEG_LAZY_VOXELS``: unset or empty gives the
+    default; whole numbers (``67108864``, ``1e6``) are taken; anything else gives the
+    default and a message naming the fix (the CLI refuses to run with it)."""
+    if text is None or not text.strip():
+        return DEFAULT_LAZY_VOXELS, ""
+    try:
+        value = float(text)
+        if not (math.isfinite(value) and value >= 1 and value == int(value)):
+            raise ValueError(text)
+        return int(value), ""
+    except ValueError:
+        return DEFAULT_LAZY_VOXELS, (
+            f"the environment variable SEMISEG_LAZY_VOXELS={text!r} is not a voxel count: "
+            f"unset it or give a whole number such as {DEFAULT_LAZY_VOXELS}"
+        )
+
+
+LAZY_VOXELS, LAZY_VOXELS_PROBLEM = lazy_voxels_setting(os.environ.get("SEMISEG_LAZY_VOXELS"))
 
 
 def open_volume(path: str | os.PathLike, lazy_above: int | None = None):
@@ -652,6 +675,32 @@ def _empty_zarr(tmp: Path, shape, dtype, meta: ImageMeta | None, labels: bool):
 
 def _write_zarr(tmp: Path, array: np.ndarray, meta: ImageMeta | None, labels: bool) -> None:
     _empty_zarr(tmp, array.shape, array.dtype, meta, labels)[...] = array
+
+
+#: what a zarr store's folders hold besides chunks (zarr v2 and v3)
+ZARR_METADATA = frozenset({".zarray", ".zattrs", ".zgroup", ".zmetadata", "zarr.json"})
+_CHUNK = re.compile(r"^[0-9]+([./][0-9]+)*$")
+
+
+def is_zarr_store(path: str | os.PathLike) -> bool:
+    """Whether the folder ``path`` is a zarr store and holds nothing else: zarr metadata at
+    its root, and below only metadata, chunk keys (``0.1.2``, ``c/0/1``) and sub-groups or
+    arrays (OME-Zarr levels). What ``predict --force`` may replace."""
+    root = Path(path)
+    if not root.is_dir() or not ZARR_METADATA & {p.name for p in root.iterdir()}:
+        return False
+    for entry in root.rglob("*"):
+        name = entry.name
+        if entry.is_dir():
+            if not (
+                _CHUNK.match(name)
+                or name == "c"
+                or ZARR_METADATA & {p.name for p in entry.iterdir()}
+            ):
+                return False
+        elif name not in ZARR_METADATA and not _CHUNK.match(name):
+            return False
+    return True
 
 
 def stage_zarr(path: str | os.PathLike, shape, dtype, meta: ImageMeta | None, labels=False):

@@ -368,3 +368,25 @@ def test_anytime_options_are_validated(files, tmp_path, capsys, option, value):
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("semiseg: error:") and "Traceback" not in err
     assert not out.exists()
+
+
+def test_predict_force_replaces_a_zarr_store_but_never_a_folder_of_other_files(
+    files, tmp_path, capsys
+):
+    run_dir = tmp_path / "run"
+    assert train_tiny(files, run_dir) == 0
+    out = tmp_path / "mask.zarr"
+    base = ("predict", "--model", run_dir, "--image", files["image"], "--out", out)
+    assert run(*base) == 0
+    assert run(*base, "--force") == 0  # its own store: replaced
+    (out / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    assert run(*base, "--force") == 2
+    assert "not a zarr store's" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "mine"
+    folder = tmp_path / "photos.zarr"
+    folder.mkdir()
+    (folder / "holiday.jpg").write_bytes(b"\xff\xd8")
+    assert run("predict", "--model", run_dir, "--image", files["image"], "--out", folder,
+               "--force") == 2  # fmt: skip
+    assert (folder / "holiday.jpg").exists()

@@ -98,6 +98,9 @@ CASES = {
     # budgets and numbers
     "batch size 0": (train("--batch-size", "0"), "--batch-size must be at least 1"),
     "negative lr": (train("--set", "lr=-1"), "lr must be >= 0"),
+    "negative weight decay": (train("--set", "weight_decay=-1"), "weight_decay must be >= 0"),
+    "fractional channels": (train("--set", "channels=2.5,8"), "whole numbers of at least 1"),
+    "zero channels": (train("--set", "channels=0,8,16,32,64"), "whole numbers of at least 1"),
     "minutes nan": (
         [
             "train",

@@ -256,3 +256,15 @@ def test_output_folder_that_cannot_be_created(tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(SemisegError, match="cannot create the output folder.*writable"):
         write_volume(blocker / "sub" / "pred.nii.gz", np.zeros((2, 2, 2), np.uint8))
+
+
+def test_lazy_voxels_setting_takes_whole_numbers_and_names_the_fix_otherwise():
+    from napari_semiseg.io import DEFAULT_LAZY_VOXELS, lazy_voxels_setting
+
+    assert lazy_voxels_setting(None) == (DEFAULT_LAZY_VOXELS, "")
+    assert lazy_voxels_setting("  ") == (DEFAULT_LAZY_VOXELS, "")
+    assert lazy_voxels_setting("1e6") == (1_000_000, "")
+    assert lazy_voxels_setting("4096") == (4096, "")
+    for bad in ("abc", "2.5", "-3", "0", "nan"):
+        bound, problem = lazy_voxels_setting(bad)
+        assert bound == DEFAULT_LAZY_VOXELS and "SEMISEG_LAZY_VOXELS" in problem, bad

@@ -332,7 +332,34 @@ def _coerce(info: ParamInfo, value: Any) -> Any:
             f"parameter {info.name!r} must be one of {', '.join(map(str, info.choices))}, "
             f"got {value!r}"
         )
+    _check_range(info, value)
     return value
+
+
+#: parameters that are probabilities or shares: in [0, 1]
+_UNIT_INTERVAL = ("tau", "alpha", "momentum", "dropout", "eta")
+
+
+def _check_range(info: ParamInfo, value: Any) -> None:
+    """Every method parameter is a non-negative, finite number (or numbers); sizes given as
+    tuples of whole numbers (channel widths) are whole numbers of at least 1; shares and
+    probabilities (``*_p``, ``*fraction*``, tau, momentum, dropout...) are at most 1."""
+    numbers = value if isinstance(value, tuple) else (value,)
+    if isinstance(value, bool) or not all(isinstance(v, (int, float)) for v in numbers):
+        return
+    name = info.name
+    if any(not math.isfinite(v) or v < 0 for v in numbers):
+        raise SemisegError(f"parameter {name} must be >= 0, got {value!r}")
+    default = info.default if isinstance(info.default, tuple) else ()
+    if default and all(isinstance(v, int) for v in default):
+        if any(float(v) != int(v) or v < 1 for v in numbers):
+            raise SemisegError(
+                f"parameter {name!r} takes whole numbers of at least 1 (e.g. "
+                f"{','.join(map(str, default))}), got {value!r}"
+            )
+    unit = name.endswith("_p") or "fraction" in name or name in _UNIT_INTERVAL
+    if unit and any(v > 1 for v in numbers):
+        raise SemisegError(f"parameter {name!r} is a share in [0, 1], got {value!r}")
 
 
 def make_config(config_cls: type, values: dict[str, Any] | None = None) -> Any:
