@@ -27,7 +27,7 @@ from napari_semiseg._qt.training_dock import NO_TRAINING_LAYER, TrainingDock  # 
 from napari_semiseg._session import TrainingUpdate  # noqa: E402
 from src_models.errors import SemisegError  # noqa: E402
 from src_models.inference import predict_volume  # noqa: E402
-from src_models.interpolation import interpolate_volume  # noqa: E402
+from src_models.propagation import propagate_volume  # noqa: E402
 from src_models.methods.base import (  # noqa: E402
     config_params,
     get_method,
@@ -434,6 +434,25 @@ def test_two_network_method_discrepancy(docks, qtbot):
     assert review.next_slice() == int(np.argmax(means))
 
 
+def test_a_new_models_prediction_removes_the_old_models_maps(docks, qtbot):
+    """Issue 22: DFCPS's discrepancy must not steer the review of a supervised model."""
+    viewer, train, review, _ = docks
+    train_now(qtbot, train, method="dfcps", iterations=2, preview_seconds=0)
+    assert review.predict()
+    wait_idle(qtbot, review)
+    assert "vol discrepancy" in viewer.layers and "vol pseudo-labels" in viewer.layers
+    train_now(qtbot, train, method="supervised", iterations=2, preview_seconds=0)
+    with pytest.raises(SemisegError, match="Predict volume"):
+        review.review_ranking()  # the old map is of another model
+    assert review.predict()
+    wait_idle(qtbot, review)
+    assert "vol discrepancy" not in viewer.layers and "vol pseudo-labels" not in viewer.layers
+    assert "vol confidence" in viewer.layers and "vol prediction" in viewer.layers
+    assert "discrepancy" not in review.legend.text()
+    _, source = review.review_ranking()
+    assert source == "1 - confidence"
+
+
 def check_export_save_and_cli_parity(docks, qtbot, tmp_path):
     import nibabel as nib
 
@@ -554,7 +573,8 @@ def test_train_shows_the_interpolation_before_the_first_training_event(docks, qt
     interpolation layer, and the dock's first training update already finds it there."""
     viewer, train, _, _ = docks
     labels = use_growing_disc(viewer, train)
-    expected = interpolate_volume(labels, [2, 9], 0)
+    # the interpolation at once, then the propagation over the image (both before training)
+    expected = propagate_volume(viewer.layers["vol"].data, labels, [2, 9], 0, 2)
     gate, reached = tmp_path / "gate", tmp_path / "reached"
     in_child(train, partial(hooks.gate_first_step, str(reached), str(gate)))
     at_first_update: list[np.ndarray | None] = []
@@ -577,9 +597,10 @@ def test_train_shows_the_interpolation_before_the_first_training_event(docks, qt
         assert not at_first_update and len(train.session.history) == 0
         assert train.progress.value() <= 0
         layer = viewer.layers[NO_TRAINING_LAYER]
+        qtbot.waitUntil(lambda: layer.metadata.get("kind") == "propagation", timeout=TIMEOUT)
         np.testing.assert_array_equal(layer.data, expected)
         assert layer.opacity == pytest.approx(0.5) and layer.metadata["semiseg_output"]
-        assert "interpolated between 2 labeled slices" in train.status.text()
+        assert "propagated 2 labeled slices" in train.status.text()
         assert "starting the training process" in train.status.text()
     finally:
         gate.touch()
@@ -602,7 +623,10 @@ def test_interpolate_button_fills_between_slices_without_training(docks, qtbot, 
 
     click()
     layer = viewer.layers[NO_TRAINING_LAYER]
-    np.testing.assert_array_equal(layer.data, interpolate_volume(labels, [2, 9], 0))
+    # the interpolation came first; the propagation over the image replaced it
+    image = viewer.layers["vol"].data
+    np.testing.assert_array_equal(layer.data, propagate_volume(image, labels, [2, 9], 0, 2))
+    assert layer.metadata["kind"] == "propagation" and "along the image" in train.status.text()
     assert layer.opacity == pytest.approx(0.5) and len(viewer.layers) == n_layers + 1
     # no training: no worker, model, loss history, preview or run folder
     assert train.worker is None and train.session.bundle is None
@@ -619,7 +643,7 @@ def test_interpolate_button_fills_between_slices_without_training(docks, qtbot, 
     user_layer.data = painted.copy()
     click()
     assert viewer.layers[NO_TRAINING_LAYER] is layer and len(viewer.layers) == n_layers + 1
-    np.testing.assert_array_equal(layer.data, interpolate_volume(painted, [2, 5, 9], 0))
+    np.testing.assert_array_equal(layer.data, propagate_volume(image, painted, [2, 5, 9], 0, 2))
 
     # one labeled slice: a message instead of a layer of the labeled slice alone
     before = np.array(layer.data)

@@ -458,6 +458,14 @@ class ReviewDock(QWidget):
             if layer_type == "labels":
                 style["colormap"] = prediction_colormap()
             made.append(self._add_output(image, kind, array, layer_type, stamp, k, **style))
+        # maps of an earlier model that this one does not make (DFCPS's discrepancy after a
+        # supervised prediction, diffusion's uncertainty after SDCL's) would steer the review
+        # and the legend: they go
+        keep = {ly.name for ly in made} | {layer_name(name, map_title("prediction"))}
+        for layer in self._output_layers():
+            kind = layer.metadata.get("semiseg_map")
+            if kind in LAYER_MAPS and layer.name not in keep:
+                self.viewer.layers.remove(layer)
         # the prediction last (on top), shown and selected: it is what the user corrects
         pred_layer = self._add_output(
             image,
@@ -549,6 +557,21 @@ class ReviewDock(QWidget):
             if conf is None:
                 raise SemisegError("no prediction yet: press 'Predict volume' first")
             score_layer, source = conf, "1 - confidence"
+        made_by, now = score_layer.metadata.get("semiseg_model") or {}, self.session.model_stamp()
+        if (
+            now is not None
+            and made_by
+            and (made_by.get("method"), made_by.get("iteration"))
+            != (
+                now["method"],
+                now["iteration"],
+            )
+        ):
+            raise SemisegError(
+                f"the {source} map shows {made_by.get('method')} at iteration "
+                f"{made_by.get('iteration')}, the model is now {now['method']} at iteration "
+                f"{now['iteration']}: press 'Predict volume' first"
+            )
         flip = source != "discrepancy"
         # a lazy map (a prediction streamed to zarr) is averaged slab by slab
         labels = self.labels_combo.layer()
