@@ -27,13 +27,13 @@ from napari_semiseg._qt.training_dock import NO_TRAINING_LAYER, TrainingDock  # 
 from napari_semiseg._session import TrainingUpdate  # noqa: E402
 from src_models.errors import SemisegError  # noqa: E402
 from src_models.inference import predict_volume  # noqa: E402
-from src_models.propagation import propagate_volume  # noqa: E402
 from src_models.methods.base import (  # noqa: E402
     config_params,
     get_method,
     make_config,
     method_names,
 )
+from src_models.propagation import propagate_volume  # noqa: E402
 from src_models.training.checkpoint import load_model  # noqa: E402
 
 LABELED = (2, 6, 9)
