@@ -22,6 +22,8 @@ from src_models.errors import SemisegError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+#: ``semiseg suggest --strategy`` (src_models.suggest.STRATEGIES, without importing torch)
+STRATEGY_CHOICES = ("strided", "uncertainty", "uncertainty-distance")
 #: stopped by SIGTERM (128 + 15), with a checkpoint
 EXIT_TERMINATED = 143
 
@@ -637,6 +639,65 @@ def _predict_streaming(args, bundle, img, meta, maps, targets, values) -> np.nda
         discard(staged)  # what was committed is gone from its temporary name
 
 
+def cmd_suggest(args: argparse.Namespace) -> int:
+    """``semiseg suggest``: the next slices to annotate, ranked, with scores and reasons."""
+    from napari_semiseg.io import open_image
+    from src_models.data.volumes import detect_labeled_slices, to_slices
+    from src_models.device import select_device
+    from src_models.inference import predict_volume
+    from src_models.suggest import suggest
+    from src_models.training.checkpoint import load_model
+
+    _check_at_least("-n", args.n, 1)
+    bundle = load_model(args.model, device=select_device(args.device))
+    img, _ = open_image(args.image)
+    axis = bundle.axis
+    if args.labels:
+        from napari_semiseg.io import label_volume, read_labels
+
+        raw, meta = read_labels(args.labels)
+        raw = label_volume(raw, meta)
+        if raw.shape != tuple(img.shape[1:]):
+            raise SemisegError(
+                f"--labels has shape {raw.shape}, the image {tuple(img.shape[1:])}: give the "
+                "labels of this image"
+            )
+        ignore = bundle.info.get("ignore_label")
+        ids = np.where(raw == ignore, -1, raw) if ignore is not None else raw
+        labeled = detect_labeled_slices(to_slices(ids[None], axis)[:, 0])
+    else:
+        labeled = bundle.info.get("labeled_slices")
+        if not isinstance(labeled, list) or not all(isinstance(s, int) for s in labeled):
+            raise SemisegError(
+                f"the model in {args.model} does not record the labeled slices of one volume: "
+                "give the labels so far with --labels"
+            )
+    method = bundle.method
+    name = "discrepancy" if "discrepancy" in method.map_names else "confidence"
+    pred = predict_volume(bundle, img, maps=[name] if args.strategy != "strided" else [])
+    others = tuple(a for a in range(3) if a != axis)
+    structure = np.asarray(pred.labels).astype(bool).any(axis=others)
+    uncertainty = None
+    if args.strategy != "strided":
+        score = np.asarray(pred.maps[name], np.float64).mean(axis=others)
+        uncertainty = score if name == "discrepancy" else 1.0 - score
+    n_slices = int(img.shape[1 + axis])
+    picks = suggest(labeled, n_slices, uncertainty, structure, args.n, args.strategy)
+    if args.json:
+        rows = [{"slice": p.index, "score": p.score, "why": p.why} for p in picks]
+        print(json.dumps({"axis": axis, "labeled": labeled, "strategy": args.strategy,
+                          "map": name if uncertainty is not None else None,
+                          "suggestions": rows}))  # fmt: skip
+        return 0
+    print(
+        f"{len(labeled)} labeled slice(s) along axis {axis}; next to annotate "
+        f"({args.strategy}{', from the ' + name + ' map' if uncertainty is not None else ''}):"
+    )
+    for rank, p in enumerate(picks, 1):
+        print(f"{rank}. {p.why}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from napari_semiseg.io import label_volume, read_labels
     from src_models.metrics import evaluate, json_ready
@@ -832,6 +893,26 @@ def build_parser() -> argparse.ArgumentParser:
         "structure per class, e.g. an organ; not for many objects such as cells)",
     )
     p.set_defaults(func=cmd_predict)
+
+    g = sub.add_parser("suggest", help="the next slices to annotate, ranked, with reasons")
+    g.add_argument("--model", required=True, help="run directory written by 'train'")
+    g.add_argument("--image", required=True)
+    g.add_argument(
+        "--labels", help="the labels so far (default: the slices the model was trained on)"
+    )
+    g.add_argument("-n", type=int, default=5, help="how many slices (default 5)")
+    g.add_argument(
+        "--strategy",
+        choices=STRATEGY_CHOICES,
+        default="strided",
+        help="strided: ends of the predicted structure, then the middles of the largest gaps "
+        "(default: evenly spaced choices are the baseline active learning rarely beats); "
+        "uncertainty: the method's discrepancy (or 1 - confidence); uncertainty-distance: "
+        "that times the distance to the nearest labeled slice",
+    )
+    g.add_argument("--device", default="auto")
+    g.add_argument("--json", action="store_true", help="machine-readable output")
+    g.set_defaults(func=cmd_suggest)
 
     e = sub.add_parser("evaluate", help="per-class Dice/Jaccard/HD95/ASD of a prediction")
     e.add_argument("--pred", required=True)

@@ -136,4 +136,6 @@ def build_run(
             **(bundle_fields or {}),
         )
         bundle.info.setdefault("prior", recipe.prior if recipe.prior_fraction > 0 else None)
+    if len(volumes) == 1:  # what `semiseg suggest` starts from without --labels
+        bundle.info["labeled_slices"] = list(volumes[0].labeled)
     return Run(volumes, sampler, bundle, recipe.train_config(device))

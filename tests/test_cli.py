@@ -390,3 +390,27 @@ def test_predict_force_replaces_a_zarr_store_but_never_a_folder_of_other_files(
     assert run("predict", "--model", run_dir, "--image", files["image"], "--out", folder,
                "--force") == 2  # fmt: skip
     assert (folder / "holiday.jpg").exists()
+
+
+def test_suggest_ranks_the_next_slices_with_reasons(files, tmp_path, capsys):
+    from src_models.suggest import STRATEGIES
+
+    run_dir = tmp_path / "run"
+    assert train_tiny(files, run_dir) == 0
+    capsys.readouterr()
+    base = ("suggest", "--model", run_dir, "--image", files["image"], "-n", 3, "--json")
+    for strategy in STRATEGIES:
+        assert run(*base, "--strategy", strategy) == 0
+        result = json.loads(capsys.readouterr().out)
+        picks = [r["slice"] for r in result["suggestions"]]
+        assert result["labeled"] == [3, 8] and len(picks) == 3, strategy
+        assert len(set(picks)) == 3 and not {3, 8} & set(picks) and all(0 <= p < 12 for p in picks)
+        assert all(r["why"].startswith(f"slice {r['slice']}") for r in result["suggestions"])
+    assert run("suggest", "--model", run_dir, "--image", files["image"]) == 0
+    assert "next to annotate (strided)" in capsys.readouterr().out
+    # with the labels, the labeled slices are read from them
+    assert run(*base, "--labels", files["truth"]) == 0
+    truth = np.asarray(nib.load(files["truth"]).dataobj)
+    assert (
+        json.loads(capsys.readouterr().out)["labeled"] == np.flatnonzero(truth.any((1, 2))).tolist()
+    )

@@ -1,0 +1,42 @@
+"""Which slice to annotate next."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from src_models.errors import SemisegError
+from src_models.suggest import STRATEGIES, suggest
+
+
+def test_strided_takes_uncovered_ends_first_then_the_middles_of_the_largest_gaps():
+    structure = np.zeros(40, bool)
+    structure[5:31] = True  # the prediction spans slices 5..30
+    picks = suggest([10, 20], 40, structure=structure, n=4, strategy="strided")
+    assert [p.index for p in picks] == [5, 30, 15, 25]  # ties: the first gap
+    assert "first end" in picks[0].why and "gap of" in picks[2].why
+    # with the ends labeled, the middles of the gaps, largest first
+    picks = suggest([5, 11, 30], 40, structure=structure, n=2, strategy="strided")
+    assert [p.index for p in picks] == [20, 25]
+
+
+def test_uncertainty_and_its_distance_weighted_form():
+    score = np.zeros(20)
+    score[[3, 4, 15]] = [0.9, 0.8, 0.5]
+    plain = suggest([2, 10], 20, uncertainty=score, n=2, strategy="uncertainty")
+    assert [p.index for p in plain] == [3, 4] and "0.900" in plain[0].why
+    # weighted by the distance to the nearest labeled slice: 15 (5 away) beats 3 (1 away),
+    # and a pick counts as labeled, so the next one is not its neighbour
+    spread = suggest([2, 10], 20, uncertainty=score, n=2, strategy="uncertainty-distance")
+    assert [p.index for p in spread] == [15, 4]
+    assert all(p.index not in (2, 10) for p in spread)
+
+
+def test_never_labeled_slices_and_clear_errors():
+    for strategy in STRATEGIES:
+        picks = suggest([0, 1, 2], 4, uncertainty=np.ones(4), n=5, strategy=strategy)
+        assert [p.index for p in picks] == [3]
+    with pytest.raises(SemisegError, match="unknown strategy"):
+        suggest([1], 5, strategy="magic")
+    with pytest.raises(SemisegError, match="needs the model's uncertainty"):
+        suggest([1], 5, strategy="uncertainty")
