@@ -409,12 +409,21 @@ class RunInfo:
     method: str = ""
     iteration: int | None = None
     kept: bool = False
+    #: the run folder of the model this run continued (None: trained from scratch)
+    parent: str | None = None
 
     def label(self) -> str:
         when = self.started.strftime("%d %b %H:%M:%S") if self.started else self.path.name
         if self.iteration is None:
             return f"{when} · no model (stopped before its first checkpoint)"
-        return f"{self.method} · {when} · {self.iteration} iterations" + (
+        continued = ""
+        if self.parent:
+            parent = run_info(Path(self.parent))
+            since = (
+                parent.started.strftime("%H:%M:%S") if parent.started else Path(self.parent).name
+            )
+            continued = f" · continued from {since}"
+        return f"{self.method} · {when} · {self.iteration} iterations{continued}" + (
             " · kept" if self.kept else ""
         )
 
@@ -435,7 +444,9 @@ def run_info(path: Path) -> RunInfo:
     try:
         meta = json.loads((Path(path) / META_FILE).read_text())
         info.method, info.iteration = str(meta["method"]), int(meta["iteration"])
-    except (OSError, ValueError, KeyError, TypeError):
+        parent = meta.get("info", {}).get("parent_run")
+        info.parent = str(parent) if parent else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
     return info
 

@@ -380,6 +380,14 @@ def check_review_next_accept_continue(docks, qtbot):
         train._make_job = make_job
     again = train.session.bundle
     assert again.iteration == done + 2 and again.method.config == bundle.method.config
+    # issue 22: the continued model is a new run that records its parent; the model from
+    # before the correction is still there, untouched
+    parent_dir = record.parent
+    assert train.session.run_dir != parent_dir
+    assert again.info["parent_run"] == str(parent_dir)
+    assert load_model(parent_dir).iteration == done
+    labels_text = [train.runs_list.item(i).text() for i in range(train.runs_list.count())]
+    assert any("continued from" in t for t in labels_text)
     first_step = torch.load(record, weights_only=True)
     assert first_step["it"] == done and first_step["labeled"] == [2, 4, 6, 9]
     for k, v in start.items():
@@ -474,9 +482,16 @@ def check_export_save_and_cli_parity(docks, qtbot, tmp_path):
     model_dir = train.save_model_to(tmp_path / "model")
     assert model_dir is not None
     loaded = load_model(model_dir)
-    np.testing.assert_array_equal(predict_volume(loaded, image.data).labels, pred)
+    # Predict volume fuses the model with the propagation of the labels, as the CLI's --labels
+    from napari_semiseg._session import predict_layers
+
+    sparse_labels = np.asarray(viewer.layers["labels"].data)
+    labeled = train.session.labeled(sparse_labels, 0)
+    fused = predict_layers(loaded, image.data, labels=sparse_labels, labeled=labeled).labels
+    np.testing.assert_array_equal(fused, pred)
     cli = pytest.importorskip("napari_semiseg.cli")
     vol = write_volume(tmp_path / "vol.nii.gz", image.data)
+    lbl = write_volume(tmp_path / "lbl.nii.gz", sparse_labels)
     out = tmp_path / "cli_pred.nii.gz"
     assert cli.main(
         [
@@ -489,6 +504,8 @@ def check_export_save_and_cli_parity(docks, qtbot, tmp_path):
             str(out),
             "--device",
             "cpu",
+            "--labels",
+            str(lbl),
         ]
     ) in (0, None)
     np.testing.assert_array_equal(read_volume(out)[0], pred)

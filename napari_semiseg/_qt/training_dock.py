@@ -710,7 +710,10 @@ class TrainingDock(QWidget):
             if iterations is not None:
                 request.iterations, request.minutes = int(iterations), None
         request.validate()
-        run_dir = self.session.run_dir if resume and self.session.run_dir else None
+        # a continued model trains in a new run folder that records its parent: the model
+        # from before a correction stays in the Runs tab, to go back to
+        parent = self.session.run_dir if resume else None
+        run_dir = self.session.new_run_dir()
         return TrainingJob(
             image=image_data(image),  # level 0 of a multiscale layer; lazy data stays lazy
             rgb=bool(image.rgb),
@@ -718,7 +721,7 @@ class TrainingDock(QWidget):
             axis=axis,
             labeled=labeled,
             request=request,
-            run_dir=run_dir or self.session.new_run_dir(),
+            run_dir=run_dir,
             control=TrainingControl(),
             bundle=bundle,
             preview_index=lambda: self.session.preview_index,
@@ -727,6 +730,7 @@ class TrainingDock(QWidget):
                 "image": image.name,
                 "labels": labels.name,
                 "source": image.metadata.get("source") or getattr(image.source, "path", None),
+                "parent_run": str(parent) if parent else None,
             },
         )
 
