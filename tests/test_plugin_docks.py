@@ -26,7 +26,6 @@ from napari_semiseg._qt.review_dock import ReviewDock  # noqa: E402
 from napari_semiseg._qt.training_dock import NO_TRAINING_LAYER, TrainingDock  # noqa: E402
 from napari_semiseg._session import TrainingUpdate  # noqa: E402
 from src_models.errors import SemisegError  # noqa: E402
-from src_models.inference import predict_volume  # noqa: E402
 from src_models.methods.base import (  # noqa: E402
     config_params,
     get_method,
