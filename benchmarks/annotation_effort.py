@@ -163,6 +163,152 @@ def load_all() -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(FOLDER.glob("*.json"))]
 
 
+ZERO = ("interpolation", "random_walker", "propagation")
+
+
+def _mean(values) -> float:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def report_lines(method: str = "supervised") -> list[str]:
+    """The markdown of docs/benchmarks.md's annotation-effort section (also the README's)."""
+    runs = load_all()
+    if not runs:
+        return []
+    lines = []
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["dataset"], r["protocol"], r["k"]), []).append(r)
+    lines += [
+        "| dataset | protocol | k | volumes | interpolation | random walker | propagation "
+        "(ours, no training) | default, 2 min | default, 5 min | goal 2 min / 5 min "
+        "(better baseline + 3 / + 5) | volumes meeting it |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for (dataset, protocol, k), group in sorted(groups.items()):
+        zero = {n: _mean(r["zero_training"][n]["dice"] for r in group) for n in ZERO}
+        trained = [r for r in group if method in r["methods"]]
+        cells, goals, meets = [], [], []
+        for minutes, margin in (("2.0", 0.03), ("5.0", 0.05)):
+            out = [r["methods"][method]["budgets"].get(minutes, {}).get("output") for r in trained]
+            cells.append(f"{_mean(out):.3f}" if trained else "n/a")
+            bars = [
+                max(r["zero_training"]["interpolation"]["dice"],
+                    r["zero_training"]["random_walker"]["dice"]) + margin
+                for r in trained
+            ]  # fmt: skip
+            goals.append(f"{_mean(bars):.3f}" if trained else "n/a")
+            meets.append(
+                f"{sum(o is not None and o >= b for o, b in zip(out, bars, strict=True))}"
+                f"/{len(trained)}"
+            )
+        lines.append(
+            f"| {dataset} | {protocol} | {k} | {len(group)} | {zero['interpolation']:.3f} | "
+            f"{zero['random_walker']:.3f} | {zero['propagation']:.3f} | {cells[0]} | "
+            f"{cells[1]} | {goals[0]} / {goals[1]} | {meets[0]} / {meets[1]} |"
+        )
+    lines += [
+        "",
+        "Per volume (Dice on the non-labeled slices; `model` = the network alone, `output` = "
+        "what the product hands back, fused with the propagation; iterations reached):",
+        "",
+        "| volume | protocol | k | labeled | interp. | RW | propagation | model 2 / 5 min | "
+        "output 2 / 5 min | iterations 2 / 5 min | threads |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in sorted(runs, key=lambda r: (r["dataset"], r["protocol"], r["k"], r["case"])):
+        z = r["zero_training"]
+        m = r["methods"].get(method)
+        b = m["budgets"] if m else {}
+        two, five = b.get("2.0", {}), b.get("5.0", {})
+
+        def pair(key, two=two, five=five):
+            return f"{two.get(key, float('nan')):.3f} / {five.get(key, float('nan')):.3f}"
+
+        lines.append(
+            f"| {r['dataset']}/{r['case']} | {r['protocol']} | {r['k']} | {r['labeled']} | "
+            f"{z['interpolation']['dice']:.3f} | {z['random_walker']['dice']:.3f} | "
+            f"{z['propagation']['dice']:.3f} | {pair('model') if m else 'n/a'} | "
+            f"{pair('output') if m else 'n/a'} | "
+            f"{two.get('iteration', 'n/a')} / {five.get('iteration', 'n/a')} | "
+            f"{m.get('threads', '?') if m else 'n/a'} |"
+        )
+    others = sorted({n for r in runs for n in r["methods"] if n != method})
+    if others:
+        lines += [
+            "",
+            "Other methods on the same slices (output at 2 / 5 min, with the product's "
+            "defaults: warm-up, propagation prior, fused prediction):",
+            "",
+            "| volume | protocol | k | method | output 2 / 5 min | iterations 5 min | "
+            f"{method} 5 min | note |",
+            "|---|---|---:|---|---:|---:|---:|---|",
+        ]
+        for r in runs:
+            for name in others:
+                if name not in r["methods"]:
+                    continue
+                b = r["methods"][name]["budgets"]
+                ref = r["methods"].get(method, {}).get("budgets", {}).get("5.0", {})
+                lines.append(
+                    f"| {r['dataset']}/{r['case']} | {r['protocol']} | {r['k']} | {name} | "
+                    f"{b.get('2.0', {}).get('output', float('nan')):.3f} / "
+                    f"{b.get('5.0', {}).get('output', float('nan')):.3f} | "
+                    f"{b.get('5.0', {}).get('iteration', 'n/a')} | "
+                    f"{ref.get('output', float('nan')):.3f} | "
+                    f"{r['methods'][name].get('handed_back') or ''} |"
+                )
+    return lines
+
+
+def plot() -> None:
+    """Dice against k: zero-training results and the default method at 2 and 5 minutes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = load_all()
+    panels = sorted({(r["dataset"], r["protocol"]) for r in runs})
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, (dataset, protocol) in zip(axes[0], panels, strict=True):
+        group = [r for r in runs if (r["dataset"], r["protocol"]) == (dataset, protocol)]
+        ks = sorted({r["k"] for r in group})
+        series = {
+            "interpolation": lambda r: r["zero_training"]["interpolation"]["dice"],
+            "random walker": lambda r: r["zero_training"]["random_walker"]["dice"],
+            "propagation (no training)": lambda r: r["zero_training"]["propagation"]["dice"],
+            "default, 2 min": lambda r: r["methods"]["supervised"]["budgets"]["2.0"]["output"],
+            "default, 5 min": lambda r: r["methods"]["supervised"]["budgets"]["5.0"]["output"],
+        }
+        for label, get in series.items():
+            xs, ys = [], []
+            for k in ks:
+                vals = []
+                for r in group:
+                    if r["k"] != k:
+                        continue
+                    try:
+                        vals.append(get(r))
+                    except KeyError:
+                        pass
+                if vals:
+                    xs.append(k)
+                    ys.append(np.mean(vals))
+            style = "--" if "min" not in label else "-"
+            ax.plot(xs, ys, style, marker="o", label=label)
+        ax.set_title(f"{dataset}, {protocol} ({len({r['case'] for r in group})} volumes)")
+        ax.set_xlabel("labeled slices k")
+        ax.set_ylabel("Dice on the other slices")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    PLOT.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(PLOT, dpi=110)
+    print(f"wrote {PLOT}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", choices=("la", "hippocampus"), default="la")
@@ -182,6 +328,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if not args.report:
         benchmark(args)
+    print("\n".join(report_lines()))
+    plot()
 
 
 if __name__ == "__main__":

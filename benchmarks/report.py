@@ -230,6 +230,40 @@ def sparse_section(lines: list[str]) -> None:
         lines += [SPARSE_NOTES.read_text().strip(), ""]
 
 
+def annotation_section(lines: list[str]) -> None:
+    """Worth the wait? The default against the zero-training results (annotation_effort.py)."""
+    from annotation_effort import report_lines
+
+    table = report_lines()
+    if not table:
+        return
+    lines += [
+        "## Worth the wait: the default against what users get without training",
+        "",
+        "`benchmarks/annotation_effort.py` (issue 18): one volume at a time, k labeled slices "
+        "with the structure's first and last slice (`ends`, what Slicer / ITK-SNAP users do) "
+        "or strictly inside it (`inside`), every other slice scored (3D Dice, classes "
+        "averaged). Zero-training rows: shape interpolation, the random walker seeded by the "
+        "labeled slices (skimage, beta 130, restricted to the labeled range: the issue's "
+        "baseline) and the product's propagation (beta 400, 3 slices beyond the outer "
+        "labeled ones). The default method (`supervised` with the propagation prior, its "
+        "prediction fused with the propagation) trained once per volume for 5 minutes, "
+        "weights scored at 2 and 5 minutes of training. **Two runs shared the 2 cores, one "
+        "torch thread each**: each run had one core, as on a laptop with a core busy "
+        "elsewhere; a quiet 2-core machine does more iterations in the same minutes "
+        "(`speed_under_load.json`). The user also waits for the propagation before training "
+        "(`setup_seconds` in the results: 1-15 s) and again for the fused prediction.",
+        "",
+        "![Dice against labeled slices](images/annotation_effort.png)",
+        "",
+        *table,
+        "",
+    ]
+    notes = ROOT / "benchmarks" / "annotation_notes.md"
+    if notes.exists():
+        lines += [notes.read_text().strip(), ""]
+
+
 def main() -> None:
     lines = [
         "# Benchmarks",
@@ -238,6 +272,7 @@ def main() -> None:
         "drift on these shared 2-core machines; compare the ratios measured in one run.",
         "",
     ]
+    annotation_section(lines)
     sparse_section(lines)
     speed_section(lines)
     accuracy_section(lines)
