@@ -625,7 +625,13 @@ def _predict_streaming(args, bundle, img, meta, maps, targets, values) -> np.nda
             )
             staged.append(st)
             outs[key] = arr
-        predict_volume(bundle, img, maps, batch_size=args.batch_size, out=outs)
+        try:
+            predict_volume(bundle, img, maps, batch_size=args.batch_size, out=outs)
+        except OSError as exc:  # e.g. a full disk while the chunks stream out
+            raise SemisegError(
+                f"could not write the prediction into {targets[0].parent} "
+                f"({exc.strerror or exc}): free space and predict again; nothing was written"
+            ) from None
         counts = np.zeros(bundle.num_classes, np.int64)
         labels = outs["labels"]
         for z0 in range(0, spatial[0], 16):  # class counts, and the user's values back

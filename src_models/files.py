@@ -157,11 +157,33 @@ def check_writable(folder: str | os.PathLike, what: str = "output folder") -> Pa
         problem = f"{existing} is a file, not a folder"
     elif not os.access(existing, os.W_OK | os.X_OK):  # also EROFS on read-only mounts
         problem = "permission denied" if existing == folder else f"{existing} is not writable"
+    else:
+        problem = _probe_write(existing)
     if problem:
         raise SemisegError(
             f"cannot write to the {what} {folder} ({problem}): choose a writable location"
         )
     return folder
+
+
+def _probe_write(folder: Path) -> str:
+    """Write and remove one byte in ``folder`` ("" when that works, else why not): root passes
+    ``os.access`` everywhere, even where nothing can be written (``/proc``, a full disk).
+    The folder's times are put back, so nothing the user has changes."""
+    try:
+        st = os.stat(folder)
+        fd, name = tempfile.mkstemp(prefix=".semiseg-probe-", dir=folder)
+        try:
+            os.write(fd, b"\0")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(name)
+            with contextlib.suppress(OSError):
+                os.utime(folder, ns=(st.st_atime_ns, st.st_mtime_ns))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return ""
 
 
 @contextlib.contextmanager

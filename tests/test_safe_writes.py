@@ -110,6 +110,35 @@ def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def test_torch_zip_writer_failure_on_a_full_disk_is_the_checkpoint_message(
+    tmp_path, tiny_volume, monkeypatch
+):
+    """torch.save reports a full disk as RuntimeError('... inline_container.cc ...'), which
+    was an 'internal error' (issue 21): it is the promised checkpoint message now."""
+    image, labels = tiny_volume
+    volumes, k = make_volumes([image], [labels])
+    bundle = create_model("supervised", TINY_NET, 1, k)
+    sampler = SliceSampler(volumes, patch_size=32, batch_size=2)
+    real_save = torch.save
+    calls = []
+
+    def save(obj, f):
+        calls.append(f)
+        if len(calls) == 2:
+            raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter")
+        real_save(obj, f)
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", save)
+    monkeypatch.setattr(checkpoint_module.shutil, "disk_usage", lambda p: (10, 10, 0))
+    config = TrainConfig(iterations=4, batch_size=2, patch_size=32, checkpoint_every=2)
+    with pytest.raises(CheckpointError) as info:
+        train(bundle, sampler, config, out_dir=tmp_path)
+    message = str(info.value)
+    assert "No space left on device" in message and "previous checkpoint (iteration 2)" in message
+    monkeypatch.setattr(checkpoint_module.torch, "save", real_save)
+    assert load_model(tmp_path).iteration == 2
+
+
 @pytest.fixture
 def inputs(sparse_niftis):
     return sparse_niftis

@@ -11,9 +11,11 @@ A checkpoint is a folder (the run directory) with two files written atomically:
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,6 +105,21 @@ def create_model(
     return ModelBundle(cls(config, in_channels, num_classes, device), **bundle_fields)
 
 
+def _save_tensors(payload: dict, path: str | os.PathLike) -> None:
+    """``torch.save``, whose failed writes (a full disk, a file size limit) come as a
+    ``RuntimeError`` from its zip writer ("inline_container.cc"): raised as the ``OSError``
+    they are, so the caller's "could not save the checkpoint" message names them."""
+    try:
+        torch.save(payload, path)
+    except RuntimeError as exc:
+        try:
+            full = shutil.disk_usage(Path(path).parent).free < 1 << 20
+        except OSError:
+            full = False
+        reason = "No space left on device" if full else f"the write failed: {str(exc)[:120]}"
+        raise OSError(errno.ENOSPC if full else errno.EIO, reason) from None
+
+
 def save_model(bundle: ModelBundle, run_dir: str | os.PathLike) -> Path:
     """Write ``model.pt`` and ``model.json`` into ``run_dir``; returns the dir.
 
@@ -120,7 +137,7 @@ def save_model(bundle: ModelBundle, run_dir: str | os.PathLike) -> Path:
     text = json.dumps(bundle.metadata(), indent=2)
     staged = []
     try:
-        staged.append(stage_file(run_dir / WEIGHTS_FILE, lambda tmp: torch.save(payload, tmp)))
+        staged.append(stage_file(run_dir / WEIGHTS_FILE, lambda tmp: _save_tensors(payload, tmp)))
         staged.append(stage_file(run_dir / META_FILE, lambda tmp: Path(tmp).write_text(text)))
         commit(staged)
     finally:
