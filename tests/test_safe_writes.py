@@ -4,6 +4,7 @@ mode, checkpoints that survive a full disk, run folders that are never silently 
 import errno
 import json
 import os
+import shutil
 import stat
 
 import numpy as np
@@ -129,7 +130,8 @@ def test_torch_zip_writer_failure_on_a_full_disk_is_the_checkpoint_message(
         real_save(obj, f)
 
     monkeypatch.setattr(checkpoint_module.torch, "save", save)
-    monkeypatch.setattr(checkpoint_module.shutil, "disk_usage", lambda p: (10, 10, 0))
+    full = shutil._ntuple_diskusage(10, 10, 0)
+    monkeypatch.setattr(checkpoint_module.shutil, "disk_usage", lambda p: full)
     config = TrainConfig(iterations=4, batch_size=2, patch_size=32, checkpoint_every=2)
     with pytest.raises(CheckpointError) as info:
         train(bundle, sampler, config, out_dir=tmp_path)
