@@ -517,20 +517,26 @@ class TrainRequest:
             return self.threads
         return max(1, min(torch.get_num_threads(), (os.cpu_count() or 2) - 1))
 
-    def train_config(self, start: int = 0) -> TrainConfig:
-        """The trainer config; a continued run counts its budget from ``start``."""
-        iterations = start + (1 if self.minutes is not None else self.iterations)
-        return TrainConfig(
-            iterations=iterations,
+    def recipe(self, axis: int) -> RunRecipe:
+        """The run this request asks for (the core's recipe, as the CLI builds it)."""
+        return RunRecipe(
+            method=self.method,
+            params=self.params,
+            axis=axis,
+            iterations=self.iterations,
             minutes=self.minutes,
             batch_size=self.batch_size,
             patch_size=self.patch_size,
             seed=self.seed,
-            device=self.device,
             checkpoint_every=self.checkpoint_every,
             checkpoint_seconds=self.checkpoint_seconds,
-            adapt_threads=True,
         )
+
+    def train_config(self, start: int = 0, axis: int = 0) -> TrainConfig:
+        """The trainer config; a continued run counts its budget from ``start``."""
+        config = self.recipe(axis).train_config(self.device)
+        config.iterations = start + (1 if self.minutes is not None else self.iterations)
+        return config
 
     def validate(self) -> Any:
         """Check everything cheap to check on the GUI thread; returns the method config."""
@@ -1017,14 +1023,9 @@ def train_job(
                 num_classes=values.num_classes,
             )
         volume = volumes[0]
-        recipe = RunRecipe(
-            method=req.method,
-            params=req.params,
-            axis=spec.axis,
-            batch_size=req.batch_size,
-            patch_size=req.patch_size,
-            seed=req.seed,
-        )
+        recipe = req.recipe(spec.axis)
+        if control.stop_requested:  # stopped before it started: checkpoint at once, no prior
+            recipe.prior_fraction = 0.0
         device = resumed.method.device if resumed is not None else select_device(req.device)
         run = build_run(
             recipe, volumes=volumes, num_classes=num_classes, device=device, resume=resumed
@@ -1034,7 +1035,7 @@ def train_job(
         if values is not None:
             bundle.info.update(values.info())
         bundle.info["labeled_slices"] = list(volume.labeled)
-        config = req.train_config(start=bundle.iteration)
+        config = req.train_config(start=bundle.iteration, axis=spec.axis)
         # seconds of training (Progress.elapsed: pauses excluded) of the next preview / log
         next_preview, next_log = req.preview_seconds, 0.0
         # the slice of the last preview and when it was made: a new slice on screen gets

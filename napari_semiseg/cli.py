@@ -541,7 +541,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 "--labels needs the volume in memory (the propagation is computed on the whole "
                 "volume): this one is larger; drop --labels"
             )
-        prior = _fused_prior(args, bundle, img, meta, values)
+        prior = _fused_prior(args, bundle, img)
     if lazy and volume_format(args.out) == ".zarr":
         counts = _predict_streaming(args, bundle, img, meta, maps, targets, values)
         written = targets
@@ -554,13 +554,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fused_prior(args, bundle, img, meta, values) -> np.ndarray:
-    """The propagation of the labeled slices of ``--labels`` over ``img`` (K, Z, Y, X)."""
+def _model_labels(args, bundle, img) -> tuple[np.ndarray, list[int]]:
+    """``--labels`` as the model's class ids (unannotated voxels -1) and their labeled slices
+    along the model's axis; values the model does not know are refused."""
     from napari_semiseg.io import label_volume, read_labels
+    from src_models.data.label_values import LabelValues
     from src_models.data.volumes import check_labels, detect_labeled_slices, to_slices
-    from src_models.propagation import propagation_prior
 
-    _refuse_overlap("--out", args.out, [args.labels])
+    values = LabelValues.from_info(bundle.info, bundle.num_classes)
     raw, label_meta = read_labels(args.labels)
     raw = label_volume(raw, label_meta)
     if raw.shape != tuple(img.shape[1:]):
@@ -578,6 +579,15 @@ def _fused_prior(args, bundle, img, meta, values) -> np.ndarray:
     labeled = detect_labeled_slices(to_slices(ids[None], bundle.axis)[:, 0])
     if not labeled:
         raise SemisegError(f"--labels {args.labels} has no labeled slice along axis {bundle.axis}")
+    return ids, labeled
+
+
+def _fused_prior(args, bundle, img) -> np.ndarray:
+    """The propagation of the labeled slices of ``--labels`` over ``img`` (K, Z, Y, X)."""
+    from src_models.propagation import propagation_prior
+
+    _refuse_overlap("--out", args.out, [args.labels])
+    ids, labeled = _model_labels(args, bundle, img)
     t0 = time.perf_counter()
     prior = propagation_prior(np.asarray(img), ids, labeled, bundle.axis, bundle.num_classes)
     print(
@@ -648,7 +658,6 @@ def _predict_streaming(args, bundle, img, meta, maps, targets, values) -> np.nda
 def cmd_suggest(args: argparse.Namespace) -> int:
     """``semiseg suggest``: the next slices to annotate, ranked, with scores and reasons."""
     from napari_semiseg.io import open_image
-    from src_models.data.volumes import detect_labeled_slices, to_slices
     from src_models.device import select_device
     from src_models.inference import predict_volume
     from src_models.suggest import suggest
@@ -659,18 +668,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     img, _ = open_image(args.image)
     axis = bundle.axis
     if args.labels:
-        from napari_semiseg.io import label_volume, read_labels
-
-        raw, meta = read_labels(args.labels)
-        raw = label_volume(raw, meta)
-        if raw.shape != tuple(img.shape[1:]):
-            raise SemisegError(
-                f"--labels has shape {raw.shape}, the image {tuple(img.shape[1:])}: give the "
-                "labels of this image"
-            )
-        ignore = bundle.info.get("ignore_label")
-        ids = np.where(raw == ignore, -1, raw) if ignore is not None else raw
-        labeled = detect_labeled_slices(to_slices(ids[None], axis)[:, 0])
+        _, labeled = _model_labels(args, bundle, img)
     else:
         labeled = bundle.info.get("labeled_slices")
         if not isinstance(labeled, list) or not all(isinstance(s, int) for s in labeled):
