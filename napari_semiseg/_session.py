@@ -33,6 +33,7 @@ module); the docks update layers from the worker's signals on the GUI thread.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -151,6 +152,8 @@ def label_values(
     was not trained with are refused."""
     if model is not None:
         values = LabelValues.from_info(model.info, model.num_classes)
+        if ignore is not None and values.ignore is None:  # region corrections began
+            values = dataclasses.replace(values, ignore=ignore)
         if not values.binary:
             found = set(present_values([labels], values.ignore).tolist())
             unknown = sorted(found - {*values.values})
@@ -697,6 +700,8 @@ class Session:
         self.bundle: ModelBundle | None = None
         self.axis: int = 0
         self.accepted: set[int] = set()
+        #: the labels' value for unannotated voxels (region corrections), or None
+        self.ignore_label: int | None = None
         self.preview_index: int | None = None
         self.history = LossHistory()
         self.busy: str = ""
@@ -823,6 +828,9 @@ def interpolate_labels(
     values = values or interpret_labels([labels], num_classes)
     ids = values.encode(labels).clip(min=0)
     used = sorted({int(s) for s in labeled if 0 <= int(s) < labels.shape[axis]})
+    if values.ignore is not None:  # partly annotated slices have no outline to morph
+        partly = set(labeled_slices(labels == values.ignore, axis))
+        used = [s for s in used if s not in partly]
     problem = interpolation_problem(used, axis)
     if problem:
         raise SemisegError(problem)
@@ -869,11 +877,22 @@ def propagate_labels(
 
 
 def zero_training_previews(
-    image: Any, labels: np.ndarray, axis: int, labeled: list[int], rgb: bool = False
+    image: Any,
+    labels: np.ndarray,
+    axis: int,
+    labeled: list[int],
+    rgb: bool = False,
+    ignore: int | None = None,
 ) -> Generator[InterpolationPreview, None, None]:
-    """The interpolation at once, then the propagation when it is affordable (worker side)."""
-    yield interpolate_labels(labels, axis, labeled)
-    propagated = None if image is None else propagate_labels(image, labels, axis, labeled, rgb)
+    """The interpolation at once, then the propagation when it is affordable (worker side);
+    ``ignore``: the value of unannotated voxels (region corrections)."""
+    values = label_values(labels, ignore)
+    yield interpolate_labels(labels, axis, labeled, values=values)
+    propagated = (
+        None
+        if image is None
+        else propagate_labels(image, labels, axis, labeled, rgb, values=values)
+    )
     if propagated is not None:
         yield propagated
 
@@ -1154,11 +1173,7 @@ def training_events(
         job.pid = child.pid
         del spec  # the child holds the shared image now
         if job.interpolate:
-            values = (
-                None
-                if job.bundle is None
-                else LabelValues.from_info(job.bundle.info, job.bundle.num_classes)
-            )
+            values = label_values(job.labels, job.request.ignore_label, job.bundle)
             yield interpolate_labels(job.labels, job.axis, job.labeled, values=values)
             # the better zero-training result follows within seconds, while the child trains
             propagated = propagate_labels(

@@ -460,6 +460,40 @@ def test_a_new_models_prediction_removes_the_old_models_maps(docks, qtbot):
     assert source == "1 - confidence"
 
 
+def test_region_correction_labels_only_the_painted_voxels_and_trains_on_them(docks, qtbot, errors):
+    """Issue 20: with 'only what I painted', Accept slice copies the repainted voxels and
+    leaves the rest of the slice unannotated (255, the ignore label the training reads)."""
+    from napari_semiseg._qt.review_dock import REGION_IGNORE
+
+    viewer, train, review, _ = docks
+    train_now(qtbot, train, iterations=2, preview_seconds=0)
+    assert review.predict()
+    wait_idle(qtbot, review)
+    labels, pred = viewer.layers["labels"], viewer.layers["vol prediction"]
+    before = labels.data.copy()
+    review.region_check.setChecked(True)
+    # nothing repainted yet: refused, nothing changes
+    assert review.accept_slice(4) is None and "nothing repainted" in errors[-1]
+    np.testing.assert_array_equal(labels.data, before)
+    model = pred.data[4].copy()
+    pred.data[4, 10:14, 10:15] = np.where(model[10:14, 10:15] == 1, 2, 1)  # 20 voxels repainted
+    assert review.accept_slice(4) == 4
+    painted = labels.data[4] != REGION_IGNORE
+    assert painted.sum() == 20 and painted[10:14, 10:15].all()
+    np.testing.assert_array_equal(labels.data[4][painted], pred.data[4][painted])
+    assert "20 painted voxels of slice 4" in review.review_info.text()
+    assert train.session.ignore_label == REGION_IGNORE
+    assert train.session.labeled(labels.data, 0) == [2, 4, 6, 9]
+    assert "255 = unannotated" in train.data_info.text()
+    # continuing trains on them: the training process reads 255 as unannotated
+    done = train.session.bundle.iteration
+    assert train.continue_training(2)
+    wait_idle(qtbot, train)
+    again = train.session.bundle
+    assert again.iteration == done + 2 and again.info["ignore_label"] == REGION_IGNORE
+    assert again.info["label_values"] == [0, 1, 2] and not errors[1:]
+
+
 def check_export_save_and_cli_parity(docks, qtbot, tmp_path):
     import nibabel as nib
 

@@ -126,6 +126,9 @@ MAP_INFO = {
 #: maps shown as layers; the others (per-network confidences, soft discrepancy) are kept for
 #: "Export… with the maps" only, so a prediction adds a few layers that each mean something
 LAYER_MAPS = ("confidence", "discrepancy", "uncertainty", "pseudo-labels")
+#: the value region corrections give the unannotated voxels of a slice in the training labels
+#: (the training process reads it as nnU-Net's ignore label)
+REGION_IGNORE = 255
 
 
 def map_title(key: str) -> str:
@@ -154,6 +157,7 @@ class ReviewDock(QWidget):
         self.worker = None
         self.export_worker = None
         self._queue: list[int] = []
+        self._predicted: np.ndarray | None = None
         self._visited: set[int] = set()
         self._closed = False
         self._busy_shown = False
@@ -226,6 +230,14 @@ class ReviewDock(QWidget):
         self.continue_iterations.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
         grid.addWidget(self.continue_button, 2, 0)
         grid.addWidget(self.continue_iterations, 2, 1)
+        self.region_check = QCheckBox("only what I painted")
+        self.region_check.setToolTip(
+            "Region correction: Accept slice takes only the voxels you repainted on the "
+            "prediction (where it differs from the model's); the rest of the slice stays "
+            f"unannotated (value {REGION_IGNORE} in the labels, not trained on), so a partly "
+            "corrected slice never teaches background where you did not look"
+        )
+        grid.addWidget(self.region_check, 3, 0, 1, 2)
         self.format_combo = QComboBox()
         self.format_combo.addItems(list(FORMATS))
         self.format_combo.setSizeAdjustPolicy(
@@ -466,6 +478,8 @@ class ReviewDock(QWidget):
             kind = layer.metadata.get("semiseg_map")
             if kind in LAYER_MAPS and layer.name not in keep:
                 self.viewer.layers.remove(layer)
+        # what the model predicted, to tell the user's repainting from it (region corrections)
+        self._predicted = None if is_lazy(pred.labels) else np.array(pred.labels)
         # the prediction last (on top), shown and selected: it is what the user corrects
         pred_layer = self._add_output(
             image,
@@ -632,9 +646,35 @@ class ReviewDock(QWidget):
         self.accept_button.setText(f"Accept slice {index}")
         return index
 
-    def accept_slice(self, index: int | None = None) -> int | None:
+    def _painted_region(self, values: np.ndarray, where: tuple, labels) -> tuple[np.ndarray, int]:
+        """The corrected slice ``values`` with every voxel the user did not repaint (equal to
+        the model's prediction) set to :data:`REGION_IGNORE`; and how many were painted."""
+        if self._predicted is None:
+            raise SemisegError(
+                "region corrections need the prediction in memory: untick 'only what I "
+                "painted' to accept whole slices"
+            )
+        if np.iinfo(labels.data.dtype).max < REGION_IGNORE:
+            raise SemisegError(f"labels layer {labels.name!r} cannot hold {REGION_IGNORE}")
+        model = np.asarray(self._predicted[where]).astype(values.dtype)
+        if (model == REGION_IGNORE).any() or (values == REGION_IGNORE).any():
+            raise SemisegError(
+                f"the labels use {REGION_IGNORE} as a class, which region corrections use for "
+                "unannotated voxels: accept whole slices instead"
+            )
+        changed = values != model
+        if not changed.any():
+            raise SemisegError(
+                "nothing repainted on this slice: correct the prediction layer where it is "
+                "wrong first (or untick 'only what I painted' to accept the whole slice)"
+            )
+        return np.where(changed, values, REGION_IGNORE).astype(values.dtype), int(changed.sum())
+
+    def accept_slice(self, index: int | None = None, region: bool | None = None) -> int | None:
         """Copy the prediction layer's slice (shown one by default) into the training labels
-        (undoable in the labels layer) and count it as labeled; returns the slice index."""
+        (undoable in the labels layer) and count it as labeled; returns the slice index.
+        With ``region`` (default: the 'only what I painted' box) only the repainted voxels
+        are copied and the rest of the slice is marked unannotated."""
         try:
             image = self._image()
             labels = self.labels_combo.layer()
@@ -653,6 +693,15 @@ class ReviewDock(QWidget):
         where = [slice(None)] * 3
         where[axis] = index
         values = np.asarray(pred.data[tuple(where)]).astype(labels.data.dtype)
+        region = self.region_check.isChecked() if region is None else region
+        painted = values.size
+        if region:
+            try:
+                values, painted = self._painted_region(values, tuple(where), labels)
+            except SemisegError as exc:
+                show_error(str(exc))
+                return None
+            self.session.ignore_label = REGION_IGNORE
         grid = list(np.indices(values.shape).reshape(2, -1))
         grid.insert(axis, np.full(values.size, index))
         labels.data_setitem(tuple(grid), values.reshape(-1))
@@ -661,8 +710,14 @@ class ReviewDock(QWidget):
         self._visited.add(int(index))
         self.session.notify("labels")
         n = len(self.session.labeled(np.asarray(labels.data), axis))
+        what = (
+            f"{painted} painted voxels of slice {index} ({100 * painted / values.size:.1f} %; "
+            "the rest unannotated)"
+            if region
+            else f"slice {index}"
+        )
         self.review_info.setText(
-            f"slice {index} accepted into {labels.name!r}: {n} labeled "
+            f"{what} accepted into {labels.name!r}: {n} labeled "
             "slices; continue training to use them"
         )
         self.accept_button.setText("Accept slice")

@@ -591,7 +591,7 @@ class TrainingDock(QWidget):
             + (f": {shown}" if labeled else "")
         )
         try:
-            text += f" · {describe_values(label_values(data))}"
+            text += f" · {describe_values(label_values(data, self.session.ignore_label))}"
         except SemisegError as exc:  # e.g. an instance mask: said now, not after Train
             text += f" · ⚠ {exc}"
         self.data_info.setText(text)
@@ -621,6 +621,7 @@ class TrainingDock(QWidget):
             seed=self.seed.value(),
             device=self.device_combo.currentText(),
             preview_seconds=self.preview_seconds.value(),
+            ignore_label=self.session.ignore_label,
         )
 
     def start_training(self, resume: bool = False, iterations: int | None = None) -> bool:
@@ -725,7 +726,8 @@ class TrainingDock(QWidget):
             control=TrainingControl(),
             bundle=bundle,
             preview_index=lambda: self.session.preview_index,
-            interpolate=not resume and not interpolation_problem(labeled, axis),
+            # also when continuing: the preview follows the corrected labels
+            interpolate=not interpolation_problem(labeled, axis),
             info={
                 "image": image.name,
                 "labels": labels.name,
@@ -841,6 +843,7 @@ class TrainingDock(QWidget):
             axis,
             labeled,
             rgb=bool(image.rgb) if pixels is not None else False,
+            ignore=self.session.ignore_label,
             _start_thread=False,
             _connect={
                 "yielded": partial(self.show_interpolation, source=labels),
