@@ -73,7 +73,7 @@ from src_models.inference import VolumePrediction, predict_slices, predict_volum
 from src_models.interpolation import interpolate_volume
 from src_models.methods.base import get_method, make_config
 from src_models.propagation import affordable, propagate, propagation_prior
-from src_models.recipe import DEFAULT_ITERATIONS, RunRecipe, build_run
+from src_models.recipe import DEFAULT_ITERATIONS, DEFAULT_PRIOR_FRACTION, RunRecipe, build_run
 from src_models.training.checkpoint import (
     META_FILE,
     ModelBundle,
@@ -514,6 +514,8 @@ class TrainRequest:
     stop_grace: float = 5.0
     #: the painted value that marks unannotated voxels (not trained on), or None
     ignore_label: int | None = None
+    #: share of each labeled batch taken from the propagation (the recipe's default)
+    prior_fraction: float = DEFAULT_PRIOR_FRACTION
 
     def thread_count(self) -> int:
         if self.threads > 0:
@@ -533,6 +535,7 @@ class TrainRequest:
             seed=self.seed,
             checkpoint_every=self.checkpoint_every,
             checkpoint_seconds=self.checkpoint_seconds,
+            prior_fraction=self.prior_fraction,
         )
 
     def train_config(self, start: int = 0, axis: int = 0) -> TrainConfig:
@@ -1272,7 +1275,10 @@ def predict_layers(
         spatial = tuple(view.shape[1:])
         chunks = _output_chunks(spatial, bundle.axis)
         Path(store).parent.mkdir(parents=True, exist_ok=True)
-        group = zarr.open_group(str(store), mode="w")
+        # written under a temporary name and renamed when complete: a crash or a full disk
+        # never leaves a half-written store that looks like a prediction
+        staging = Path(store).with_name(f".{Path(store).name}.partial")
+        group = zarr.open_group(str(staging), mode="w")
         dtype = np.uint8 if bundle.num_classes <= 256 else np.uint16
         out: dict[str, Any] = {
             "labels": group.create_array("labels", shape=spatial, chunks=chunks, dtype=dtype)
@@ -1284,7 +1290,14 @@ def predict_layers(
             "iteration": int(bundle.iteration),
             "maps": list(maps),
         }
-        return predict_volume(bundle, view, maps=maps, out=out)
+        try:
+            predict_volume(bundle, view, maps=maps, out=out)
+            os.replace(staging, store)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+        group = zarr.open_group(str(store), mode="r+")
+        return VolumePrediction(group["labels"], None, {name: group[name] for name in maps})
     except OSError as exc:
         raise SemisegError(
             f"cannot write the prediction into {store} ({exc}); check free disk space"

@@ -144,10 +144,12 @@ def test_unpicklable_lazy_layer_fails_with_a_clear_message(tmp_path, volume):
 
 def test_zarr_layer_trains_in_the_child_slab_by_slab_like_in_memory(tmp_path, volume):
     image, labels, _, arr = volume
-    lazy_job = TrainingJob(NoWholeRead(arr), labels, 0, LABELED, request(), tmp_path / "lazy")
+    # (no propagation prior: a volume larger than memory trains without it)
+    no_prior = request(prior_fraction=0.0)
+    lazy_job = TrainingJob(NoWholeRead(arr), labels, 0, LABELED, no_prior, tmp_path / "lazy")
     _, lazy = run(lazy_job)
     assert "read slab by slab" in (tmp_path / "lazy" / PROCESS_LOG).read_text()
-    eager_job = TrainingJob(image, labels, 0, LABELED, request(), tmp_path / "eager")
+    eager_job = TrainingJob(image, labels, 0, LABELED, no_prior, tmp_path / "eager")
     _, eager = run(eager_job)
     assert lazy.iteration == eager.iteration == 4
     assert lazy.info["labeled_slices"] == eager.info["labeled_slices"] == LABELED
