@@ -415,6 +415,9 @@ def _train(args: argparse.Namespace) -> int:
         resumed = load_model(out, device=device, expect_method=args.method)
         print(f"resuming from iteration {resumed.iteration}")
         resumed.info["processes"] = processes
+    if recipe.prior_fraction > 0:
+        print(f"propagating the labeled slices along the image ({recipe.prior} prior)...")
+    t_setup = time.perf_counter()
     run = build_run(
         recipe,
         volumes=volumes,
@@ -432,6 +435,8 @@ def _train(args: argparse.Namespace) -> int:
         },
     )
     sampler, bundle, config = run.sampler, run.bundle, run.config
+    if recipe.prior_fraction > 0:
+        print(f"prior and model ready in {time.perf_counter() - t_setup:.1f} s; training")
     if processes > 1:  # each process its own stream of batches (the hold-out is shared)
         sampler.generator.manual_seed(args.seed + 1_000_003 * distributed.rank())
     if sampler.patch_size != args.patch:
