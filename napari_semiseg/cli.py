@@ -770,6 +770,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
     for name in method_names():
         cls = METHODS[name]
         print(f"{name}: {cls.description}")
+        if cls.budget_note:
+            print(f"  when it pays off: {cls.budget_note}")
         print(f"  maps: {', '.join(cls.map_names)}")
         for p in config_params(cls.Config):
             choices = f" {{{'|'.join(map(str, p.choices))}}}" if p.choices else ""

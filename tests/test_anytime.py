@@ -149,7 +149,7 @@ def test_stop_inside_the_warmup_resumes_inside_it(tiny_volume, tmp_path, monkeyp
 
 def test_prior_batches_carry_the_interpolation_and_its_weights(tiny_volume):
     image, labels = tiny_volume
-    data, k = _sampler(tiny_volume, prior_fraction=0.5, augment=False)
+    data, k = _sampler(tiny_volume, prior_fraction=0.5, augment=False, prior="interpolation")
     vol = data.volumes[0]
     interp = interpolate_slices(vol.labels, LABELED, k)
     weights = prior_weights(interp)

@@ -457,7 +457,8 @@ class TrainingDock(QWidget):
         if not name:
             return
         cls = get_method(name)
-        self.method_description.setText(cls.description)
+        note = f"\n⏱ {cls.budget_note}" if cls.budget_note else ""
+        self.method_description.setText(cls.description + note)
         self.params.set_config_class(cls.Config)
 
     # -- run folders and model history -----------------------------------------------------

@@ -75,6 +75,9 @@ class Method:
     warmup_networks: ClassVar[tuple[str, ...]] = ()
     #: learning rate of the warm-up's own AdamW optimiser (see :meth:`warmup_step`)
     warmup_lr: ClassVar[float] = 3e-3
+    #: when the method pays off against the default, as measured (docs/benchmarks.md); shown
+    #: by ``semiseg methods`` and under the method in the training dock ("" for the default)
+    budget_note: ClassVar[str] = ""
 
     def __init__(
         self, config: Any, in_channels: int, num_classes: int, device: torch.device | str = "cpu"

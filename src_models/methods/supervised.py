@@ -51,7 +51,11 @@ def make_sgd(params, config, lr: float | None = None) -> torch.optim.Optimizer:
 @register
 class Supervised(Method):
     name = "supervised"
-    description = "Baseline: one U-Net trained on the labeled slices only (CE + Dice)."
+    description = (
+        "The default: one U-Net trained on the labeled slices (CE + Dice) and on the "
+        "confident voxels of their propagation along the image; its prediction is fused with "
+        "the propagation."
+    )
     Config = SupervisedConfig
 
     def build(self) -> None:
