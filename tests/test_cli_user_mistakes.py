@@ -7,12 +7,14 @@ same afterwards.
 """
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from conftest import synthetic_volume
 
 from napari_semiseg.cli import main
@@ -65,6 +67,24 @@ def workspace(tmp_path_factory):
     shutil.copytree(root / "run", bad_model)
     text = (bad_model / "model.json").read_text().replace('"axis"', '"axes"')
     (bad_model / "model.json").write_text(text)
+    # model.json damaged in other ways (issue 21, item 6): each a folder of its own
+    good = json.loads((root / "run" / "model.json").read_text())
+    damaged = {
+        "json_list": [1, 2],
+        "json_string": "model",
+        "channels_negative": {**good, "in_channels": -1},
+        "axis_seven": {**good, "axis": 7},
+        "patch_zero": {**good, "patch_size": 0},
+        "percentiles_reversed": {
+            **good,
+            "normalization": {**good["normalization"], "percentiles": [99.5, 0.5]},
+        },
+    }
+    for name, meta in damaged.items():
+        shutil.copytree(root / "run", root / name)
+        (root / name / "model.json").write_text(json.dumps(meta))
+    shutil.copytree(root / "run", root / "tensor_payload")
+    torch.save(torch.zeros(3), root / "tensor_payload" / "model.pt")
     assert (
         main(
             ["predict", "--model", str(root / "run"), "--image", str(root / "image.nii.gz")]
@@ -169,6 +189,13 @@ CASES = {
     "unknown map": (predict("--maps", "colour"), "no map(s) ['colour']"),
     "predict batch size 0": (predict("--batch-size", "0"), "--batch-size must be at least 1"),
     "model json lacks a key": (predict(model="bad_model"), "lacks axis"),
+    "model json is a list": (predict(model="json_list"), "JSON list, not a model"),
+    "model json is a string": (predict(model="json_string"), "JSON str, not a model"),
+    "model in_channels -1": (predict(model="channels_negative"), "in_channels -1"),
+    "model axis 7": (predict(model="axis_seven"), "axis 7 (0, 1 or 2)"),
+    "model patch 0": (predict(model="patch_zero"), "patch_size 0"),
+    "model percentiles reversed": (predict(model="percentiles_reversed"), "percentiles"),
+    "model.pt holds a tensor": (predict(model="tensor_payload"), "no napari-semiseg weights"),
     "no model": (predict(model="nowhere"), "no model found"),
     "image with other channels": (predict(image="image2ch.nii.gz"), "expects 1 channel"),
     # evaluate

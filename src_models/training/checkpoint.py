@@ -160,6 +160,11 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError) as exc:
         raise SemisegError(f"cannot read {meta_path}: {exc}; the model folder is damaged") from None
+    if not isinstance(meta, dict):
+        raise SemisegError(
+            f"{meta_path} holds a JSON {type(meta).__name__}, not a model description: the "
+            "model folder is damaged or was edited; copy it again or retrain"
+        )
     if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise SemisegError(
             f"{meta_path} is not a napari-semiseg model of format version {FORMAT_VERSION} "
@@ -172,7 +177,51 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
             f"{meta_path} lacks {', '.join(missing)}: the model folder is damaged or was "
             "edited; copy it again or retrain"
         )
+    bad = _invalid_fields(meta)
+    if bad:
+        raise SemisegError(
+            f"{meta_path} holds invalid values ({'; '.join(bad)}): the model folder is damaged "
+            "or was edited; copy it again or retrain"
+        )
     return meta
+
+
+def _whole(value: Any, low: int, high: int | None = None) -> bool:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+    return ok and (high is None or value <= high)
+
+
+def _invalid_fields(meta: dict) -> list[str]:
+    """What is wrong with each field of ``model.json`` (empty: nothing), by type and range."""
+    bad = []
+    if not isinstance(meta["method"], str):
+        bad.append("method is not a name")
+    if not isinstance(meta["config"], dict):
+        bad.append("config is not a mapping")
+    if not _whole(meta["in_channels"], 1):
+        bad.append(f"in_channels {meta['in_channels']!r} (a whole number >= 1)")
+    if not _whole(meta["num_classes"], 2, 1024):
+        bad.append(f"num_classes {meta['num_classes']!r} (a whole number from 2)")
+    if meta["axis"] not in (0, 1, 2) or isinstance(meta["axis"], bool):
+        bad.append(f"axis {meta['axis']!r} (0, 1 or 2)")
+    if not (_whole(meta["patch_size"], 16) and meta["patch_size"] % 16 == 0):
+        bad.append(f"patch_size {meta['patch_size']!r} (a multiple of 16)")
+    if not _whole(meta["iteration"], 0):
+        bad.append(f"iteration {meta['iteration']!r} (a whole number >= 0)")
+    norm = meta["normalization"]
+    pct = norm.get("percentiles") if isinstance(norm, dict) else None
+    if not (
+        isinstance(pct, list)
+        and len(pct) == 2
+        and all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in pct)
+        and 0 <= pct[0] < pct[1] <= 100
+    ):
+        bad.append(f"normalization percentiles {pct!r} (two numbers, 0 <= low < high <= 100)")
+    if not isinstance(meta.get("info", {}), dict):
+        bad.append("info is not a mapping")
+    if not isinstance(meta.get("class_names", []), list):
+        bad.append("class_names is not a list")
+    return bad
 
 
 def load_model(
@@ -197,6 +246,11 @@ def load_model(
             f"cannot load weights from {run_dir / WEIGHTS_FILE} ({type(exc).__name__}): "
             "the file is damaged or not a napari-semiseg model; retrain or copy it again"
         ) from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("state"), dict):
+        raise SemisegError(
+            f"{run_dir / WEIGHTS_FILE} holds no napari-semiseg weights (no 'state'): the "
+            "file is damaged or from another program; retrain or copy it again"
+        )
     if payload.get("method") != meta["method"]:
         raise SemisegError(f"{run_dir}: model.pt and model.json disagree on the method; retrain")
     try:
