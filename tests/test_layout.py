@@ -38,3 +38,10 @@ def test_qt_and_napari_are_imported_only_under_qt():
 def test_the_core_never_imports_the_plugin():
     for path in sorted((ROOT / "src_models").rglob("*.py")):
         assert "napari_semiseg" not in imported_roots(path), path
+
+
+def test_the_two_docks_never_import_each_other():
+    qt = ROOT / "napari_semiseg" / "_qt"
+    for this, other in (("training_dock", "review_dock"), ("review_dock", "training_dock")):
+        text = (qt / f"{this}.py").read_text()
+        assert f"_qt.{other}" not in text and f"from .{other}" not in text, this

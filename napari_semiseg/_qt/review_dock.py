@@ -51,13 +51,13 @@ from napari_semiseg._qt.layers import (
     go_to_slice,
     image_data,
 )
-from napari_semiseg._qt.training_dock import (
+from napari_semiseg._qt.widgets import (
     DOCK_WIDTH,
-    _wrapping_label,
     balance_later,
     error_message,
     prediction_colormap,
     short,
+    wrapping_label,
 )
 from napari_semiseg._session import (
     describe_training,
@@ -150,6 +150,8 @@ def layer_name(image_name: str, kind: str) -> str:
 class ReviewDock(QWidget):
     """Dock widget; ``napari_viewer`` is injected by napari (npe2 widget contribution)."""
 
+    dock_role = "review"
+
     def __init__(self, napari_viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
@@ -190,7 +192,7 @@ class ReviewDock(QWidget):
         root.setContentsMargins(4, 4, 4, 4)
         root.setSpacing(4)
 
-        self.model_info = _wrapping_label()
+        self.model_info = wrapping_label()
         root.addWidget(self.model_info)
         grid = QGridLayout()
         grid.setHorizontalSpacing(4)
@@ -259,11 +261,11 @@ class ReviewDock(QWidget):
         grid.setColumnStretch(0, 1)
         grid.setColumnStretch(1, 1)
         root.addLayout(grid)
-        self.review_info = _wrapping_label()
+        self.review_info = wrapping_label()
         root.addWidget(self.review_info)
-        self.status = _wrapping_label()
+        self.status = wrapping_label()
         root.addWidget(self.status)
-        self.legend = _wrapping_label()
+        self.legend = wrapping_label()
         self.legend.setTextFormat(Qt.TextFormat.RichText)
         root.addWidget(self.legend)
 

@@ -70,7 +70,6 @@ from superqt import QCollapsible
 from napari_semiseg._qt.layers import (
     LayerCombo,
     add_or_update,
-    balance_docks,
     check_pair,
     current_index,
     data_note,
@@ -79,6 +78,15 @@ from napari_semiseg._qt.layers import (
 )
 from napari_semiseg._qt.loss_plot import LossPlot
 from napari_semiseg._qt.param_form import ParamForm
+from napari_semiseg._qt.widgets import (
+    DOCK_WIDTH,
+    StatusLine,
+    balance_later,
+    error_message,
+    prediction_colormap,
+    short,
+    wrapping_label,
+)
 from napari_semiseg._session import (
     AXIS_NAMES,
     KEEP_FILE,
@@ -118,87 +126,6 @@ NO_TRAINING_LAYER = "no-training result"
 TABS_MIN_HEIGHT = 165
 #: the loss curve's least height (legend, axes and a readable curve)
 LOSS_PLOT_MIN_HEIGHT = 130
-#: class colours of the live preview, the prediction and the pseudo-labels: bright,
-#: unlike napari's default label colours of the training labels (class 1, 2, ...)
-PREDICTION_COLORS = ("#ffee58", "#76ff03", "#ff4081", "#00e5ff", "#ff9100", "#ea80fc")
-#: longest notification text (the full message stays in the dock's status line)
-NOTIFICATION_CHARS = 160
-
-
-def prediction_colormap() -> Any:
-    """A napari label colormap for predicted classes (0 transparent), distinct from the
-    default colours of the training labels."""
-    from napari.utils.colormaps import DirectLabelColormap
-
-    colors: dict[Any, Any] = {None: "#ffffff", 0: "transparent"}
-    for i, color in enumerate(PREDICTION_COLORS, start=1):
-        colors[i] = color
-    return DirectLabelColormap(color_dict=colors)
-
-
-def short(message: str, limit: int = NOTIFICATION_CHARS) -> str:
-    """``message`` for a notification: whole when short, else cut at a sentence end (or
-    at ``limit`` characters) with a pointer to the dock's status line, which keeps it all."""
-    text = " ".join(message.split())
-    if len(text) <= limit:
-        return text
-    head = text[:limit]
-    cut = max(head.rfind(". "), head.rfind("; "))
-    head = head[: cut + 1] if cut >= limit // 3 else head.rstrip() + "…"
-    return f"{head} (more in the dock)"
-
-
-#: the width napari's dock column gets from the docks (their content fits from ~230 px)
-DOCK_WIDTH = 340
-
-
-def balance_later(widget: QWidget) -> None:
-    """Once the event loop has placed the dock: share its column between the training and
-    review docks (:func:`balance_docks`), once per viewer so a user's own split stays."""
-    session = getattr(widget, "session", None)
-    if session is None or session.docks_balanced:
-        return
-
-    def balance() -> None:
-        from napari_semiseg._qt.review_dock import ReviewDock
-
-        if session.docks_balanced or getattr(widget, "_closed", True):
-            return
-        window = widget.window()
-        trainings = [w for w in window.findChildren(TrainingDock) if not w._closed]
-        reviews = [w for w in window.findChildren(ReviewDock) if not w._closed]
-        if trainings and reviews and balance_docks(trainings[0], reviews[0]):
-            session.docks_balanced = True
-
-    QTimer.singleShot(0, balance)
-
-
-class StatusLine(QLabel):
-    """A status label of at most ``LINES`` wrapped lines (so a long message never squeezes
-    the loss curve); the whole text is its tooltip."""
-
-    LINES = 3
-
-    def __init__(self, text: str = "") -> None:
-        super().__init__()
-        self.setWordWrap(True)
-        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
-        self.setMinimumWidth(40)
-        self.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
-        self.setFixedHeight(self.fontMetrics().lineSpacing() * self.LINES + 4)
-        self.setText(text)
-
-    def setText(self, text: str) -> None:  # noqa: N802  (Qt override)
-        super().setText(text)
-        self.setToolTip(text)
-
-
-def _wrapping_label(text: str = "") -> QLabel:
-    label = QLabel(text)
-    label.setWordWrap(True)
-    label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
-    label.setMinimumWidth(40)
-    return label
 
 
 def _spin(box: QAbstractSpinBox, low: float, high: float, value: float) -> QAbstractSpinBox:
@@ -226,16 +153,10 @@ def _form(tabs: QTabWidget, title: str) -> QFormLayout:
     return form
 
 
-def error_message(exc: BaseException) -> str:
-    """The core's message for SemisegError; type and message for anything unexpected."""
-    if isinstance(exc, SemisegError):
-        return str(exc)
-    kind = exc.kind if isinstance(exc, ChildError) else type(exc).__name__
-    return f"unexpected {kind}: {exc} (see the console for the traceback)"
-
-
 class TrainingDock(QWidget):
     """Dock widget; ``napari_viewer`` is injected by napari (npe2 widget contribution)."""
+
+    dock_role = "training"
 
     def __init__(self, napari_viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -290,7 +211,7 @@ class TrainingDock(QWidget):
             "The axis the labeled slices are cut along (detected from "
             "where the labels are; change it if needed)"
         )
-        self.data_info = _wrapping_label()
+        self.data_info = wrapping_label()
         form.addRow("Image", self.image_combo)
         form.addRow("Labels", self.labels_combo)
         form.addRow("Slice axis", self.axis_combo)
@@ -304,7 +225,7 @@ class TrainingDock(QWidget):
         form = _form(self.tabs, "Method")
         self.method_combo = QComboBox()
         self.method_combo.addItems(method_names())
-        self.method_description = _wrapping_label()
+        self.method_description = wrapping_label()
         self.params = ParamForm()
         self.advanced = QCollapsible("Advanced parameters")
         self.advanced.addWidget(self.params)
@@ -354,7 +275,7 @@ class TrainingDock(QWidget):
         bform.addRow("Preview every", self.preview_seconds)
 
         rform = _form(self.tabs, "Runs")
-        self.runs_label = _wrapping_label()
+        self.runs_label = wrapping_label()
         self.runs_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.runs_button = QPushButton("Change folder…")
         self.runs_button.setToolTip("Pick the folder the run folders go to (remembered)")
