@@ -578,7 +578,7 @@ def test_the_live_preview_lands_on_the_viewed_slice_in_its_own_colours(
     """An image whose world coordinates are shifted (a NIfTI origin, as the sample's): the
     preview predicts and shows the slice on screen from the first preview on."""
     from napari_semiseg._qt.layers import go_to_slice
-    from napari_semiseg._qt.training_dock import PREDICTION_COLORS
+    from napari_semiseg._qt.widgets import PREDICTION_COLORS
 
     viewer = make_napari_viewer()
     image, truth = synthetic_volume()
