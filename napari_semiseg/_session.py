@@ -150,6 +150,7 @@ def label_values(
     become classes 0..K-1 and predictions go back to the painted values; an instance mask is
     refused with the fix. Continuing ``model``, its recorded values are used, and values it
     was not trained with are refused."""
+    check_labels(labels)  # whole, non-negative numbers first (a float image is refused)
     if model is not None:
         values = LabelValues.from_info(model.info, model.num_classes)
         if ignore is not None and values.ignore is None:  # region corrections began
