@@ -264,6 +264,31 @@ def annotation_section(lines: list[str]) -> None:
         lines += [notes.read_text().strip(), ""]
 
 
+def load_section(lines: list[str]) -> None:
+    """Training throughput with one core busy elsewhere (speed_under_load.py)."""
+    path = RESULTS / "speed_under_load.json"
+    if not path.exists():
+        return
+    data = json.loads(path.read_text())
+    lines += [
+        "## Speed with one core busy elsewhere",
+        "",
+        "`benchmarks/speed_under_load.py`: median seconds per supervised iteration (batch 8, "
+        "128-pixel crops), measured in one run on this "
+        f"{data['cores']}-core CPU, quiet and with a busy-loop process on one core. "
+        "*adaptive* is the recipe's default (`ThreadGovernor`: threads = the cores other "
+        "processes leave free). Goal (issue 18): loaded within 2x of quiet.",
+        "",
+        "| condition | s / iteration | threads | vs quiet |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, row in data["rows"].items():
+        lines.append(
+            f"| {name} | {row['seconds']:.3f} | {row['threads']} | {row['vs_quiet']:.2f}x |"
+        )
+    lines.append("")
+
+
 def main() -> None:
     lines = [
         "# Benchmarks",
@@ -273,6 +298,7 @@ def main() -> None:
         "",
     ]
     annotation_section(lines)
+    load_section(lines)
     sparse_section(lines)
     speed_section(lines)
     accuracy_section(lines)
