@@ -65,7 +65,6 @@ from napari_semiseg._session import (
     lazy_image,
     predict_layers,
     prediction_store,
-    rank_means,
     sampled_percentile,
     session_for,
     slice_score,
@@ -73,6 +72,7 @@ from napari_semiseg._session import (
 from src_models.data.lazy import is_lazy
 from src_models.errors import SemisegError
 from src_models.inference import VolumePrediction
+from src_models.suggest import suggest
 
 #: unlabeled slices whose mean scores differ by no more than this all tie
 FLAT_SCORE = 1e-6
@@ -607,7 +607,9 @@ class ReviewDock(QWidget):
         # the unlabeled slices all score the same: the ranking says nothing
         self._ranking_flat = (max(rest) - min(rest) <= FLAT_SCORE) if rest else False
         self._ranking_value = rest[0] if rest else 0.0
-        return rank_means(means, labeled), source
+        # the same ranking as `semiseg suggest --strategy uncertainty`
+        picks = suggest(labeled, len(means), means, None, n=len(means), strategy="uncertainty")
+        return [p.index for p in picks], source
 
     def next_slice(self) -> int | None:
         """Move the viewer to the next unlabeled slice to review; returns its index."""
