@@ -100,7 +100,7 @@ def loop(image, truth, axis, labeled, strategy, kind, rounds, minutes, seed) -> 
         else:
             threshold = 0.5 if "discrepancy" in pred.maps else 0.2
             region = (pred.labels[index] != truth[index]) | (unsure[index] > threshold)
-            labels[index] = np.where(region, truth[index], IGNORE)
+            labels[index] = np.where(region, truth[index].astype(np.int64), IGNORE)
             painted_total += int(region.sum())
         done = sorted(set(done) | {pick})
     return {"rounds": rows}
