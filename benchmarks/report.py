@@ -302,8 +302,8 @@ def correction_section(lines: list[str]) -> None:
         "suggest a slice -> correct it from the ground truth (the whole slice, or only where "
         "the prediction is wrong or unsure) -> continue training 1 minute; whole-volume Dice "
         "of the fused output after each round, voxels painted so far, and the zero-training "
-        "results on the same slices. One run each, one torch thread, two runs side by side: "
-        "a first look, not the issue's 3 + 3 volumes.",
+        "results on the same slices (labeled whole). One run each, one torch thread, two "
+        "runs side by side: a first look on one volume, not the issue's 3 + 3 volumes.",
         "",
         "| volume | protocol | strategy / correction | Dice by round | painted voxels | "
         "propagation by round |",
