@@ -35,11 +35,10 @@ import torch
 from _common import RESULTS, ROOT, machine
 from _protocol import PROTOCOLS, load_case, protocol_slices, scored_dice, sparse
 
-from src_models.data.volumes import to_slices
 from src_models.inference import predict_volume
 from src_models.interpolation import interpolate_volume
 from src_models.postprocess import largest_component_3d
-from src_models.propagation import propagate, propagation_prior
+from src_models.propagation import propagate_volume, propagation_prior
 from src_models.recipe import RunRecipe, build_run
 from src_models.training import train
 
@@ -51,18 +50,14 @@ def zero_training(image, labels, axis, labeled) -> dict:
     """Dice and seconds of the three zero-training results."""
     given = sparse(labels, axis, labeled)
     k = int(labels.max()) + 1
-    slices = to_slices(image[None], axis)
-    given_slices = to_slices(given[None], axis)[:, 0]
-    rows = {}
     runs = {
         "interpolation": lambda: interpolate_volume(given, labeled, axis, k),
-        "random_walker": lambda: np.moveaxis(
-            propagate(slices, given_slices, labeled, k, beta=130.0, extend=0).labels, 0, axis
+        "random_walker": lambda: propagate_volume(
+            image, given, labeled, axis, k, beta=130.0, extend=0
         ),
-        "propagation": lambda: np.moveaxis(
-            propagate(slices, given_slices, labeled, k).labels, 0, axis
-        ),
+        "propagation": lambda: propagate_volume(image, given, labeled, axis, k),
     }
+    rows = {}
     for name, run in runs.items():
         t = time.perf_counter()
         pred = run()

@@ -34,7 +34,7 @@ from _protocol import PROTOCOLS, load_case, protocol_slices, scored_dice, sparse
 from src_models.data.label_values import IGNORE
 from src_models.inference import predict_volume
 from src_models.interpolation import interpolate_volume
-from src_models.propagation import propagate, propagation_prior
+from src_models.propagation import propagate_volume, propagation_prior
 from src_models.recipe import RunRecipe, build_run
 from src_models.suggest import STRATEGIES, suggest
 from src_models.training import train
@@ -48,7 +48,7 @@ def whole_dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return scored_dice(pred, truth, 0, [])
 
 
-def uncertainty_map(pred, method) -> np.ndarray:
+def uncertainty_map(pred) -> np.ndarray:
     if "discrepancy" in pred.maps:
         return pred.maps["discrepancy"]
     return 1.0 - pred.maps["confidence"]
@@ -87,7 +87,7 @@ def loop(image, truth, axis, labeled, strategy, kind, rounds, minutes, seed) -> 
         if r == rounds:
             break
         others = tuple(a for a in range(3) if a != axis)
-        unsure = uncertainty_map(pred, bundle.method)
+        unsure = uncertainty_map(pred)
         score = unsure.mean(axis=others)
         structure = pred.labels.astype(bool).any(axis=others)
         pick = suggest(done, truth.shape[axis], score, structure, 1, strategy)[0].index
@@ -111,8 +111,7 @@ def zero_training_rows(image, truth, axis, slices_per_round) -> list[dict]:
     for done in slices_per_round:
         given = sparse(truth, axis, done)
         interp = interpolate_volume(given, done, axis)
-        moved = np.moveaxis(image, axis, 0)[:, None]
-        prop = np.moveaxis(propagate(moved, np.moveaxis(given, axis, 0), done).labels, 0, axis)
+        prop = propagate_volume(image, given, done, axis)
         rows.append(
             {"interpolation": whole_dice(interp, truth), "propagation": whole_dice(prop, truth)}
         )

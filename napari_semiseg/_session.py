@@ -60,7 +60,6 @@ from napari_semiseg._train_process import ChildError, ChildProcess, describe_exi
 from src_models.data.label_values import LabelValues, interpret_labels, present_values
 from src_models.data.lazy import ChannelsFirst, is_lazy, make_lazy_volume, read_label_slices
 from src_models.data.volumes import (
-    Volume,
     as_channels_first,
     check_axis,
     check_labels,
@@ -69,10 +68,10 @@ from src_models.data.volumes import (
 from src_models.device import select_device
 from src_models.errors import SemisegError
 from src_models.files import atomic_write
-from src_models.inference import VolumePrediction, predict_slices, predict_volume
+from src_models.inference import VolumePrediction, predict_training_slice, predict_volume
 from src_models.interpolation import interpolate_volume
 from src_models.methods.base import get_method, make_config
-from src_models.propagation import affordable, propagate, propagation_prior
+from src_models.propagation import affordable, propagate_volume, propagation_prior
 from src_models.recipe import DEFAULT_ITERATIONS, DEFAULT_PRIOR_FRACTION, RunRecipe, build_run
 from src_models.training.checkpoint import (
     META_FILE,
@@ -864,19 +863,16 @@ def propagate_labels(
     labels = np.asarray(labels)
     check_labels(labels, None if values is not None else num_classes)
     values = values or interpret_labels([labels], num_classes)
-    ids = values.encode(labels)
     used = sorted({int(s) for s in labeled if 0 <= int(s) < labels.shape[axis]})
-    slices = np.moveaxis(img, axis + 1, 0)
-    if not affordable(slices.shape[:1] + slices.shape[2:], used):
+    if not affordable(np.moveaxis(labels, axis, 0).shape, used):
         return None
     t0 = time.perf_counter()
     try:
-        result = propagate(slices, np.moveaxis(ids, axis, 0), used, values.num_classes)
+        ids = propagate_volume(img, values.encode(labels), used, axis, values.num_classes)
     except MemoryError as exc:
         raise _friendly(exc) from None
     dtype = labels.dtype if labels.dtype.kind in "iu" else np.int64
-    filled = values.decode(np.ascontiguousarray(np.moveaxis(result.labels, 0, axis)))
-    filled = filled.astype(dtype)
+    filled = values.decode(ids).astype(dtype)
     return InterpolationPreview(axis, used, filled, "propagation", time.perf_counter() - t0)
 
 
@@ -899,22 +895,6 @@ def zero_training_previews(
     )
     if propagated is not None:
         yield propagated
-
-
-def _predict_slice(bundle: ModelBundle, volume: Volume, index: int) -> np.ndarray:
-    """Labels (H, W) of one normalised slice, leaving the method in training mode and the
-    global torch RNG untouched (so a preview never changes the training run)."""
-    method = bundle.method
-    rng = torch.get_rng_state()
-    method.eval()
-    try:
-        x = torch.from_numpy(np.asarray(volume.slices[index])[None]).to(method.device)
-        with torch.no_grad(), method.autocast():
-            probs, _ = predict_slices(method, x, volume.background, ())
-        return probs[0].argmax(dim=0).to(torch.uint8).cpu().numpy()
-    finally:
-        method.train()
-        torch.set_rng_state(rng)
 
 
 def _friendly(exc: BaseException) -> BaseException:
@@ -1087,7 +1067,7 @@ def train_job(
             if progress.elapsed >= next_preview or progress.done or moved:
                 next_preview = progress.elapsed + every
                 shown, shown_at = index, progress.elapsed
-                labels = _predict_slice(bundle, volume, index)
+                labels = predict_training_slice(bundle.method, volume, index)
                 send(Preview(spec.axis, index, labels, progress.iteration))
 
         log.info(
@@ -1267,7 +1247,7 @@ def predict_layers(
             values = LabelValues.from_info(bundle.info, bundle.num_classes)
             prior = None
             if view is None and labels is not None and labeled:
-                prior = _fusion_prior(bundle, source, labels, labeled, values)
+                prior = _fusion_prior(bundle, source, labels, labeled)
             pred = predict_volume(bundle, source, maps=maps, prior=prior)
             pred.labels = values.decode(pred.labels)  # the painted values back
             return pred
@@ -1307,21 +1287,17 @@ def predict_layers(
         raise _friendly(exc) from None
 
 
-def _fusion_prior(
-    bundle: ModelBundle, image: np.ndarray, labels: Any, labeled: list[int], values: LabelValues
-):
+def _fusion_prior(bundle: ModelBundle, image: np.ndarray, labels: Any, labeled: list[int]):
     """The propagation prior (K, Z, Y, X) of ``labels`` for a fused prediction, or None when
     the labels do not fit the model or the propagation is not affordable."""
     labels = np.asarray(labels)
     if labels.shape != image.shape[1:]:
         return None
-    try:
-        label_values(labels, model=bundle)  # refuses values the model does not know
-        labels = values.encode(labels)
+    try:  # the model's reading of the values (refuses values it does not know)
+        labels = label_values(labels, model=bundle).encode(labels)
     except SemisegError:  # values the model does not know: no fusion
         return None
-    slices_shape = np.moveaxis(labels, bundle.axis, 0).shape
-    if not affordable(slices_shape, labeled):
+    if not affordable(np.moveaxis(labels, bundle.axis, 0).shape, labeled):
         return None
     return propagation_prior(image, labels, labeled, bundle.axis, bundle.num_classes)
 

@@ -109,6 +109,23 @@ def predict_slices(
     return probs / count, averaged
 
 
+def predict_training_slice(method: Method, volume, index: int) -> np.ndarray:
+    """Class ids (H, W) uint8 of slice ``index`` of a normalised training
+    :class:`~src_models.data.volumes.Volume`, in the middle of training: the method is left
+    in training mode and the global torch RNG untouched, so looking never changes the run
+    (the plugin's live preview, the trainer's labeled-slice fit)."""
+    rng = torch.get_rng_state()
+    method.eval()
+    try:
+        x = torch.from_numpy(np.asarray(volume.slices[index])[None]).to(method.device)
+        with torch.no_grad(), method.autocast():
+            probs, _ = predict_slices(method, x, volume.background, ())
+        return probs[0].argmax(dim=0).to(torch.uint8).cpu().numpy()
+    finally:
+        method.train()
+        torch.set_rng_state(rng)
+
+
 def predict_volume(
     bundle: ModelBundle,
     image: np.ndarray,
@@ -204,16 +221,16 @@ def predict_volume(
         index = [slice(None)] * 4
         index[axis + 1] = slice(s0, s1)
         slab = np.ascontiguousarray(to_slices(norm.apply(img[tuple(index)]), axis))
+        if prior is not None:  # (K, Z, Y, X) -> the slab's (n, K, H, W)
+            prior_slab = torch.from_numpy(to_slices(np.asarray(prior[tuple(index)]), axis).copy())
         slab_probs, slab_ids, slab_maps = [], [], {m: [] for m in maps}
         for b0 in range(0, slab.shape[0], batch_size):
             x = torch.from_numpy(slab[b0 : b0 + batch_size]).to(device)
             with torch.no_grad(), method.autocast():
                 p, mp = predict_slices(method, x, fill, maps, tile_size)
             if prior is not None:
-                index4 = [slice(None)] * 4
-                index4[axis + 1] = slice(s0 + b0, s0 + b0 + x.shape[0])
-                q = torch.from_numpy(to_slices(np.asarray(prior[tuple(index4)]), axis).copy())
-                p = (1.0 - prior_weight) * p.float() + prior_weight * q.to(p.device)
+                q = prior_slab[b0 : b0 + x.shape[0]].to(p.device)
+                p = (1.0 - prior_weight) * p.float() + prior_weight * q
             slab_ids.append(class_ids(p).cpu().numpy().astype(label_dtype))
             if probs_out is not None:
                 slab_probs.append(p.float().cpu().numpy())

@@ -44,12 +44,16 @@ DEFAULT_EXTEND = 3
 MAX_VOXELS = 8 * 2**20
 
 
+def _walk_range(labeled: Sequence[int], n: int, extend: int) -> tuple[int, int]:
+    """First and last slice the walk decides: the labeled range widened by ``extend``."""
+    return max(0, min(labeled) - extend), min(n - 1, max(labeled) + extend)
+
+
 def propagation_voxels(shape_nhw: Sequence[int], labeled: Sequence[int]) -> int:
     """Voxels the walk solves for: the labeled range along the first axis, widened."""
     if not len(labeled):
         return 0
-    n = int(shape_nhw[0])
-    lo, hi = max(0, min(labeled) - DEFAULT_EXTEND), min(n - 1, max(labeled) + DEFAULT_EXTEND)
+    lo, hi = _walk_range(labeled, int(shape_nhw[0]), DEFAULT_EXTEND)
     return (hi + 1 - lo) * int(np.prod(shape_nhw[1:]))
 
 
@@ -101,7 +105,7 @@ def propagate(
     covered = np.zeros(n, bool)
     if not done:
         return Propagation(np.zeros(labels.shape, np.int64), probs, covered)
-    lo, hi = max(0, done[0] - extend), min(n - 1, done[-1] + extend)
+    lo, hi = _walk_range(done, n, extend)
     covered[lo : hi + 1] = True
     window = slice(lo, hi + 1)
     markers = np.zeros((hi + 1 - lo,) + labels.shape[1:], np.int64)
@@ -132,6 +136,15 @@ def propagate(
     return Propagation(probs.argmax(axis=0).astype(np.int64), probs, covered)
 
 
+def _slices_first(image: np.ndarray, labels_zyx: np.ndarray, axis: int):
+    """(N, C, H, W) image slices and (N, H, W) label slices along ``axis`` of a (Z, Y, X) or
+    (C, Z, Y, X) image and its (Z, Y, X) labels."""
+    image = np.asarray(image)
+    if image.ndim == 3:
+        image = image[None]
+    return np.moveaxis(image, axis + 1, 0), np.moveaxis(np.asarray(labels_zyx), axis, 0)
+
+
 def propagate_volume(
     image: np.ndarray,
     labels_zyx: np.ndarray,
@@ -142,11 +155,7 @@ def propagate_volume(
 ) -> np.ndarray:
     """Propagated label volume (Z, Y, X) of ``image`` (Z, Y, X) or (C, Z, Y, X) from the
     labeled slices along ``axis``."""
-    image = np.asarray(image)
-    if image.ndim == 3:
-        image = image[None]
-    slices = np.moveaxis(image, axis + 1, 0)
-    lbl = np.moveaxis(np.asarray(labels_zyx), axis, 0)
+    slices, lbl = _slices_first(image, labels_zyx, axis)
     result = propagate(slices, lbl, labeled, num_classes, **options).labels
     return np.ascontiguousarray(np.moveaxis(result, 0, axis))
 
@@ -161,10 +170,6 @@ def propagation_prior(
     """Class probabilities (K, Z, Y, X) of the propagation of ``labels_zyx``'s ``labeled``
     slices over ``image`` (Z, Y, X) or (C, Z, Y, X): the prior a prediction is fused with
     (:func:`src_models.inference.predict_volume`)."""
-    image = np.asarray(image)
-    if image.ndim == 3:
-        image = image[None]
-    slices = np.moveaxis(image, axis + 1, 0)
-    lbl = np.moveaxis(np.asarray(labels_zyx), axis, 0)
+    slices, lbl = _slices_first(image, labels_zyx, axis)
     probs = propagate(slices, lbl, labeled, num_classes).probabilities  # (K, N, H, W)
     return np.ascontiguousarray(np.moveaxis(probs, 1, axis + 1))

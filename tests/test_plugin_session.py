@@ -236,7 +236,7 @@ def test_previews_follow_seconds_of_training_not_iterations(tmp_path, monkeypatc
     labels = sparse(truth, [2, 6, 9])
     # seconds of training after iterations 0 (the done event of a stop) .. 10
     clock = [0.0, 0.5, 1.0, 2.9, 3.1, 3.2, 3.3, 9.0, 9.1, 9.2, 12.5]
-    real_train, real_predict = session_module.train, session_module._predict_slice
+    real_train, real_predict = session_module.train, session_module.predict_training_slice
     current: dict = {}
     predicted: list[tuple[int, bool]] = []
 
@@ -253,7 +253,7 @@ def test_previews_follow_seconds_of_training_not_iterations(tmp_path, monkeypatc
         return real_predict(bundle, volume, index)
 
     monkeypatch.setattr(session_module, "train", timed_train)
-    monkeypatch.setattr(session_module, "_predict_slice", spy_predict)
+    monkeypatch.setattr(session_module, "predict_training_slice", spy_predict)
 
     def run(seconds: float, name: str, index=lambda: None):
         predicted.clear()

@@ -34,7 +34,7 @@ from src_models.data.lazy import LazySlices, UnlabeledWindow
 from src_models.data.volumes import Volume
 from src_models.errors import SemisegError
 from src_models.interpolation import interpolate_slices, prior_weights
-from src_models.propagation import affordable
+from src_models.propagation import affordable, propagate
 
 #: fewer labeled slices than this are all needed for training: none is held out and a method
 #: that selects on held-out slices (SDCL) keeps its last state instead (with the 3-5 labeled
@@ -48,10 +48,6 @@ PRIORS = ("interpolation", "propagation")
 PROPAGATION_UNSURE, PROPAGATION_SURE = 0.6, 0.9
 
 
-def in_memory(volume: Volume) -> bool:
-    return isinstance(volume.slices, np.ndarray)
-
-
 def propagation_targets(
     volume: Volume, labeled: list[int], num_classes: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -59,8 +55,6 @@ def propagation_targets(
     ``volume``'s ``labeled`` slices: its class ids, weighted by how sure the walk is (0 below
     :data:`PROPAGATION_UNSURE`, 1 from :data:`PROPAGATION_SURE`), 0 on the labeled slices
     (they train as labeled) and on slices the propagation does not reach."""
-    from src_models.propagation import propagate
-
     result = propagate(volume.slices, volume.labels, labeled, num_classes)
     sure = result.probabilities.max(axis=0)
     span = PROPAGATION_SURE - PROPAGATION_UNSURE
@@ -184,8 +178,8 @@ class SliceSampler:
                 used = [s for s in vol.labeled if (v, s) not in held]
                 if not isinstance(vol.labels, np.ndarray) or len(used) < 2:
                     continue  # unlabeled, or larger than memory (no interpolation prior)
-                shape = vol.labels.shape
-                if prior == "propagation" and affordable(shape, used) and in_memory(vol):
+                in_memory = isinstance(vol.slices, np.ndarray)
+                if prior == "propagation" and in_memory and affordable(vol.labels.shape, used):
                     targets, weights = propagation_targets(vol, used, self.num_classes)
                 else:
                     interp = interpolate_slices(vol.labels, used, self.num_classes)

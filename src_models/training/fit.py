@@ -15,10 +15,10 @@ not at all and hands back the zero-training result instead.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from src_models.data.sampler import SliceSampler
 from src_models.methods.base import Method
+from src_models.metrics import dice
 
 #: labeled slices scored at most (evenly chosen), so the check stays a fraction of a second
 MAX_SLICES = 16
@@ -31,34 +31,20 @@ MIN_FIT = 0.5
 
 def labeled_fit(method: Method, data: SliceSampler) -> float:
     """Mean foreground Dice of ``method``'s prediction on (up to :data:`MAX_SLICES` of) the
-    labeled slices it trains on; NaN when none has foreground. Networks are left in train
-    mode and the global RNG untouched."""
-    from src_models.inference import predict_slices
+    labeled slices it trains on (unannotated voxels left out); NaN when none has foreground.
+    Networks are left in train mode and the global RNG untouched."""
+    from src_models.inference import predict_training_slice  # (inference imports training)
 
     pairs = data.labeled_index
     if not pairs:
         return float("nan")
     picks = np.unique(np.linspace(0, len(pairs) - 1, min(MAX_SLICES, len(pairs))).astype(int))
-    rng = torch.get_rng_state()
-    method.eval()
     scores = []
-    try:
-        with torch.no_grad():
-            for i in picks:
-                v, s = pairs[int(i)]
-                volume = data.volumes[v]
-                x = torch.from_numpy(np.asarray(volume.slices[s])[None]).to(method.device)
-                with method.autocast():
-                    probs, _ = predict_slices(method, x, volume.background, ())
-                pred = probs[0].float().argmax(dim=0).cpu().numpy()
-                truth = np.asarray(volume.labels[s])
-                known = truth >= 0
-                for c in np.unique(truth[known]):
-                    if c == 0:
-                        continue
-                    p, t = (pred == c) & known, truth == c
-                    scores.append(2.0 * (p & t).sum() / max(p.sum() + t.sum(), 1))
-    finally:
-        method.train()
-        torch.set_rng_state(rng)
+    for i in picks:
+        v, s = pairs[int(i)]
+        volume = data.volumes[v]
+        pred = predict_training_slice(method, volume, s)
+        truth = np.asarray(volume.labels[s])
+        known = truth >= 0
+        scores += [dice((pred == c) & known, truth == c) for c in np.unique(truth[known]) if c]
     return float(np.mean(scores)) if scores else float("nan")
