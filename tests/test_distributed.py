@@ -5,6 +5,7 @@ torchrun says how many processes trained it and resumes."""
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -85,9 +86,9 @@ def _first_loss(sampler):
 
 
 #: attempts of a multi-process run: gloo on this CPU build sometimes aborts a rank natively
-#: ("terminate called without an active exception", SIGABRT) right after the first DDP
-#: step, also before this project's code changed (seen 1 in 4 at commit 87b8614); a run that
-#: ends that way is started again, anything else fails at once
+#: ("terminate called without an active exception", SIGABRT) after the DDP steps or at
+#: exit, also before this project's code changed (seen 1 in 4 at commit 87b8614); a run
+#: that ends that way is started again in a clean folder, anything else fails at once
 ATTEMPTS = 3
 
 
@@ -95,6 +96,8 @@ def run(world, folder, method="supervised"):
     if world == 1:
         os.environ.pop("WORLD_SIZE", None)
     for attempt in range(ATTEMPTS):
+        shutil.rmtree(folder / f"run{world}", ignore_errors=True)  # an aborted run's files
+        (folder / f"result{world}.json").unlink(missing_ok=True)
         try:
             mp.start_processes(
                 _rank_main,
