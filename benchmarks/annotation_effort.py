@@ -97,14 +97,28 @@ def trained(method, image, labels, axis, labeled, budgets, seed, overrides) -> d
     rows = {}
     for minutes, (iteration, elapsed, state) in sorted(snapshots.items()):
         bundle.method.load_state_dict(state, with_optimizers=False)
-        alone = predict_volume(bundle, image, maps=()).labels
-        fused = predict_volume(bundle, image, maps=(), prior=prior).labels
+        model = predict_volume(bundle, image, maps=(), return_probabilities=True).probabilities
+        flipped = predict_volume(
+            bundle, image, maps=(), return_probabilities=True, flips=True
+        ).probabilities
+        alone, fused = model.argmax(0), (0.5 * model + 0.5 * prior).argmax(0)
         rows[str(minutes)] = {
             "iteration": iteration,
             "elapsed": elapsed,
             "model": scored_dice(alone, labels, axis, labeled),
             "output": scored_dice(fused, labels, axis, labeled),
             "output_lcc": scored_dice(largest_component_3d(fused, k), labels, axis, labeled),
+            # variants of the output measured alongside (weight of the prior; mirrored slices)
+            "output_w0.3": scored_dice(
+                (0.7 * model + 0.3 * prior).argmax(0), labels, axis, labeled
+            ),
+            "output_w0.7": scored_dice(
+                (0.3 * model + 0.7 * prior).argmax(0), labels, axis, labeled
+            ),
+            "model_flips": scored_dice(flipped.argmax(0), labels, axis, labeled),
+            "output_flips": scored_dice(
+                (0.5 * flipped + 0.5 * prior).argmax(0), labels, axis, labeled
+            ),
         }
     return {"budgets": rows, "setup_seconds": setup, "prior_seconds": prior_seconds}
 

@@ -117,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     from qtpy.QtCore import QEventLoop, QTimer
     from qtpy.QtWidgets import QApplication
 
+    from napari_semiseg._jobs import TrainingUpdate
     from napari_semiseg._qt.training_dock import TrainingDock
-    from napari_semiseg._session import TrainingUpdate
     from src_models.methods.base import config_params, get_method
 
     run_root = tempfile.mkdtemp(prefix="semiseg-bench-")

@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import os
+import re
 import signal
 import sys
 import time
@@ -28,7 +29,9 @@ STRATEGY_CHOICES = ("strided", "uncertainty", "uncertainty-distance")
 EXIT_TERMINATED = 143
 
 
-def _parse_slices(text: str | None, n_images: int) -> list[list[int] | None] | None:
+def _parse_slices(
+    text: str | None, n_images: int, flag: str = "--labeled-slices"
+) -> list[list[int] | None] | None:
     """ "3,17,30" (every image) or "3,17;5,9" (one group per image, ';'-separated)."""
     if text is None:
         return None
@@ -37,14 +40,14 @@ def _parse_slices(text: str | None, n_images: int) -> list[list[int] | None] | N
         parsed = [[int(s) for s in g.split(",") if s.strip()] for g in groups]
     except ValueError:
         raise SemisegError(
-            f"--labeled-slices {text!r} is not a list of slice numbers: use e.g. 3,17,30 "
-            "(or 3,17;5,9 with one group per image)"
+            f"{flag} {text!r} is not a list of slice numbers: use e.g. 3,17,30"
+            + (" (or 3,17;5,9 with one group per image)" if n_images > 1 else "")
         ) from None
     if len(parsed) == 1:
         return parsed * n_images
     if len(parsed) != n_images:
         raise SemisegError(
-            f"--labeled-slices has {len(parsed)} groups for {n_images} images: give one group "
+            f"{flag} has {len(parsed)} groups for {n_images} images: give one group "
             "per image separated by ';' or a single group for all"
         )
     return parsed
@@ -128,6 +131,15 @@ def _resolved(path: str | Path) -> Path:
     return Path(str(path).rstrip("/\\")).expanduser().resolve()
 
 
+def _refuse_labels_as_image(image: str | Path, labels: str | Path) -> None:
+    """``--labels`` naming the image file itself: its intensities are not class ids."""
+    if _resolved(image) == _resolved(labels):
+        raise SemisegError(
+            f"--labels {labels} is the image itself: give the mask painted on it (class ids, "
+            "0 = background), a separate file"
+        )
+
+
 def _refuse_overlap(flag: str, output: str | Path, inputs: list[str | Path]) -> None:
     """An output that is, contains or lies inside an input would overwrite or delete it."""
     out = _resolved(output)
@@ -204,6 +216,8 @@ def _check_train_args(args: argparse.Namespace) -> None:
             f"{len(args.image)} --image but {len(args.labels)} --labels: give one labels file "
             "per image (use --unlabeled for volumes without labels)"
         )
+    for image, labels in zip(args.image, args.labels, strict=True):
+        _refuse_labels_as_image(image, labels)
     _check_at_least("--iterations", args.iterations, 1)
     if args.minutes is not None and not (math.isfinite(args.minutes) and args.minutes > 0):
         raise SemisegError("--minutes must be a positive number")
@@ -514,6 +528,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     volume_format(args.out)  # fail early on an unsupported extension
     _check_at_least("--batch-size", args.batch_size, 1)
     maps = [m.strip() for m in (args.maps or "").split(",") if m.strip()]
+    not_names = [m for m in maps if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", m)]
+    if not_names:  # a map's name becomes part of a file name: never a path
+        raise SemisegError(
+            f"--maps {not_names[0]!r} is not a map name: give names such as "
+            "confidence,discrepancy (`semiseg methods` lists each method's maps)"
+        )
     twice = sorted({m for m in maps if maps.count(m) > 1})
     if twice:
         raise SemisegError(f"--maps lists {', '.join(twice)} more than once: name each map once")
@@ -567,6 +587,7 @@ def _model_labels(args, bundle, img) -> tuple[np.ndarray, list[int]]:
     from src_models.data.volumes import check_labels, detect_labeled_slices, to_slices
 
     values = LabelValues.from_info(bundle.info, bundle.num_classes)
+    _refuse_labels_as_image(args.image, args.labels)
     raw, label_meta = read_labels(args.labels)
     raw = label_volume(raw, label_meta)
     if raw.shape != tuple(img.shape[1:]):
@@ -630,30 +651,32 @@ def _predict_streaming(args, bundle, img, meta, maps, targets, values) -> np.nda
     from src_models.inference import predict_volume
 
     spatial = tuple(img.shape[1:])
-    dtype = np.uint8 if max(values.values) < 256 else np.int32
+    # the dtype of the user's values (what LabelValues.decode gives back)
+    ids = np.arange(bundle.num_classes, dtype=np.uint8 if bundle.num_classes <= 256 else np.uint16)
+    dtype = values.decode(ids).dtype
     staged, outs = [], {}
     try:
-        for target, key in zip(targets, ["labels", *maps], strict=True):
-            is_labels = key == "labels"
-            st, arr = stage_zarr(
-                target, spatial, dtype if is_labels else np.float32, meta, is_labels
-            )
-            staged.append(st)
-            outs[key] = arr
         try:
+            for target, key in zip(targets, ["labels", *maps], strict=True):
+                is_labels = key == "labels"
+                st, arr = stage_zarr(
+                    target, spatial, dtype if is_labels else np.float32, meta, is_labels
+                )
+                staged.append(st)
+                outs[key] = arr
             predict_volume(bundle, img, maps, batch_size=args.batch_size, out=outs)
+            counts = np.zeros(bundle.num_classes, np.int64)
+            labels = outs["labels"]
+            for z0 in range(0, spatial[0], 16):  # class counts, and the user's values back
+                part = np.asarray(labels[z0 : z0 + 16])
+                counts += np.bincount(part.ravel(), minlength=bundle.num_classes)
+                if values.remapped:
+                    labels[z0 : z0 + 16] = values.decode(part)
         except OSError as exc:  # e.g. a full disk while the chunks stream out
             raise SemisegError(
                 f"could not write the prediction into {targets[0].parent} "
                 f"({exc.strerror or exc}): free space and predict again; nothing was written"
             ) from None
-        counts = np.zeros(bundle.num_classes, np.int64)
-        labels = outs["labels"]
-        for z0 in range(0, spatial[0], 16):  # class counts, and the user's values back
-            part = np.asarray(labels[z0 : z0 + 16])
-            counts += np.bincount(part.ravel(), minlength=bundle.num_classes)
-            if values.remapped:
-                labels[z0 : z0 + 16] = values.decode(part)
         commit(staged)
         return counts
     finally:
@@ -713,8 +736,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     _check_at_least("--classes", args.classes, 2)
     _check_at_least("--ignore-label", args.ignore_label, 1)
+    from napari_semiseg.io import geometry_mismatch
+    from src_models.data.label_values import check_unannotated_marker, present_values
+
     pred, pred_meta = read_labels(args.pred)
     truth, meta = read_labels(args.truth)
+    problem = "" if args.ignore_geometry else geometry_mismatch(meta, pred_meta)
+    if problem:  # the rule `train` applies to an image and its labels
+        raise SemisegError(
+            f"{args.pred} and {args.truth} are not on the same voxel grid ({problem}): a "
+            "voxel-by-voxel score would compare different places; resample one onto the "
+            "other, or pass --ignore-geometry if only the headers differ"
+        )
+    check_unannotated_marker(present_values([truth], args.ignore_label), args.ignore_label, "truth")
     if args.ignore_label is not None:  # unannotated voxels of the truth are not scored
         unknown = truth == args.ignore_label
         if pred.shape == truth.shape:
@@ -730,12 +764,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 f"prediction {pred.shape} and truth {truth.shape} must be volumes of one "
                 "shape to exclude slices"
             )
-        (skip,) = _parse_slices(args.exclude_slices, 1)
+        (skip,) = _parse_slices(args.exclude_slices, 1, "--exclude-slices")
         bad = [i for i in skip if not 0 <= i < truth.shape[args.axis]]
         if bad:
             raise SemisegError(f"--exclude-slices {bad} out of range along axis {args.axis}")
         keep = np.ones(truth.shape[args.axis], bool)
         keep[skip] = False
+        if not keep.any():
+            raise SemisegError(
+                f"--exclude-slices leaves none of the {truth.shape[args.axis]} slices along "
+                f"axis {args.axis} to score: exclude fewer"
+            )
         pred, truth = np.compress(keep, pred, args.axis), np.compress(keep, truth, args.axis)
         print(
             f"scoring the {int(keep.sum())} slices along axis {args.axis} not excluded",
@@ -745,7 +784,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(json_ready(result), indent=2))
         return 0
-    print(f"{'class':>6} {'dice':>7} {'jaccard':>8} {'hd95':>8} {'asd':>8}  (distances in mm)")
+    unit = meta.unit if meta.calibrated else None
+    unit = unit or ("voxels" if not meta.calibrated else "the file's spacing units")
+    print(f"{'class':>6} {'dice':>7} {'jaccard':>8} {'hd95':>8} {'asd':>8}  (distances in {unit})")
     for cls, row in result["per_class"].items():
         print(
             f"{cls:>6} {row['dice']:7.4f} {row['jaccard']:8.4f} {_fmt(row['hd95']):>8} "
@@ -781,8 +822,26 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def _launched_rank() -> int:
+    """This process's rank under torchrun (``RANK``), 0 otherwise."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """Under torchrun every rank parses the same command line: rank 0 alone says what is
+    wrong with it, the others exit with the same code silently."""
+
+    def error(self, message: str):
+        if _launched_rank() != 0:
+            sys.exit(EXIT_USER_ERROR)
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="semiseg",
         description="Semi-supervised segmentation of 3D volumes from a few labeled slices.",
     )
@@ -807,10 +866,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--classes", type=int, help="class count incl. background (default max+1)")
     t.add_argument(
         "--set",
-        nargs="*",
+        nargs="+",
+        action="extend",
         default=[],
         metavar="KEY=VALUE",
-        help="method hyperparameters (see 'semiseg methods')",
+        help="method hyperparameters (see 'semiseg methods'); repeat --set or list several",
     )
     t.add_argument("--checkpoint-every", type=int, default=250)
     t.add_argument("--log-every", type=int, default=50)
@@ -936,6 +996,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--axis", type=int, default=0, help="axis of --exclude-slices (default 0)")
     e.add_argument("--ignore-label", type=int, help="truth value of unannotated voxels: not scored")
+    e.add_argument(
+        "--ignore-geometry",
+        action="store_true",
+        help="score even when the two files' headers (affine/spacing) differ",
+    )
     e.set_defaults(func=cmd_evaluate)
 
     m = sub.add_parser("methods", help="list methods, their maps and parameters")
@@ -955,7 +1020,8 @@ def main(argv: list[str] | None = None) -> int:
     except SemisegError as exc:
         if args.debug:
             raise
-        print(f"semiseg: error: {exc}", file=sys.stderr)
+        if _launched_rank() == 0:  # under torchrun: said once, by rank 0
+            print(f"semiseg: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("semiseg: interrupted", file=sys.stderr)

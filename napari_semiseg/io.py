@@ -36,6 +36,8 @@ import json
 import math
 import os
 import re
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +63,9 @@ class ImageMeta:
     #: axes of the array as read: "ZYX", "CZYX", "YX" (one 2D image) or "CYX" (2D, channels)
     layout: str = ""
     unit: str | None = None  # physical unit of the spacing ("mm", "µm", ...) when known
+    #: False when the file says nothing of its voxel size (a plain TIFF, a .npy): its
+    #: spacing is the default 1 and no grid comparison uses it
+    calibrated: bool = True
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -107,6 +112,20 @@ def _check_exists(path: Path) -> None:
         raise SemisegError(f"file not found: {path}; check the path and the file name")
 
 
+def _unreadable(path: Path, exc: BaseException) -> SemisegError:
+    """The error for a file that could not be read: a permission problem is named as one
+    (the file is fine), anything else as a damaged file."""
+    if isinstance(exc, PermissionError):
+        return SemisegError(
+            f"cannot read {path}: permission denied; give yourself read access "
+            f"(e.g. chmod u+r) or copy the file somewhere readable"
+        )
+    return SemisegError(
+        f"cannot read {path} ({_one_line(exc)}); the file may be truncated or corrupt: "
+        "re-export or re-download it"
+    )
+
+
 def _label_dtype(max_value: int) -> np.dtype:
     if max_value < 256:
         return np.dtype(np.uint8)
@@ -131,8 +150,9 @@ def as_labels(array: np.ndarray, source: str) -> np.ndarray:
         if frac.any():
             example = float(array[frac].flat[0])
             raise SemisegError(
-                f"labels in {source} are not integers (e.g. {example:g}); labels must be "
-                "integer class ids (0 = background): save the mask with an integer dtype"
+                f"labels in {source} are not integers (e.g. {example!r}, which rounds to "
+                f"{round(example)}); labels must be integer class ids (0 = background): round "
+                "the mask (numpy.rint) and save it with an integer dtype"
             )
     elif not np.issubdtype(array.dtype, np.integer):
         raise SemisegError(
@@ -147,7 +167,16 @@ def as_labels(array: np.ndarray, source: str) -> np.ndarray:
             "0..K (0 = background)"
         )
     if hi > np.iinfo(np.int32).max:
-        raise SemisegError(f"labels in {source} exceed {np.iinfo(np.int32).max}; too many ids")
+        # e.g. a 0 / 4294967295 (uint32 "all bits") mask: few values are renumbered later
+        # (label_values: two values train as binary), many are ids of an instance mask
+        values = np.unique(array)
+        if len(values) > 256:
+            raise SemisegError(
+                f"labels in {source} hold {len(values)} different values up to {int(hi)}: "
+                "this looks like an instance mask (one id per object), not class ids; "
+                "save one id per class (0 = background)"
+            )
+        return array.astype(np.int64)
     dtype = _label_dtype(int(hi))
     return array if array.dtype == dtype else array.astype(dtype)
 
@@ -181,6 +210,11 @@ def _with_layout(array: np.ndarray, meta: ImageMeta) -> tuple[np.ndarray, ImageM
     """Unpack colour (structured RGB) voxels into channels first, drop trailing singleton axes
     beyond three (X, Y, Z, 1), and name the axes in ``meta.layout`` when the reader did not:
     a (Y, X, 3|4) uint8 array is one RGB(A) image, not three slices."""
+    if np.iscomplexobj(array):  # MRI raw data: which part to segment is the user's call
+        raise SemisegError(
+            f"{meta.source or 'the image'} holds complex values: save the magnitude "
+            "(numpy.abs) or the part to segment as a real-valued image"
+        )
     if array.dtype.names:  # NIfTI RGB24 / RGBA32: one field per colour
         array = np.stack([array[name] for name in array.dtype.names])
         meta.layout = "C" + (meta.layout or "ZYX"[-(array.ndim - 1) :])
@@ -216,10 +250,7 @@ def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, ImageMeta]:
     except SemisegError:
         raise
     except Exception as exc:  # nibabel, gzip, zlib, tifffile, zarr all raise their own types
-        raise SemisegError(
-            f"cannot read {path} ({_one_line(exc)}); the file may be truncated or corrupt: "
-            "re-export or re-download it"
-        ) from exc
+        raise _unreadable(path, exc) from exc
 
 
 def read_labels(path: str | os.PathLike) -> tuple[np.ndarray, ImageMeta]:
@@ -277,7 +308,8 @@ def open_volume(path: str | os.PathLike, lazy_above: int | None = None):
         if fmt == ".zarr":
             arr, meta = _open_zarr(path)
         elif fmt == ".npy":
-            arr, meta = np.load(str(path), mmap_mode="r"), ImageMeta(source=str(path))
+            arr = np.load(str(path), mmap_mode="r")
+            meta = ImageMeta(source=str(path), calibrated=False)
             meta.spacing = _default_spacing(min(arr.ndim, 3))
         elif fmt in _TIFF:
             arr, meta = _open_tiff(path)
@@ -286,9 +318,7 @@ def open_volume(path: str | os.PathLike, lazy_above: int | None = None):
     except SemisegError:
         raise
     except Exception as exc:
-        raise SemisegError(
-            f"cannot read {path} ({_one_line(exc)}); the file may be truncated or corrupt"
-        ) from exc
+        raise _unreadable(path, exc) from exc
     size = int(np.prod(arr.shape)) if arr is not None else 0
     if arr is None or size <= lazy_above or len(arr.shape) not in (3, 4) or arr.dtype.names:
         return read_volume(path)
@@ -306,10 +336,12 @@ def _open_tiff(path: Path):
         axes = tf.series[0].axes.upper()
         if axes not in ("ZYX", "CZYX"):
             return None, None
-        spacing, affine, unit = _tiff_geometry(tf, axes)
+        spacing, affine, unit, calibrated = _tiff_geometry(tf, axes)
     arr = zarr.open(tifffile.imread(str(path), aszarr=True), mode="r")
     space = tuple(spacing[a] for a in "ZYX")
-    return arr, ImageMeta(affine=affine, spacing=space, source=str(path), unit=unit)
+    meta = ImageMeta(affine=affine, spacing=space, source=str(path), unit=unit)
+    meta.calibrated = calibrated
+    return arr, meta
 
 
 def open_image(path: str | os.PathLike):
@@ -348,7 +380,11 @@ def label_volume(array: np.ndarray, meta: ImageMeta) -> np.ndarray:
 
 def geometry_mismatch(image: ImageMeta, labels: ImageMeta) -> str:
     """How the voxel grids of an image and its labels differ ("" when they agree, or when
-    one of them does not say): spacing, or the affine (orientation/origin)."""
+    one of them does not say): spacing, or the affine (orientation/origin). A file without
+    calibration (a plain TIFF or .npy, an ImageJ TIFF without a voxel size) says nothing,
+    whatever its format."""
+    if not (image.calibrated and labels.calibrated):
+        return ""
     a, b = image.affine, labels.affine
     if a is not None and b is not None and a.shape == b.shape:
         tol = 1e-3 * max(1e-6, float(np.abs(a[:3, :3]).max()))
@@ -396,7 +432,7 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, ImageMeta]:
     return array, meta
 
 
-def _tiff_geometry(tf, axes: str) -> tuple[dict[str, float], np.ndarray | None, str | None]:
+def _tiff_geometry(tf, axes: str) -> tuple[dict[str, float], np.ndarray | None, str | None, bool]:
     """Spacing per axis letter, affine and unit of an open TiffFile (ImageJ or tifffile
     metadata; X/Y resolution tags)."""
     spacing = {ax: 1.0 for ax in "ZYX"}
@@ -421,7 +457,9 @@ def _tiff_geometry(tf, axes: str) -> tuple[dict[str, float], np.ndarray | None, 
             spacing[ax] = float(sp)
     if shaped.get("affine") is not None:
         affine = np.asarray(shaped["affine"], dtype=np.float64)
-    return spacing, affine, unit or _unit(shaped.get("unit"))
+    unit = unit or _unit(shaped.get("unit"))
+    calibrated = affine is not None or unit is not None or any(v != 1.0 for v in spacing.values())
+    return spacing, affine, unit, calibrated
 
 
 def _read_tiff(path: Path) -> tuple[np.ndarray, ImageMeta]:
@@ -431,7 +469,7 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, ImageMeta]:
         series = tf.series[0]
         axes = series.axes.upper()
         array = series.asarray()
-        spacing, affine, unit = _tiff_geometry(tf, axes)
+        spacing, affine, unit, calibrated = _tiff_geometry(tf, axes)
     # Move a channel (or sample) axis first, drop other singleton axes tifffile reports.
     for ch in ("C", "S"):
         if ch in axes and axes.index(ch) != 0:
@@ -443,6 +481,7 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, ImageMeta]:
     layout = axes.replace("S", "C")
     layout = layout if len(layout) == array.ndim and set(layout) <= set("CZYX") else ""
     meta = ImageMeta(affine=affine, spacing=space, source=str(path), layout=layout, unit=unit)
+    meta.calibrated = calibrated
     return array, meta
 
 
@@ -457,30 +496,119 @@ def _zarr_array(root):
     return root["data" if "data" in keys else keys[0]], root
 
 
+class _AxesDropped:
+    """A lazy view of a zarr array without some of its axes (each read at index 0): an
+    OME-NGFF (t, c, z, y, x) image with one time point and one channel read as (z, y, x)."""
+
+    def __init__(self, array, dropped: Sequence[int]) -> None:
+        self.array = array
+        self.dropped = sorted(dropped)
+        kept = [a for a in range(len(array.shape)) if a not in self.dropped]
+        self.shape = tuple(array.shape[a] for a in kept)
+        self.ndim = len(self.shape)
+        self.dtype = array.dtype
+        chunks = getattr(array, "chunks", None)
+        self.chunks = tuple(chunks[a] for a in kept) if chunks is not None else None
+        self.attrs = getattr(array, "attrs", {})
+        self.store = getattr(array, "store", None)
+
+    def __getitem__(self, index):
+        index = index if isinstance(index, tuple) else (index,)
+        if any(i is Ellipsis for i in index):
+            at = next(k for k, i in enumerate(index) if i is Ellipsis)
+            fill = (slice(None),) * (self.ndim - len(index) + 1)
+            index = index[:at] + fill + index[at + 1 :]
+        index = list(index) + [slice(None)] * (self.ndim - len(index))
+        full = []
+        for a in range(len(self.array.shape)):
+            full.append(0 if a in self.dropped else index.pop(0))
+        return self.array[tuple(full)]
+
+    def __array__(self, dtype=None, copy=None):
+        data = np.asarray(self[...])
+        return data if dtype is None else data.astype(dtype)
+
+
+def _ome_image(group, ms: dict, path: Path):
+    """The array OME-NGFF ``multiscales`` metadata ``ms`` points to, as (Z, Y, X) or
+    (C, Z, Y, X) (singleton time and channel axes dropped), its level's scale and unit."""
+    datasets = ms.get("datasets") or []
+    present = [d for d in datasets if isinstance(d, dict) and str(d.get("path")) in group]
+    if not present:
+        raise SemisegError(
+            f"{path}: the OME-Zarr lists the levels "
+            f"{[d.get('path') for d in datasets if isinstance(d, dict)]} but none is in the "
+            "store; copy the store again (its level folders are missing)"
+        )
+    level = present[0]
+    if level is not datasets[0]:  # a lower resolution: its own scale, and say so
+        warnings.warn(
+            f"{path}: level {datasets[0].get('path')!r} is missing; reading level "
+            f"{level.get('path')!r} (lower resolution) with its own voxel size",
+            stacklevel=3,
+        )
+    arr = group[str(level["path"])]
+    axes = ms.get("axes") or []
+    names = [(a.get("name") if isinstance(a, dict) else str(a)).lower() for a in axes]
+    types = [
+        (a.get("type") if isinstance(a, dict) else None)
+        or {"t": "time", "c": "channel"}.get(n, "space")
+        for a, n in zip(axes, names, strict=False)
+    ]
+    if len(names) != len(arr.shape):
+        names, types = [], []  # no usable axes metadata: the shape decides, as any zarr
+    dropped = []
+    for a, kind in enumerate(types):
+        if kind == "time":
+            if arr.shape[a] != 1:
+                raise SemisegError(
+                    f"{path} is a time series of {arr.shape[a]} time points: save the time "
+                    "point to segment as its own image"
+                )
+            dropped.append(a)
+        elif kind == "channel" and arr.shape[a] == 1:
+            dropped.append(a)
+    space = [a for a, kind in enumerate(types) if kind == "space"]
+    scale = None
+    for t in level.get("coordinateTransformations", []) or []:
+        if isinstance(t, dict) and t.get("type") == "scale":
+            scale = [float(v) for v in t["scale"]]
+    spacing = None
+    if scale is not None:
+        spacing = tuple(scale[a] for a in space) if space else tuple(scale[-3:])
+    units = [a.get("unit") for a in axes if isinstance(a, dict) and a.get("type") == "space"]
+    unit = _unit(next((u for u in units if u), None))
+    view = _AxesDropped(arr, dropped) if dropped else arr
+    return view, spacing, unit
+
+
 def _open_zarr(path: Path):
     """The zarr array of a store (lazy) and its geometry; an OME-Zarr multiscale group gives
-    its full-resolution level ("0") and the scale/unit of its first dataset."""
+    its full-resolution level (or the first level present, with that level's scale) read
+    through its axes: singleton time and channel axes dropped, channels first."""
     import zarr
 
     root = zarr.open(store=str(path), mode="r")
-    arr, group = _zarr_array(root)
+    group = None if isinstance(root, zarr.Array) else root
     attrs = dict(group.attrs) if group is not None else {}
-    attrs.update(dict(arr.attrs))
+    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+    if multiscales and group is not None:
+        arr, ome_spacing, ome_unit = _ome_image(group, multiscales[0], path)
+    else:
+        arr, group = _zarr_array(root)
+        attrs = dict(group.attrs) if group is not None else {}
+        ome_spacing = ome_unit = None
+    attrs.update(dict(getattr(arr, "attrs", {})))
     ndim = min(len(arr.shape), 3)
     spacing = attrs.get("spacing")
     spacing = tuple(float(s) for s in spacing) if spacing else _default_spacing(ndim)
-    unit = _unit(attrs.get("unit"))
-    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
-    if multiscales:
-        ms = multiscales[0]
-        for t in ms["datasets"][0].get("coordinateTransformations", []):
-            if t.get("type") == "scale":
-                spacing = tuple(float(v) for v in t["scale"][-ndim:])
-        units = [a.get("unit") for a in ms.get("axes", []) if isinstance(a, dict)]
-        unit = unit or _unit(next((u for u in units[-ndim:] if u), None))
+    if ome_spacing:
+        spacing = tuple(ome_spacing[-ndim:])
+    unit = _unit(attrs.get("unit")) or ome_unit
     affine = attrs.get("affine")
     affine = np.asarray(affine, dtype=np.float64) if affine is not None else None
     meta = ImageMeta(affine=affine, spacing=spacing, source=str(path), unit=unit)
+    meta.calibrated = bool(attrs.get("spacing") or ome_spacing or affine is not None)
     return arr, meta
 
 
@@ -501,7 +629,9 @@ def _read_npy(path: Path) -> tuple[np.ndarray, ImageMeta]:
         raise
     if not isinstance(array, np.ndarray):
         raise SemisegError(f"{path} is not a single .npy array; save one array per file")
-    return array, ImageMeta(spacing=_default_spacing(_spatial_ndim(array)), source=str(path))
+    meta = ImageMeta(spacing=_default_spacing(_spatial_ndim(array)), source=str(path))
+    meta.calibrated = False
+    return array, meta
 
 
 # ----------------------------------------------------------------------------- writing

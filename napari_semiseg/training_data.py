@@ -38,6 +38,12 @@ class TrainingData:
         return any(is_lazy(v.slices) for v in self.volumes)
 
 
+_NO_LABELED_SLICE = (
+    "no labeled slice: paint at least one slice of the labels "
+    "(or list the annotated slices explicitly with --labeled-slices)"
+)
+
+
 def _grid_problem(img_path, lbl_path, meta, lbl_meta) -> None:
     problem = io.geometry_mismatch(meta, lbl_meta)
     if problem:
@@ -98,6 +104,8 @@ def load_training_data(
         for r in raw
         if r is not None and (not isinstance(r, dict) or r)
     ]
+    if not given:  # lazy labels where no slice holds a label
+        raise SemisegError(_NO_LABELED_SLICE)
     values = decide_values(given)
     k = values.num_classes
     eager = [i for i, img in enumerate(images) if not is_lazy(img)]
@@ -122,8 +130,5 @@ def load_training_data(
     if len(channels) > 1:
         raise SemisegError(f"the images have different channel counts {sorted(channels)}")
     if not any(v.labeled for v in ordered):
-        raise SemisegError(
-            "no labeled slice: paint at least one slice of the labels "
-            "(or list the annotated slices explicitly with --labeled-slices)"
-        )
+        raise SemisegError(_NO_LABELED_SLICE)
     return TrainingData(ordered, values, metas, spacing)

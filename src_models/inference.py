@@ -30,6 +30,8 @@ DIVISOR = 16
 #: share of the zero-training prior in a fused prediction (docs/benchmarks.md: left atrium
 #: and hippocampus, the supervised default with the propagation prior, 0.5 measured best)
 DEFAULT_PRIOR_WEIGHT = 0.5
+#: pixels of the slices of one forward pass (the batch of large slices is cut to fit)
+BATCH_PIXELS = 2**20
 #: maps that hold class ids (-1 = left out) rather than continuous values
 CATEGORICAL_MAPS = frozenset({"pseudo"})
 
@@ -55,12 +57,19 @@ def _round_up(n: int, d: int = DIVISOR) -> int:
     return -(-n // d) * d
 
 
-def _predict_padded(method: Method, x: torch.Tensor, fill: float, names: Sequence[str]):
+def _predict_padded(
+    method: Method, x: torch.Tensor, fill: float, names: Sequence[str], flips: bool = False
+):
     """Predict (B, C, H, W) of any size by padding to the divisor; crop back."""
     h, w = x.shape[-2:]
     xp = _pad_to(x, _round_up(h), _round_up(w), fill)
     pred = method.predict(xp)
     probs = pred.probs[..., :h, :w]
+    if flips:  # test-time augmentation: the mean over the slice and its two mirror images
+        for dims in ((-1,), (-2,)):
+            flipped = _pad_to(x.flip(dims), _round_up(h), _round_up(w), fill)
+            probs = probs + method.predict(flipped).probs[..., :h, :w].flip(dims)
+        probs = probs / 3.0
     maps = {k: pred.maps[k][..., :h, :w] for k in names}
     return probs, maps
 
@@ -82,21 +91,24 @@ def predict_slices(
     names: Sequence[str],
     tile_size: int = 512,
     overlap: float = 0.25,
+    flips: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Probabilities (B, K, H, W) and maps (B, H, W) of a normalised batch (B, C, H, W);
     slices larger than ``tile_size`` are tiled with ``overlap`` and averaged. Class-id maps
     (``CATEGORICAL_MAPS``, e.g. ``pseudo``) are not averaged: where tiles overlap the
-    later tile's value is kept, so they stay valid class ids."""
+    later tile's value is kept, so they stay valid class ids. ``flips``: the probabilities
+    are averaged with those of the horizontally and vertically mirrored slices (maps are
+    the slice's own)."""
     h, w = x.shape[-2:]
     if h <= tile_size and w <= tile_size:
-        return _predict_padded(method, x, fill, names)
+        return _predict_padded(method, x, fill, names, flips)
     probs = torch.zeros(x.shape[0], method.num_classes, h, w, device=x.device)
     maps = {k: torch.zeros(x.shape[0], h, w, device=x.device) for k in names}
     count = torch.zeros(1, 1, h, w, device=x.device)
     for y0 in _tile_starts(h, tile_size, overlap):
         for x0 in _tile_starts(w, tile_size, overlap):
             tile = x[..., y0 : y0 + tile_size, x0 : x0 + tile_size]
-            p, m = _predict_padded(method, tile, fill, names)
+            p, m = _predict_padded(method, tile, fill, names, flips)
             th, tw = tile.shape[-2:]
             probs[..., y0 : y0 + th, x0 : x0 + tw] += p
             for k in names:
@@ -139,6 +151,7 @@ def predict_volume(
     progress: Callable[[int, int], None] | None = None,
     prior: np.ndarray | None = None,
     prior_weight: float = DEFAULT_PRIOR_WEIGHT,
+    flips: bool = False,
 ) -> VolumePrediction:
     """Predict a whole volume.
 
@@ -147,7 +160,8 @@ def predict_volume(
         image: raw intensities (Z, Y, X) or (C, Z, Y, X), not normalised: a numpy array, or
             a lazy array (zarr, memmap, :class:`ChannelsFirst`) read slab by slab.
         maps: names of maps to return; each must be in ``bundle.method.map_names``.
-        batch_size: slices per forward pass. slab_size: slices converted at a time.
+        batch_size: slices per forward pass (at most :data:`BATCH_PIXELS` pixels of slices or
+            tiles). slab_size: slices converted at a time.
         out: optional arrays to fill instead of allocating: keys ``labels`` (Z, Y, X),
             ``probabilities`` (K, Z, Y, X) and map names (Z, Y, X), e.g. zarr arrays.
         progress: called with (slices done, slices total).
@@ -155,6 +169,8 @@ def predict_volume(
             (the propagation of its labeled slices, :func:`src_models.propagation.
             propagation_prior`): the mask and the probabilities become the blend
             ``(1 - prior_weight) * model + prior_weight * prior``; maps stay the model's.
+        flips: test-time augmentation (three forward passes per slice, see
+            :func:`predict_slices`).
     Returns:
         VolumePrediction whose arrays are the ``out`` arrays when given.
     """
@@ -216,6 +232,10 @@ def predict_volume(
     # a slab's float32 slices and probabilities stay within SLAB_BYTES whatever the volume
     plane = int(np.prod([n for a, n in enumerate(spatial) if a != axis]))
     slab_size = max(1, min(slab_size, SLAB_BYTES // (4 * plane * (img.shape[0] + k + len(maps)))))
+    # and a forward pass's activations grow with the pixels of its batch: large slices go a
+    # few at a time (16 slices of 512 x 512 took 3 GB in a UNet of 32 base channels)
+    tile_plane = min(plane, tile_size * tile_size)
+    batch_size = max(1, min(batch_size, BATCH_PIXELS // tile_plane))
     for s0 in range(0, n_slices, slab_size):
         s1 = min(n_slices, s0 + slab_size)
         index = [slice(None)] * 4
@@ -227,7 +247,7 @@ def predict_volume(
         for b0 in range(0, slab.shape[0], batch_size):
             x = torch.from_numpy(slab[b0 : b0 + batch_size]).to(device)
             with torch.no_grad(), method.autocast():
-                p, mp = predict_slices(method, x, fill, maps, tile_size)
+                p, mp = predict_slices(method, x, fill, maps, tile_size, flips=flips)
             if prior is not None:
                 q = prior_slab[b0 : b0 + x.shape[0]].to(p.device)
                 p = (1.0 - prior_weight) * p.float() + prior_weight * q

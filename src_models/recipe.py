@@ -110,17 +110,7 @@ def build_run(
         )
     elif num_classes is None:
         raise ValueError("give num_classes with ready volumes")
-    sampler = SliceSampler(
-        volumes,
-        patch_size=recipe.patch_size,
-        batch_size=recipe.batch_size,
-        device=device,
-        seed=recipe.seed,
-        holdout_fraction=method_cls.holdout_fraction,
-        foreground_crops=recipe.foreground_crops,
-        prior_fraction=recipe.prior_fraction,
-        prior=recipe.prior,
-    )
+    # the model first: what it cannot train with fails before the prior is computed
     if resume is not None:
         bundle = resume
     else:
@@ -135,7 +125,19 @@ def build_run(
             patch_size=recipe.patch_size,
             **(bundle_fields or {}),
         )
+        bundle.method.check_new_run()
         bundle.info.setdefault("prior", recipe.prior if recipe.prior_fraction > 0 else None)
+    sampler = SliceSampler(
+        volumes,
+        patch_size=recipe.patch_size,
+        batch_size=recipe.batch_size,
+        device=device,
+        seed=recipe.seed,
+        holdout_fraction=method_cls.holdout_fraction,
+        foreground_crops=recipe.foreground_crops,
+        prior_fraction=recipe.prior_fraction,
+        prior=recipe.prior,
+    )
     if len(volumes) == 1:  # what `semiseg suggest` starts from without --labels
         bundle.info["labeled_slices"] = list(volumes[0].labeled)
     return Run(volumes, sampler, bundle, recipe.train_config(device))

@@ -17,6 +17,7 @@ import pytest
 import torch
 from conftest import synthetic_volume
 
+from napari_semiseg import io
 from napari_semiseg.cli import main
 from napari_semiseg.io import write_volume
 
@@ -54,6 +55,14 @@ def workspace(tmp_path_factory):
     _nifti(root / "nan.nii.gz", np.where(labels > 0, np.nan, image).astype(np.float32))
     _nifti(root / "empty_labels.nii.gz", np.zeros_like(labels))
     (root / "truncated.nii.gz").write_bytes((root / "image.nii.gz").read_bytes()[:300])
+    huge = image.astype(np.float64)
+    huge[0, 0, 0] = 1e39  # finite in float64, infinite in float32
+    _nifti(root / "huge.nii.gz", huge)
+    almost = labels.astype(np.float32)
+    almost[labels == 1] = np.float32(0.99999994)
+    _nifti(root / "almost_integer.nii.gz", almost)
+    np.save(root / "complex.npy", image.astype(np.complex64) * (1 + 1j))
+    _nifti(root / "shifted_labels.nii.gz", labels, np.diag([2.0, 1.0, 1.0, 1.0]))
     store = root / "volume.zarr"
     store.mkdir()
     np.save(store / "image.npy", image)
@@ -186,6 +195,17 @@ CASES = {
     "predict onto the model": (predict(out="run/model.pt"), "unsupported file type"),
     "predict over an earlier result": (predict(out="earlier.nii.gz"), "--force"),
     "map listed twice": (predict("--maps", "confidence,confidence"), "more than once"),
+    "map name is a path": (predict("--maps", "../../evil"), "'../../evil' is not a map name"),
+    "labels are the image": (train(labels="image.nii.gz"), "is the image itself"),
+    "predict labels are the image": (predict("--labels", "image.nii.gz"), "is the image itself"),
+    "intensities beyond float32": (train(image="huge.nii.gz"), "beyond what float32 holds"),
+    "labels almost integers": (train(labels="almost_integer.nii.gz"), "which rounds to 1"),
+    "complex image": (train(image="complex.npy"), "complex values"),
+    "missing backbone weights": (
+        train("--method", "dfcps", "--set", "backbone=deeplabv3plus", "--set", "resnet_width=4")
+        + ["--set", "backbone_weights=/nonexistent.pth"],
+        "/nonexistent.pth not found",
+    ),
     "unknown map": (predict("--maps", "colour"), "no map(s) ['colour']"),
     "predict batch size 0": (predict("--batch-size", "0"), "--batch-size must be at least 1"),
     "model json lacks a key": (predict(model="bad_model"), "lacks axis"),
@@ -203,6 +223,24 @@ CASES = {
         ["evaluate", "--pred", "earlier.nii.gz", "--truth", "labels.nii.gz", "--classes", "1"],
         "--classes must be at least 2",
     ),
+    "evaluate grids differ": (
+        ["evaluate", "--pred", "earlier.nii.gz", "--truth", "shifted_labels.nii.gz"],
+        "not on the same voxel grid",
+    ),
+    "evaluate 255 beside small ids": (
+        ["evaluate", "--pred", "earlier.nii.gz", "--truth", "marked255.nii.gz"],
+        "--ignore-label 255",
+    ),
+    "evaluate exclude-slices not numbers": (
+        ["evaluate", "--pred", "earlier.nii.gz", "--truth", "labels.nii.gz"]
+        + ["--exclude-slices", "2-5"],
+        "--exclude-slices '2-5' is not a list",
+    ),
+    "evaluate excludes every slice": (
+        ["evaluate", "--pred", "earlier.nii.gz", "--truth", "labels.nii.gz"]
+        + ["--exclude-slices", ",".join(str(i) for i in range(12))],
+        "leaves none of the 12 slices",
+    ),
     "evaluate shapes differ": (
         ["evaluate", "--pred", "earlier.nii.gz", "--truth", "image2ch.nii.gz"],
         "colour (multi-channel)",
@@ -210,10 +248,7 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("argv, message", CASES.values(), ids=CASES.keys())
-def test_user_mistake_is_one_line_exit_2_and_touches_nothing(
-    workspace, monkeypatch, capsys, argv, message
-):
+def assert_mistake(workspace, monkeypatch, capsys, argv, message) -> None:
     monkeypatch.chdir(workspace)
     before = snapshot(workspace)
     code = main(argv)
@@ -223,3 +258,69 @@ def test_user_mistake_is_one_line_exit_2_and_touches_nothing(
     assert message in err[0]
     assert "Traceback" not in err[0] and "internal error" not in err[0]
     assert snapshot(workspace) == before
+
+
+@pytest.mark.parametrize("argv, message", CASES.values(), ids=CASES.keys())
+def test_user_mistake_is_one_line_exit_2_and_touches_nothing(
+    workspace, monkeypatch, capsys, argv, message
+):
+    assert_mistake(workspace, monkeypatch, capsys, argv, message)
+
+
+def _lazy(monkeypatch) -> None:
+    """Every zarr/.npy/TIFF volume read lazily, as one larger than memory would be."""
+    monkeypatch.setattr(io, "LAZY_VOXELS", 10)
+
+
+def test_lazy_zarr_with_a_damaged_chunk_is_named(workspace, monkeypatch, capsys, tmp_path):
+    # issue 21, item 9: a corrupt chunk was an internal error (Zstd) on the lazy path
+    image, _ = synthetic_volume()
+    store = write_volume(tmp_path / "damaged.zarr", image)
+    chunks = [p for p in store.rglob("*") if p.is_file() and p.name[0].isdigit()]
+    assert chunks, "the store has chunk files"
+    for chunk in chunks:
+        chunk.write_bytes(b"not a compressed chunk")
+    _lazy(monkeypatch)
+    argv = predict(image=str(store), out=str(tmp_path / "pred.zarr"))
+    assert_mistake(workspace, monkeypatch, capsys, argv, "is damaged or missing")
+    assert not (tmp_path / "pred.zarr").exists()
+
+
+def test_lazy_training_without_a_labeled_slice_is_named(workspace, monkeypatch, capsys, tmp_path):
+    # issue 21, item 9: "need at least one array to concatenate" before
+    image, labels = synthetic_volume()
+    write_volume(tmp_path / "image.zarr", image)
+    write_volume(tmp_path / "labels.zarr", np.zeros_like(labels), labels=True)
+    _lazy(monkeypatch)
+    argv = train(
+        image=str(tmp_path / "image.zarr"),
+        labels=str(tmp_path / "labels.zarr"),
+        out=str(tmp_path / "run"),
+    )
+    assert_mistake(workspace, monkeypatch, capsys, argv, "no labeled slice")
+    assert not (tmp_path / "run").exists()
+
+
+def test_unreadable_file_is_a_permission_problem_not_a_damaged_one(workspace, monkeypatch, capsys):
+    # issue 21, item 14 (root ignores chmod, so the read itself is made to fail)
+    def denied(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(io, "_read_nifti", denied)
+    assert_mistake(workspace, monkeypatch, capsys, train(), "permission denied")
+
+
+@pytest.mark.parametrize("rank, printed", [("0", 1), ("1", 0)])
+def test_under_torchrun_rank_zero_alone_reports_a_mistake(
+    workspace, monkeypatch, capsys, rank, printed
+):
+    # issue 21, item 18: every rank exits 2; one message, from rank 0
+    monkeypatch.chdir(workspace)
+    monkeypatch.setenv("RANK", rank)
+    assert main(train("--batch-size", "0")) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == printed
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own errors too
+        main(["train", "--no-such-flag"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert ("error:" in err) == bool(printed), err

@@ -124,3 +124,17 @@ def test_bad_axis_class_count_and_slice_index(tiny_volume):
         make_volumes([image], [labels], num_classes=2)
     with pytest.raises(SemisegError, match="out of range"):
         make_volumes([image], [labels], labeled_slices=[[40]])
+
+
+def test_a_constant_channel_of_a_colour_image_is_kept_not_refused():
+    # issue 21, item 13: a two-colour RGB image (its blue channel empty)
+    rng = np.random.default_rng(0)
+    image = np.stack([rng.random((4, 8, 8)), rng.random((4, 8, 8)), np.zeros((4, 8, 8))])
+    norm = fit_normalization(image.astype(np.float32))
+    out = norm.apply(image.astype(np.float32))
+    assert np.all(out[2] == 0) and np.all(np.isfinite(out))
+    assert abs(float(out[0].mean())) < 1e-3 and abs(float(out[0].std()) - 1) < 1e-2
+    with pytest.raises(SemisegError, match="every channel of the image is constant"):
+        fit_normalization(np.zeros((2, 4, 8, 8), np.float32))
+    with pytest.raises(SemisegError, match="beyond what float32 holds"):
+        fit_normalization(np.full((1, 2, 4, 4), 1e39) * np.arange(32).reshape(1, 2, 4, 4))

@@ -20,6 +20,7 @@ from src_models.methods.dfcps import (
     pseudo_label,
 )
 from src_models.networks.deeplabv3plus import DeepLabV3Plus, ResNet50, load_resnet_weights
+from src_models.recipe import RunRecipe, build_run
 from src_models.training import TrainConfig, load_model, train
 from src_models.training.checkpoint import create_model
 
@@ -418,10 +419,17 @@ def test_deeplab_backbone_weights_in_the_method(tiny_volume, tmp_path):
     method.train()
     logs = method.train_step(sampler, 0, 10)
     assert all(math.isfinite(v) for v in logs.values())
-    with pytest.warns(UserWarning, match="not found"):
-        lost, _ = _setup(tiny_volume, params={**params, "backbone_weights": "gone.pth"})
+    # a missing file: a trained model still loads (its checkpoint holds the weights), a new
+    # run is refused by build_run before any work, and train_step refuses it too
+    lost, _ = _setup(tiny_volume, params={**params, "backbone_weights": "gone.pth"})
+    with pytest.raises(SemisegError, match="not found"):
+        lost.method.check_new_run()
     with pytest.raises(SemisegError, match="not found"):
         lost.method.train_step(sampler, 0, 10)
+    image, labels = tiny_volume
+    recipe = RunRecipe(method="dfcps", params={**params, "backbone_weights": "gone.pth"})
+    with pytest.raises(SemisegError, match="gone.pth not found"):
+        build_run(recipe, [image], [labels], [[2, 6]])
 
 
 def test_deeplab_official_variant_trains_end_to_end(tiny_volume, tmp_path):

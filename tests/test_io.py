@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -268,3 +269,88 @@ def test_lazy_voxels_setting_takes_whole_numbers_and_names_the_fix_otherwise():
     for bad in ("abc", "2.5", "-3", "0", "nan"):
         bound, problem = lazy_voxels_setting(bad)
         assert bound == DEFAULT_LAZY_VOXELS and "SEMISEG_LAZY_VOXELS" in problem, bad
+
+
+def test_ome_ngff_5d_image_reads_through_its_axes(tmp_path):
+    # issue 21, item 17: (t, c, z, y, x) with singleton t and c, as ome-zarr-py writes it
+    import zarr
+
+    data = np.random.default_rng(0).random((1, 1, 6, 20, 24)).astype(np.float32)
+    group = zarr.open_group(str(tmp_path / "ome.zarr"), mode="w")
+    group.create_array("0", shape=data.shape, dtype="f4", chunks=(1, 1, 3, 20, 24))[...] = data
+    group.create_array("1", shape=(1, 1, 6, 10, 12), dtype="f4")[...] = data[..., ::2, ::2]
+    space = {"type": "space", "unit": "micrometer"}
+    group.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "axes": [{"name": "t", "type": "time"}, {"name": "c", "type": "channel"}]
+            + [{"name": n, **space} for n in "zyx"],
+            "datasets": [
+                {"path": str(level), "coordinateTransformations": [
+                    {"type": "scale", "scale": [1, 1, 2.0, 0.5 * 2**level, 0.5 * 2**level]}
+                ]}
+                for level in (0, 1)
+            ],
+        }
+    ]  # fmt: skip
+    array, meta = io.read_volume(tmp_path / "ome.zarr")
+    assert array.shape == (6, 20, 24) and meta.layout == "ZYX"
+    np.testing.assert_array_equal(array, data[0, 0])
+    assert meta.spacing == (2.0, 0.5, 0.5) and meta.unit == "µm"
+    lazy, _ = io.open_volume(tmp_path / "ome.zarr", lazy_above=10)
+    assert lazy.shape == (6, 20, 24)
+    np.testing.assert_array_equal(np.asarray(lazy[2:4, 5]), data[0, 0, 2:4, 5])
+    # level 0 missing: level 1 is read with level 1's voxel size, and the user is told
+    shutil.rmtree(tmp_path / "ome.zarr" / "0")
+    with pytest.warns(UserWarning, match="level '0' is missing"):
+        array, meta = io.read_volume(tmp_path / "ome.zarr")
+    assert array.shape == (6, 10, 12) and meta.spacing == (2.0, 1.0, 1.0)
+
+
+def test_ome_ngff_time_series_is_refused(tmp_path):
+    import zarr
+
+    group = zarr.open_group(str(tmp_path / "t.zarr"), mode="w")
+    group.create_array("0", shape=(3, 1, 4, 16, 16), dtype="f4")
+    group.attrs["multiscales"] = [
+        {
+            "axes": [{"name": "t", "type": "time"}, {"name": "c", "type": "channel"}]
+            + [{"name": n, "type": "space"} for n in "zyx"],
+            "datasets": [{"path": "0"}],
+        }
+    ]
+    with pytest.raises(SemisegError, match="time series of 3 time points"):
+        io.read_volume(tmp_path / "t.zarr")
+
+
+def test_uncalibrated_files_never_disagree_with_a_calibrated_image(tmp_path):
+    # issue 21, item 16: one rule for a plain TIFF and an ImageJ TIFF without a voxel size
+    import tifffile
+
+    image = np.random.default_rng(0).random((5, 16, 16)).astype(np.float32)
+    labels = (image > 0.5).astype(np.uint8)
+    io.write_volume(tmp_path / "image.tif", image, io.ImageMeta(spacing=(2.0, 0.5, 0.5), unit="µm"))
+    tifffile.imwrite(tmp_path / "plain.tif", labels)
+    tifffile.imwrite(tmp_path / "imagej.tif", labels, imagej=True, metadata={"axes": "ZYX"})
+    _, image_meta = io.read_volume(tmp_path / "image.tif")
+    assert image_meta.calibrated and image_meta.unit == "µm"
+    for name in ("plain.tif", "imagej.tif"):
+        _, meta = io.read_labels(tmp_path / name)
+        assert not meta.calibrated
+        assert io.geometry_mismatch(image_meta, meta) == ""
+    io.write_volume(
+        tmp_path / "other.tif", labels, io.ImageMeta(spacing=(1.0, 1.0, 1.0), unit="µm")
+    )
+    _, other = io.read_labels(tmp_path / "other.tif")
+    assert other.calibrated and "spacing" in io.geometry_mismatch(image_meta, other)
+
+
+def test_images_and_labels_that_read_wrong_are_named(tmp_path):
+    # issue 21, items 13-14
+    np.save(tmp_path / "complex.npy", np.ones((4, 16, 16), np.complex64))
+    with pytest.raises(SemisegError, match="complex values"):
+        io.read_volume(tmp_path / "complex.npy")
+    with pytest.raises(SemisegError, match=r"0\.99999994.*rounds to 1"):
+        io.as_labels(np.array([0.0, np.float32(0.99999994)], np.float32), "x")
+    allbits = io.as_labels(np.array([0, 4294967295], np.uint32), "x")
+    assert allbits.tolist() == [0, 4294967295]  # not wrapped; renumbered by label_values

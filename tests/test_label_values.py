@@ -140,3 +140,14 @@ def test_cli_writes_predictions_with_the_original_ids(tmp_path, tiny_volume, cap
     assert main(["evaluate", "--pred", str(out), "--truth", str(tmp_path / "truth.nii.gz")]) == 0
     table = capsys.readouterr().out
     assert [line.split()[0] for line in table.splitlines()[1:]] == ["10", "40", "mean"]
+
+
+def test_two_valued_mask_with_huge_value_trains_binary_and_writes_back():
+    # issue 21, item 14: a 0 / 4294967295 mask ("all bits" uint32)
+    labels = np.array([[0, 4294967295], [4294967295, 0]], np.int64)
+    values = interpret_labels([labels])
+    assert values.num_classes == 2
+    ids = values.encode(labels)
+    assert ids.tolist() == [[0, 1], [1, 0]]
+    back = values.decode(ids)
+    assert back.dtype == np.uint32 and back.tolist() == labels.tolist()

@@ -22,9 +22,9 @@ pytest.importorskip("pytestqt")
 
 from napari.utils.notifications import notification_manager  # noqa: E402
 
+from napari_semiseg._jobs import TrainingUpdate  # noqa: E402
 from napari_semiseg._qt.review_dock import ReviewDock  # noqa: E402
 from napari_semiseg._qt.training_dock import NO_TRAINING_LAYER, TrainingDock  # noqa: E402
-from napari_semiseg._session import TrainingUpdate  # noqa: E402
 from src_models.errors import SemisegError  # noqa: E402
 from src_models.methods.base import (  # noqa: E402
     config_params,
@@ -519,7 +519,7 @@ def check_export_save_and_cli_parity(docks, qtbot, tmp_path):
     assert model_dir is not None
     loaded = load_model(model_dir)
     # Predict volume fuses the model with the propagation of the labels, as the CLI's --labels
-    from napari_semiseg._session import predict_layers
+    from napari_semiseg._predict import predict_layers
 
     sparse_labels = np.asarray(viewer.layers["labels"].data)
     labeled = train.session.labeled(sparse_labels, 0)

@@ -14,17 +14,12 @@ import zarr
 from conftest import synthetic_volume
 
 from napari_semiseg import io
-from napari_semiseg._session import (
-    PROCESS_LOG,
-    TrainingJob,
-    TrainRequest,
-    display_maps,
-    lazy_image,
-    predict_layers,
-    sampled_percentile,
-    slice_score,
-    training_events,
-)
+from napari_semiseg._jobs import TrainingJob, TrainRequest
+from napari_semiseg._layer_data import lazy_image, sampled_percentile
+from napari_semiseg._predict import display_maps, predict_layers
+from napari_semiseg._ranking import slice_score
+from napari_semiseg._run_parent import training_events
+from napari_semiseg._runs import PROCESS_LOG
 from src_models.errors import SemisegError
 from src_models.inference import VolumePrediction, predict_volume
 
@@ -114,7 +109,9 @@ def test_lazy_maps_stay_lazy_and_are_scored_slab_by_slab(monkeypatch):
     ids, kind = shown["pseudo-labels"]
     assert kind == "labels" and not isinstance(ids, np.ndarray)
     np.testing.assert_array_equal(np.asarray(ids), np.where(pseudo < 0, 0, pseudo).astype(np.uint8))
-    monkeypatch.setattr("napari_semiseg._session._plane_step", lambda shape, most: 5)
+    # slice_score (_ranking) and sampled_percentile (_layer_data) each look it up at home
+    monkeypatch.setattr("napari_semiseg._ranking._plane_step", lambda shape, most: 5)
+    monkeypatch.setattr("napari_semiseg._layer_data._plane_step", lambda shape, most: 5)
     for axis in range(3):
         np.testing.assert_allclose(
             slice_score(lazy.maps["confidence"], axis), slice_score(conf, axis), rtol=1e-6
@@ -181,14 +178,18 @@ def test_multiscale_dask_layer_in_the_docks_trains_predicts_to_zarr_and_exports(
     from napari.utils.notifications import notification_manager
     from test_plugin_docks import tiny, wait_idle
 
-    import napari_semiseg._session as session_module
+    import napari_semiseg._predict as predict_module
+    import napari_semiseg._previews as previews_module
+    import napari_semiseg._run_parent as run_parent_module
     from napari_semiseg._qt.review_dock import ReviewDock
     from napari_semiseg._qt.training_dock import TrainingDock
 
     def no_conversion(*args, **kwargs):
         raise AssertionError("the lazy image layer was converted to numpy")
 
-    monkeypatch.setattr(session_module, "image_channels_first", no_conversion)
+    # every module that converts a layer's data (training, propagation, prediction)
+    for module in (run_parent_module, previews_module, predict_module):
+        monkeypatch.setattr(module, "image_channels_first", no_conversion)
     image, labels, truth, arr = volume
     level0 = da.from_zarr(arr)
     viewer = make_napari_viewer()

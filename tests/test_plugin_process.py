@@ -21,16 +21,10 @@ import pytest
 import torch
 from conftest import synthetic_volume
 
-from napari_semiseg._session import (
-    LABELS_FILE,
-    TrainingJob,
-    TrainingProcessDied,
-    TrainingUpdate,
-    TrainRequest,
-    prepare_run,
-    train_job,
-    training_events,
-)
+from napari_semiseg._jobs import TrainingJob, TrainingProcessDied, TrainingUpdate, TrainRequest
+from napari_semiseg._run_child import train_job
+from napari_semiseg._run_parent import prepare_run, training_events
+from napari_semiseg._runs import LABELS_FILE
 from napari_semiseg._train_process import ChildError, describe_exit, tail_lines
 from src_models.errors import SemisegError
 from src_models.training.checkpoint import load_model
@@ -93,7 +87,7 @@ def test_child_trains_like_in_process_and_never_imports_napari(tmp_path, monkeyp
     job = make_job(tmp_path / "child", setup=partial(hooks.record_modules, str(modules)))
     updates, bundle = drive(job)
     loaded = json.loads(modules.read_text())
-    assert "torch" in loaded and "napari_semiseg._session" in loaded
+    assert "torch" in loaded and "napari_semiseg._run_child" in loaded
     assert not [m for m in loaded if m.split(".")[0] in ("napari", "qtpy", "PyQt5", "vispy")]
     assert [it for u in updates for it, _ in u.history] == [1, 2, 3, 4]
     saved = load_model(tmp_path / "child")

@@ -1,7 +1,9 @@
-"""The plugin's Qt-free state and background work (napari_semiseg._session): no viewer needed.
+"""The plugin's Qt-free state and background work (``napari_semiseg._session``, ``_labels``,
+``_ranking``, ``_runs``, ``_jobs``, ``_previews``, ``_run_parent``, ``_run_child``,
+``_predict``): no viewer needed.
 
-Training runs in a child process; ``train_job``, its body, also runs in-process where a test
-monkeypatches the trainer.
+Training runs in a child process; ``train_job`` (``_run_child``), its body, also runs
+in-process where a test monkeypatches the trainer.
 """
 
 from __future__ import annotations
@@ -14,32 +16,29 @@ import pytest
 import torch
 from conftest import growing_disc, synthetic_volume
 
-import napari_semiseg._session as session_module
-from napari_semiseg._session import (
-    KEEP_FILE,
+import napari_semiseg._run_child as run_child_module
+from napari_semiseg._jobs import (
     InterpolationPreview,
     LossHistory,
     Preview,
-    Session,
     TrainingJob,
     TrainingUpdate,
     TrainRequest,
-    class_count,
+    format_seconds,
+)
+from napari_semiseg._labels import (
     describe_values,
     detect_axis,
-    display_maps,
-    format_seconds,
-    interpolate_labels,
     interpolation_problem,
     label_values,
     labeled_slices,
-    list_runs,
-    predict_layers,
-    prepare_run,
-    rank_slices,
-    train_job,
-    training_events,
 )
+from napari_semiseg._predict import display_maps, predict_layers
+from napari_semiseg._previews import interpolate_labels
+from napari_semiseg._run_child import train_job
+from napari_semiseg._run_parent import prepare_run, training_events
+from napari_semiseg._runs import KEEP_FILE, list_runs
+from napari_semiseg._session import Session
 from src_models.errors import SemisegError
 from src_models.inference import VolumePrediction, predict_volume
 from src_models.interpolation import interpolate_volume
@@ -64,19 +63,9 @@ def test_detect_axis_and_labeled_slices(axis, slices):
     labels = sparse(truth, slices, axis)
     assert detect_axis(labels) == axis
     assert labeled_slices(labels, axis) == list(slices)
-    assert class_count(labels) == 3
+    assert label_values(labels).num_classes == 3
     assert detect_axis(np.zeros((4, 5, 6))) == 0
-    assert class_count(np.zeros((2, 2, 2), np.uint8)) == 2
-
-
-def test_rank_slices_orders_by_mean_and_skips_labeled():
-    score = np.zeros((6, 4, 5), np.float32)
-    score[1] = 0.9  # labeled: must be skipped
-    score[4] = 0.5
-    score[2, 0, 0] = 1.0  # one bright pixel: mean 0.05
-    assert rank_slices(score, 0, exclude={1}) == [4, 2, 0, 3, 5]
-    # along another axis
-    assert rank_slices(score, 2, exclude=set())[0] == 0
+    assert label_values(np.zeros((2, 2, 2), np.uint8)).num_classes == 2
 
 
 def test_display_maps_pseudo_becomes_labels_and_others_images():
@@ -236,7 +225,7 @@ def test_previews_follow_seconds_of_training_not_iterations(tmp_path, monkeypatc
     labels = sparse(truth, [2, 6, 9])
     # seconds of training after iterations 0 (the done event of a stop) .. 10
     clock = [0.0, 0.5, 1.0, 2.9, 3.1, 3.2, 3.3, 9.0, 9.1, 9.2, 12.5]
-    real_train, real_predict = session_module.train, session_module.predict_training_slice
+    real_train, real_predict = run_child_module.train, run_child_module.predict_training_slice
     current: dict = {}
     predicted: list[tuple[int, bool]] = []
 
@@ -252,8 +241,8 @@ def test_previews_follow_seconds_of_training_not_iterations(tmp_path, monkeypatc
         predicted.append(current["event"])
         return real_predict(bundle, volume, index)
 
-    monkeypatch.setattr(session_module, "train", timed_train)
-    monkeypatch.setattr(session_module, "predict_training_slice", spy_predict)
+    monkeypatch.setattr(run_child_module, "train", timed_train)
+    monkeypatch.setattr(run_child_module, "predict_training_slice", spy_predict)
 
     def run(seconds: float, name: str, index=lambda: None):
         predicted.clear()
@@ -413,3 +402,13 @@ def test_painted_0_255_masks_train_two_classes_and_predict_back_255(tmp_path):
     # continuing a model refuses values it was not trained with
     with pytest.raises(SemisegError, match="not trained with"):
         label_values(np.where(labels > 0, 7, 0), model=bundle)
+
+
+def test_slice_score_is_the_mean_of_each_slice_along_the_axis():
+    from napari_semiseg._ranking import slice_score
+
+    score = np.zeros((6, 4, 5), np.float32)
+    score[4] = 0.5
+    score[2, 0, 0] = 1.0  # one bright pixel: mean 0.05
+    np.testing.assert_allclose(slice_score(score, 0), [0, 0, 0.05, 0, 0.5, 0])
+    np.testing.assert_allclose(slice_score(score, 2)[0], (1.0 + 0.5 * 4) / 24)

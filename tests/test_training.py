@@ -8,7 +8,7 @@ import torch
 
 from src_models.data import SliceSampler, make_volumes
 from src_models.errors import NonFiniteLossError, SemisegError
-from src_models.inference import predict_volume
+from src_models.inference import BATCH_PIXELS, predict_slices, predict_volume
 from src_models.training import TrainConfig, TrainingControl, load_model, save_model, train
 from src_models.training.checkpoint import create_model, read_metadata
 
@@ -134,7 +134,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_volume, tmp_path):
         return logs
 
     bundle.method.train_step = poisoned
-    with pytest.raises(NonFiniteLossError, match="NaN"):
+    with pytest.raises(NonFiniteLossError, match="the checkpoint of iteration 2 is kept"):
         train(bundle, sampler, TrainConfig(iterations=10, checkpoint_every=0), out_dir=tmp_path)
     # in memory: the weights at the start of this run; on disk: the last good checkpoint
     assert all(torch.isfinite(v).all() for v in _weights(bundle).values())
@@ -142,6 +142,20 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_volume, tmp_path):
     assert on_disk.iteration == 2
     for k, v in good.items():
         torch.testing.assert_close(_weights(on_disk)[k], v)
+
+
+def test_divergence_before_any_checkpoint_says_nothing_is_kept(tiny_volume, tmp_path):
+    # issue 21, item 12: "the last good weights are kept" while the CLI removes the folder
+    bundle, sampler = _setup(tiny_volume)
+
+    def diverged(data, it, total):
+        return {"loss": float("inf")}
+
+    bundle.method.train_step = diverged
+    bundle.method.warmup_step = lambda data: {"loss": float("inf")}
+    with pytest.raises(NonFiniteLossError, match="no checkpoint was written before it"):
+        train(bundle, sampler, TrainConfig(iterations=5, checkpoint_every=0), out_dir=tmp_path)
+    assert not (tmp_path / "model.json").exists()
 
 
 def test_checkpoint_metadata_and_safe_loading(tiny_volume, tmp_path):
@@ -281,3 +295,49 @@ def test_time_based_checkpoints(tiny_volume, tmp_path, monkeypatch):
     bundle, sampler = _setup(tiny_volume)
     train(bundle, sampler, TrainConfig(iterations=4, checkpoint_every=0), out_dir=tmp_path / "b")
     assert saved == [4]
+
+
+def test_flipped_prediction_is_the_mean_of_the_mirrored_slices(tiny_volume):
+    bundle, _ = _setup(tiny_volume)
+    method = bundle.method
+    method.eval()
+    x = torch.randn(2, 1, 40, 36, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain, _ = predict_slices(method, x, 0.0, ())
+        flipped, _ = predict_slices(method, x, 0.0, (), flips=True)
+        h, _ = predict_slices(method, x.flip(-1), 0.0, ())
+        v, _ = predict_slices(method, x.flip(-2), 0.0, ())
+    expected = (plain + h.flip(-1) + v.flip(-2)) / 3
+    torch.testing.assert_close(flipped, expected)
+    assert not torch.allclose(flipped, plain)  # the mirrored passes change something
+    torch.testing.assert_close(flipped.sum(1), torch.ones(2, 40, 36))
+
+
+def test_large_slices_are_predicted_a_few_at_a_time(tiny_volume, monkeypatch):
+    # issue 22, item 4: a forward pass's memory grows with the pixels of its batch
+    bundle, _ = _setup(tiny_volume)
+    seen = []
+    original = bundle.method.predict
+
+    def spy(x):
+        seen.append(x.shape[0])
+        return original(x)
+
+    monkeypatch.setattr(bundle.method, "predict", spy)
+    monkeypatch.setattr("src_models.inference.BATCH_PIXELS", 3 * 48 * 48)
+    image = np.random.default_rng(0).random((7, 48, 48)).astype(np.float32)
+    pred = predict_volume(bundle, image, maps=(), batch_size=16)
+    assert pred.labels.shape == image.shape
+    assert max(seen) == 3 and sum(seen) == 7
+    assert BATCH_PIXELS >= 512 * 512  # the default keeps a 512 x 512 slice whole
+
+
+def test_minutes_budget_estimate_follows_the_current_phase():
+    # issue 22, item 6: the bar jumped (warm-up steps are faster than the method's own)
+    from src_models.training.trainer import _estimate_total
+
+    config = TrainConfig(iterations=0, minutes=1.0)
+    assert _estimate_total(config, 200, 0, 20.0) == 600  # warm-up: 10 it/s for 60 s
+    # 10 s into the own phase at 2 it/s: 220 done + 2 it/s x 30 s left
+    assert _estimate_total(config, 220, 0, 30.0, phase=(200, 20.0)) == 280
+    assert _estimate_total(config, 201, 0, 20.5, phase=(200, 20.0)) > 201  # too early: overall

@@ -101,7 +101,7 @@ def data_note(layer: Image, doing: str = "training") -> str:
     """What is read of an image layer, for the status line ("" for an in-memory volume): the
     full-resolution level of a multiscale layer, and whether a lazy (dask, zarr, memory-mapped)
     volume is read slab by slab instead of loaded whole."""
-    from napari_semiseg._session import lazy_image
+    from napari_semiseg._layer_data import lazy_image
 
     data = image_data(layer)
     notes = []

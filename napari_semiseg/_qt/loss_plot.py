@@ -15,7 +15,7 @@ from qtpy.QtCore import QPointF, QRectF, Qt
 from qtpy.QtGui import QColor, QPainter, QPainterPath, QPalette, QPen
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
-from napari_semiseg._session import LossHistory
+from napari_semiseg._jobs import LossHistory
 
 PALETTE = (
     "#4fc3f7",

@@ -8,7 +8,8 @@ and updated in place on every run. Which maps exist comes from the method (``map
 ``pseudo`` as the ``pseudo-labels`` Labels layer, anything else (e.g. ``uncertainty``) as an
 extra Image layer; per-network maps (``confidence_1``, ``discrepancy_soft``, ...) are not
 added as layers but written by "Export… with the maps". Every layer gets readable names
-(:data:`MAP_INFO`), ``metadata["description"]`` (what it means, its range) and
+(:data:`MAP_TITLES`), ``metadata["description"]`` (what it means and its range, from the
+method: ``Method.map_meaning``) and
 ``metadata["semiseg_model"]`` (method, iteration, run): when the session's model changes the
 layers of an older state get ``metadata["stale"] = True`` and the dock says which iteration
 they show; an export says which model and iteration it wrote. Buttons are enabled only when
@@ -33,6 +34,7 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QFrame,
     QGridLayout,
+    QHBoxLayout,
     QPushButton,
     QScrollArea,
     QSizePolicy,
@@ -42,6 +44,9 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
+from napari_semiseg._jobs import describe_training
+from napari_semiseg._layer_data import lazy_image, sampled_percentile
+from napari_semiseg._predict import display_maps, predict_layers, prediction_store
 from napari_semiseg._qt.layers import (
     LayerCombo,
     add_or_update,
@@ -59,19 +64,12 @@ from napari_semiseg._qt.widgets import (
     short,
     wrapping_label,
 )
-from napari_semiseg._session import (
-    describe_training,
-    display_maps,
-    lazy_image,
-    predict_layers,
-    prediction_store,
-    sampled_percentile,
-    session_for,
-    slice_score,
-)
+from napari_semiseg._ranking import slice_score
+from napari_semiseg._session import session_for
 from src_models.data.lazy import is_lazy
 from src_models.errors import SemisegError
 from src_models.inference import VolumePrediction
+from src_models.methods.base import Method, get_method
 from src_models.suggest import suggest
 
 #: unlabeled slices whose mean scores differ by no more than this all tie
@@ -92,35 +90,17 @@ MAP_STYLE = {
 }
 OTHER_MAP = {"colormap": "inferno", "blending": "additive", "opacity": 0.7, "visible": False}
 
-#: map key (``Method.map_names``, ``pseudo-labels``) -> (layer name after the image's,
-#: what it means and its range, for the dock's legend and the layer's metadata)
-MAP_INFO = {
-    "prediction": ("prediction", "the predicted classes (bright colours); correct it here"),
-    "confidence": (
-        "confidence",
-        "probability of the predicted class: 1/K (a guess) to 1 (sure)",
-    ),
-    "discrepancy": (
-        "discrepancy",
-        "where the method's networks disagree: 0 (agree) to 1; bright slices first",
-    ),
-    "discrepancy_soft": (
-        "discrepancy (soft)",
-        "the disagreement of the networks' probabilities: 0 to 1",
-    ),
-    "confidence_1": ("confidence net 1", "network 1 alone: 1/K to 1"),
-    "confidence_2": ("confidence net 2", "network 2 alone: 1/K to 1"),
-    "confidence_a": ("confidence student A", "student A alone: 1/K to 1"),
-    "confidence_b": ("confidence student B", "student B alone: 1/K to 1"),
-    "uncertainty": (
-        "uncertainty",
-        "spread of the stochastic passes: 0 (stable) and up",
-    ),
-    "pseudo-labels": (
-        "pseudo-labels",
-        "the labels the method trains itself on (unsure pixels left out)",
-    ),
+#: map key (``Method.map_names``, ``pseudo-labels``) -> layer name after the image's; what
+#: each map means comes from its method (``Method.map_meaning``, the core's knowledge)
+MAP_TITLES = {
+    "prediction": "prediction",
+    "discrepancy_soft": "discrepancy (soft)",
+    "confidence_1": "confidence net 1",
+    "confidence_2": "confidence net 2",
+    "confidence_a": "confidence student A",
+    "confidence_b": "confidence student B",
 }
+PREDICTION_MEANING = "the predicted classes (bright colours); correct it here"
 
 
 #: maps shown as layers; the others (per-network confidences, soft discrepancy) are kept for
@@ -133,7 +113,20 @@ REGION_IGNORE = 255
 
 def map_title(key: str) -> str:
     """The layer name (after the image's) of a map."""
-    return MAP_INFO.get(key, (key.replace("_", " "), ""))[0]
+    return MAP_TITLES.get(key, key.replace("_", " "))
+
+
+def map_meaning(kind: str, method: str | None, k: int) -> str:
+    """What the layer of map ``kind`` (a map name, ``prediction`` or ``pseudo-labels``) of a
+    model of ``method`` with ``k`` classes means and its range."""
+    if kind == "prediction":
+        return PREDICTION_MEANING
+    try:
+        cls = get_method(method) if method else Method
+    except SemisegError:  # a method this version does not know
+        cls = Method
+    meaning = cls.map_meaning("pseudo" if kind == "pseudo-labels" else kind)
+    return meaning.replace("1/K", f"{1 / k:.2g}")
 
 
 def _button(text: str) -> QPushButton:
@@ -164,6 +157,10 @@ class ReviewDock(QWidget):
         self._closed = False
         self._busy_shown = False
         self._stale_note = ""
+        #: each button's own tooltip (a disabled one adds why)
+        self._tooltips: dict = {}
+        #: the prediction layers were hidden when the running training started
+        self._hidden_for_training = False
         self._ranking_flat = False
         self._ranking_value = 0.0
         self._extra_maps: dict[str, tuple[np.ndarray, str]] = {}
@@ -215,9 +212,11 @@ class ReviewDock(QWidget):
             "with napari's paint / fill tools first (undo works)"
         )
         self.accept_button.clicked.connect(lambda: self.accept_slice())
-        grid.addWidget(self.predict_button, 0, 0, 1, 2)
-        grid.addWidget(self.next_button, 1, 0)
-        grid.addWidget(self.accept_button, 1, 1)
+        # a compact grid: two controls per row, so the whole loop fits napari's default
+        # window (1089 x 639 on a 1280 x 800 screen) below the training dock
+        grid.addWidget(self.predict_button, 0, 0)
+        grid.addWidget(self.next_button, 0, 1)
+        grid.addWidget(self.accept_button, 1, 0)
         self.continue_button = _button("Continue training")
         self.continue_button.setToolTip(
             "Fine-tune the current model with the enlarged labeled set (no restart from "
@@ -230,6 +229,10 @@ class ReviewDock(QWidget):
         self.continue_iterations.setSuffix(" it.")
         self.continue_iterations.setMinimumWidth(60)
         self.continue_iterations.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self.continue_iterations.setToolTip(
+            "Iterations of the continued run (a new run that records the current one as its "
+            "parent: the current model stays in the Runs tab)"
+        )
         grid.addWidget(self.continue_button, 2, 0)
         grid.addWidget(self.continue_iterations, 2, 1)
         self.region_check = QCheckBox("only what I painted")
@@ -239,25 +242,32 @@ class ReviewDock(QWidget):
             f"unannotated (value {REGION_IGNORE} in the labels, not trained on), so a partly "
             "corrected slice never teaches background where you did not look"
         )
-        grid.addWidget(self.region_check, 3, 0, 1, 2)
+        grid.addWidget(self.region_check, 1, 1)
         self.format_combo = QComboBox()
         self.format_combo.addItems(list(FORMATS))
         self.format_combo.setSizeAdjustPolicy(
             QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
         )
         self.format_combo.setMinimumContentsLength(6)
+        self.format_combo.setToolTip(
+            "File format of the export: NIfTI (.nii.gz) keeps the image's affine for 3D "
+            "Slicer / ITK-SNAP; zarr streams volumes larger than memory; TIFF for Fiji"
+        )
         self.export_button = _button("Export…")
         self.export_button.setToolTip(
             "Write the (corrected) prediction layer, and the maps if asked, into a folder"
         )
         self.export_button.clicked.connect(self._export_dialog)
-        self.maps_check = QCheckBox("with the maps")
+        self.maps_check = QCheckBox("maps")
         self.maps_check.setToolTip(
             "Also write confidence, disagreement, pseudo-labels, ... next to the masks"
         )
         grid.addWidget(self.export_button, 3, 0)
-        grid.addWidget(self.format_combo, 3, 1)
-        grid.addWidget(self.maps_check, 4, 1)
+        export_options = QHBoxLayout()
+        export_options.setSpacing(4)
+        export_options.addWidget(self.format_combo, 1)
+        export_options.addWidget(self.maps_check)
+        grid.addLayout(export_options, 3, 1)
         grid.setColumnStretch(0, 1)
         grid.setColumnStretch(1, 1)
         root.addLayout(grid)
@@ -343,9 +353,25 @@ class ReviewDock(QWidget):
         self.next_button.setEnabled(idle and scored)
         self.accept_button.setEnabled(idle and predicted)
         self.export_button.setEnabled(predicted and self.export_worker is None)
-        hint = "" if model else "train or load a model first"
-        for button in (self.predict_button, self.continue_button):
-            button.setStatusTip(hint)
+        # a disabled button says why in its tooltip, after what it does
+        busy = f"{self.session.busy} is running: wait for it to end"
+        why = {
+            self.predict_button: "" if model else "train or load a model first",
+            self.continue_button: "" if model else "train or load a model first",
+            self.next_button: "" if scored else "Predict volume first: it ranks the slices",
+            self.accept_button: "" if predicted else "Predict volume first, then correct it",
+            self.export_button: ""
+            if predicted
+            else "Predict volume first: nothing to export"
+            if self.export_worker is None
+            else "an export is running",
+        }
+        for button, reason in why.items():
+            if not reason and not idle and button is not self.export_button:
+                reason = busy
+            what = self._tooltips.setdefault(button, button.toolTip())
+            button.setToolTip(f"{what}<br><i>Disabled: {reason}.</i>" if reason else what)
+            button.setStatusTip(reason)
 
     def _output_layers(self) -> list:
         try:
@@ -368,8 +394,24 @@ class ReviewDock(QWidget):
     def _check_stale(self) -> None:
         """Mark the layers of an older model state stale (metadata ``stale``) and say so."""
         stale = self.stale_layers()
-        for layer in self._output_layers():
+        outputs = self._output_layers()
+        for layer in outputs:
             layer.metadata["stale"] = layer in stale
+        if self.session.busy == "training" and outputs:
+            # the layers show the model before this training: hidden (they would cover the
+            # live preview) and said so, not left on screen as if they were this run's
+            made = outputs[0].metadata["semiseg_model"]
+            if not self._hidden_for_training:
+                self._hidden_for_training = True
+                for layer in outputs:
+                    layer.visible = False
+            self._stale_note = (
+                f"the prediction layers (hidden) show {made['method']} at iteration "
+                f"{made['iteration']}, from before this training: Predict volume when it ends"
+            )
+            self.review_info.setText(self._stale_note)
+            return
+        self._hidden_for_training = False
         if not stale or self.session.busy:
             if not stale:
                 self._stale_note = ""
@@ -525,7 +567,7 @@ class ReviewDock(QWidget):
         layer.metadata["semiseg_map"] = kind
         layer.metadata["semiseg_model"] = dict(stamp)
         layer.metadata["stale"] = False
-        info = MAP_INFO.get(kind, (title, ""))[1].replace("1/K", f"{1 / k:.2g}")
+        info = map_meaning(kind, stamp.get("method"), k)
         layer.metadata["description"] = (
             f"{title}: {info} ({stamp['method']}, iteration {stamp['iteration']})"
         )
@@ -536,7 +578,8 @@ class ReviewDock(QWidget):
         rows = []
         for layer in reversed(self._output_layers()):
             kind = layer.metadata.get("semiseg_map", "")
-            info = MAP_INFO.get(kind, (kind, ""))[1].replace("1/K", f"{1 / k:.2g}")
+            made_by = (layer.metadata.get("semiseg_model") or {}).get("method")
+            info = map_meaning(kind, made_by, k)
             shown = "" if layer.visible else " <i>(hidden)</i>"
             rows.append(f"<b>{map_title(kind)}</b>{shown}: {info}")
         if self._extra_maps:

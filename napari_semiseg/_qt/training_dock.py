@@ -7,8 +7,8 @@ the labels along the image's edges (:mod:`src_models.propagation`), the better o
 and the bar a trained model must beat. Both are computed in a worker.
 
 Pattern (after napari-nninteractive's ``widget_main.py``): the work runs in
-``create_worker(training_events, job)`` from :mod:`napari_semiseg._session`, which trains in
-a child process (a crash or an out-of-memory kill there leaves the viewer and its labels
+``create_worker(training_events, job)`` from :mod:`napari_semiseg._run_parent`, which trains
+in a child process (a crash or an out-of-memory kill there leaves the viewer and its labels
 alive) and relays its events; the worker never touches a widget; its ``yielded`` events
 update the progress bar, the loss curve and the preview layer on the GUI thread; the controls
 are disabled while it runs and re-enabled in the ``finished`` handler (after ``errored``
@@ -67,6 +67,24 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
+from napari_semiseg._jobs import (
+    InterpolationPreview,
+    Preview,
+    TrainingJob,
+    TrainingProcessDied,
+    TrainingUpdate,
+    TrainRequest,
+    format_seconds,
+)
+from napari_semiseg._labels import (
+    AXIS_NAMES,
+    describe_values,
+    detect_axis,
+    interpolation_problem,
+    label_values,
+    labeled_slices,
+)
+from napari_semiseg._previews import zero_training_previews
 from napari_semiseg._qt.layers import (
     LayerCombo,
     add_or_update,
@@ -87,28 +105,9 @@ from napari_semiseg._qt.widgets import (
     short,
     wrapping_label,
 )
-from napari_semiseg._session import (
-    AXIS_NAMES,
-    KEEP_FILE,
-    InterpolationPreview,
-    Preview,
-    RunInfo,
-    TrainingJob,
-    TrainingProcessDied,
-    TrainingUpdate,
-    TrainRequest,
-    describe_values,
-    detect_axis,
-    format_seconds,
-    interpolation_problem,
-    is_run_dir,
-    label_values,
-    labeled_slices,
-    save_settings,
-    session_for,
-    training_events,
-    zero_training_previews,
-)
+from napari_semiseg._run_parent import training_events
+from napari_semiseg._runs import KEEP_FILE, RunInfo, is_run_dir, save_settings
+from napari_semiseg._session import session_for
 from napari_semiseg._train_process import ChildError
 from src_models.device import DEVICE_CHOICES, select_device
 from src_models.errors import SemisegError
@@ -135,6 +134,11 @@ def _spin(box: QAbstractSpinBox, low: float, high: float, value: float) -> QAbst
     box.setMinimumWidth(60)
     box.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
     return box
+
+
+def _plural(n: int, noun: str) -> str:
+    """``1 labeled slice``, ``3 labeled slices``."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _form(tabs: QTabWidget, title: str) -> QFormLayout:
@@ -225,6 +229,10 @@ class TrainingDock(QWidget):
         form = _form(self.tabs, "Method")
         self.method_combo = QComboBox()
         self.method_combo.addItems(method_names())
+        self.method_combo.setToolTip(
+            "The training method: supervised (the default, with the propagation prior) or "
+            "one of the four semi-supervised methods; when each pays off is said below it"
+        )
         self.method_description = wrapping_label()
         self.params = ParamForm()
         self.advanced = QCollapsible("Advanced parameters")
@@ -240,6 +248,14 @@ class TrainingDock(QWidget):
         self.budget_unit = QComboBox()
         self.budget_unit.addItems(["iterations", "minutes"])
         self.budget_unit.currentIndexChanged.connect(self._on_budget_unit)
+        self.iterations.setToolTip("Training steps of the run (one batch each)")
+        self.minutes.setToolTip(
+            "Wall-clock minutes of training (pauses excluded); the model at the end is kept"
+        )
+        self.budget_unit.setToolTip(
+            "Budget in iterations (reproducible) or in minutes (what you can wait; the "
+            "default method is measured at 2 and 5 minutes in docs/benchmarks.md)"
+        )
         row = QHBoxLayout()
         row.addWidget(self.iterations, 1)
         row.addWidget(self.minutes, 1)
@@ -256,6 +272,10 @@ class TrainingDock(QWidget):
         self.device_combo.addItems(list(DEVICE_CHOICES))
         self.device_label = QLabel()
         self.device_combo.currentTextChanged.connect(self._on_device)
+        self.device_combo.setToolTip(
+            "Where the networks run: auto picks a CUDA or Apple (MPS) GPU when there is one, "
+            "else the CPU"
+        )
         row = QHBoxLayout()
         row.addWidget(self.device_combo)
         row.addWidget(self.device_label, 1)
@@ -338,6 +358,14 @@ class TrainingDock(QWidget):
         self.interpolate_button.clicked.connect(lambda: self.interpolate())
         self.train_button.clicked.connect(lambda: self.start_training())
         self.pause_button.clicked.connect(self.toggle_pause)
+        self.pause_button.setToolTip(
+            "Pause the training (the process waits and uses no CPU; the clock of a minutes "
+            "budget stops too); Resume goes on. Stop instead to keep the model"
+        )
+        self.stop_button.setToolTip(
+            "Stop after this iteration: the model is checkpointed, loaded as the current one "
+            "and kept in the Runs tab (continue it later with Continue training)"
+        )
         self.stop_button.clicked.connect(self.stop)
         self.progress = QProgressBar()
         self.progress.setFormat("no run yet")
@@ -356,6 +384,10 @@ class TrainingDock(QWidget):
             "the last few runs, a saved model stays"
         )
         self.load_button = QPushButton("Load model…")
+        self.load_button.setToolTip(
+            "Load a model folder (model.json + model.pt) saved by the plugin or by "
+            "`semiseg train`: predict with it, continue training it"
+        )
         for b in (self.save_button, self.load_button):
             b.setMinimumWidth(40)
             b.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
@@ -397,8 +429,8 @@ class TrainingDock(QWidget):
         for run in self.session.runs():
             text = run.label()
             is_current = current is not None and run.path.resolve() == current
-            if is_current:
-                text = f"▶ {text} (current)"
+            if is_current:  # said first, so a narrow dock never cuts it off
+                text = f"▶ (current) {text}"
             item = QListWidgetItem(text)
             item.setData(Qt.ItemDataRole.UserRole, str(run.path))
             item.setToolTip(str(run.path))
@@ -498,6 +530,13 @@ class TrainingDock(QWidget):
         if data.ndim != 3:
             self.data_info.setText(f"Labels must be 3D (Z, Y, X); this one is {data.ndim}D.")
             return
+        image = self.image_combo.layer()
+        if image is not None:  # said as soon as the pair is picked, not after Train
+            try:
+                check_pair(image, labels)
+            except SemisegError as exc:
+                self.data_info.setText(f"⚠ {exc}")
+                return
         if not self._axis_manual and not self.session.busy:
             axis = detect_axis(data) if np.any(data) else self.session.axis
             self.axis_combo.setCurrentIndex(axis)
@@ -508,7 +547,7 @@ class TrainingDock(QWidget):
         extra = len(labeled) - len(found)
         shown = ", ".join(str(s) for s in labeled[:8]) + (" …" if len(labeled) > 8 else "")
         text = (
-            f"{len(labeled)} labeled slices of {data.shape[axis]} (axis {axis})"
+            f"{_plural(len(labeled), 'labeled slice')} of {data.shape[axis]} (axis {axis})"
             + (f" ({extra} accepted empty)" if extra else "")
             + (f": {shown}" if labeled else "")
         )
@@ -563,6 +602,7 @@ class TrainingDock(QWidget):
         problem = interpolation_problem(job.labeled, job.axis)
         if not resume and problem:
             show_info(f"{problem} (training goes on)")
+        self._drop_other_no_training_result(self._job_labels, problem)
         note = data_note(self.image_combo.layer())
         if note:
             show_info(note)
@@ -668,12 +708,19 @@ class TrainingDock(QWidget):
         p = update.progress
         self.progress.setRange(0, max(p.total, 1))
         self.progress.setValue(min(p.iteration, p.total))
-        self.progress.setFormat(f"%v / %m · ETA {format_seconds(p.eta)}")
+        control = self.job.control if self.job is not None else None
+        paused = bool(control is not None and control.paused)
+        stopping = bool(control is not None and control.stop_requested)
+        # no time left to show while paused (the clock stands) or stopping
+        when = "paused" if paused else "stopping" if stopping else f"ETA {format_seconds(p.eta)}"
+        self.progress.setFormat(f"%v / %m · {when}")
         self.session.train_seconds = self._seconds_before + float(p.elapsed)
         self.session.history.extend(update.history)
         self.loss_plot.refresh()
         logs = " · ".join(f"{k} {v:.3g}" for k, v in p.logs.items())
-        state = "paused" if self.job and self.job.control.paused else "training"
+        state = "paused" if paused else "training"
+        if stopping:  # the Stop message stays until the model is back
+            state = "stopping after this iteration"
         device = self.job.bundle.method.device.type if self.job and self.job.bundle else ""
         self.status.setText(
             f"{state} · iteration {p.iteration}/{p.total} · {logs}"
@@ -778,6 +825,19 @@ class TrainingDock(QWidget):
         self.interpolation_worker.start()
         return True
 
+    def _drop_other_no_training_result(self, labels: Labels | None, problem: str) -> None:
+        """The ``no-training result`` the plugin made from *other* labels (or that this run
+        will not replace: too few slices) goes, so it is never taken for this run's."""
+        layers = self.viewer.layers
+        if NO_TRAINING_LAYER not in layers:
+            return
+        layer = layers[NO_TRAINING_LAYER]
+        if not layer.metadata.get("semiseg_output"):
+            return  # the user's own layer of that name
+        made_from = layer.metadata.get("source_labels")
+        if problem or (labels is not None and made_from not in (None, labels.name)):
+            layers.remove(layer)
+
     def show_interpolation(
         self, result: InterpolationPreview, source: Labels | None = None
     ) -> Labels | None:
@@ -807,6 +867,7 @@ class TrainingDock(QWidget):
         )
         layer.metadata["interpolated_slices"] = list(result.labeled)
         layer.metadata["kind"] = result.kind
+        layer.metadata["source_labels"] = source.name
         span = f"{len(result.labeled)} labeled slices ({result.labeled[0]}…{result.labeled[-1]})"
         if result.kind == "propagation":
             layer.metadata["description"] = (

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import QRect, Qt, QTimer
 from qtpy.QtWidgets import QLabel, QSizePolicy, QWidget
 
 from napari_semiseg._qt.layers import balance_docks
@@ -70,22 +70,59 @@ def balance_later(widget: QWidget) -> None:
 
 class StatusLine(QLabel):
     """A status label of at most ``LINES`` wrapped lines (so a long message never squeezes
-    the loss curve); the whole text is its tooltip."""
+    the loss curve): a longer text is cut at a word with "…" (never a line cut in half),
+    and the whole text is its tooltip."""
 
     LINES = 3
 
     def __init__(self, text: str = "") -> None:
         super().__init__()
+        self._full = ""
         self.setWordWrap(True)
         self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
         self.setMinimumWidth(40)
         self.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
-        self.setFixedHeight(self.fontMetrics().lineSpacing() * self.LINES + 4)
+        fm = self.fontMetrics()
+        self.setFixedHeight(fm.height() + fm.lineSpacing() * (self.LINES - 1) + 6)
         self.setText(text)
 
+    def text_shown(self) -> str:
+        return super().text()
+
+    def full_text(self) -> str:
+        return self._full
+
+    def _fits(self, text: str, width: int) -> bool:
+        rect = self.fontMetrics().boundingRect(
+            QRect(0, 0, width, 1 << 20), int(Qt.TextFlag.TextWordWrap), text
+        )
+        return rect.height() <= self.height() - 4
+
+    def _fitted(self, text: str) -> str:
+        width = self.contentsRect().width()
+        if width <= 20 or self._fits(text, width):
+            return text
+        words = text.split(" ")
+        lo, hi = 0, len(words)  # the most words that fit with "…"
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self._fits(" ".join(words[:mid]) + " …", width):
+                lo = mid
+            else:
+                hi = mid - 1
+        return " ".join(words[:lo]) + " …"
+
     def setText(self, text: str) -> None:  # noqa: N802  (Qt override)
-        super().setText(text)
+        self._full = text
+        super().setText(self._fitted(text))
         self.setToolTip(text)
+
+    def text(self) -> str:  # noqa: D102  (the whole message, not the cut one)
+        return self._full
+
+    def resizeEvent(self, event) -> None:  # noqa: N802  (Qt override)
+        super().resizeEvent(event)
+        super().setText(self._fitted(self._full))
 
 
 def wrapping_label(text: str = "") -> QLabel:

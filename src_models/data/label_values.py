@@ -90,7 +90,11 @@ class LabelValues:
         if not self.remapped:
             return class_ids
         out = np.asarray(self.values)[np.asarray(class_ids)]
-        return out.astype(np.uint8 if out.max(initial=0) < 256 else np.int32)
+        top = int(out.max(initial=0))
+        for dtype in (np.uint8, np.uint16, np.uint32):  # the user's values, never wrapped
+            if top <= np.iinfo(dtype).max:
+                return out.astype(dtype)
+        return out.astype(np.int64)
 
 
 def present_values(labels: Sequence[np.ndarray], ignore: int | None) -> np.ndarray:
@@ -98,6 +102,17 @@ def present_values(labels: Sequence[np.ndarray], ignore: int | None) -> np.ndarr
     found = np.unique(np.concatenate([np.unique(np.asarray(lbl)) for lbl in labels]))
     found = found[found != ignore] if ignore is not None else found
     return np.union1d(found, [0]).astype(np.int64)
+
+
+def check_unannotated_marker(present: np.ndarray, ignore: int | None, what="labels") -> None:
+    """Refuse a 255 beside a few small ids (sorted ``present`` values) when no ignore label
+    is given: most likely an "unannotated" marker, which would be read as a class."""
+    if ignore is None and 255 in present and 2 < len(present) and present[-2] < 64:
+        others = ", ".join(str(v) for v in present[1:-1])
+        raise SemisegError(
+            f"the {what} hold 255 beside the small ids {others}: if 255 marks unannotated "
+            "voxels pass --ignore-label 255; if it is a class, give it a small id"
+        )
 
 
 def interpret_labels(
@@ -140,10 +155,5 @@ def interpret_labels(
             "looks like an instance mask (one id per object), not class ids; pass --binary "
             "to train every nonzero value as one class, or --classes N if they are N classes"
         )
-    if ignore is None and 255 in present and 2 < len(present) and present[-2] < 64:
-        others = ", ".join(str(v) for v in present[1:-1])
-        raise SemisegError(
-            f"the labels hold 255 beside the small ids {others}: if 255 marks unannotated "
-            "voxels pass --ignore-label 255; if it is a class, give it a small id"
-        )
+    check_unannotated_marker(present, ignore)
     return LabelValues(tuple(int(v) for v in present) if len(present) > 1 else (0, 1), ignore)

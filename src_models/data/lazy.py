@@ -42,6 +42,24 @@ MAX_SLAB = 64
 SLAB_BYTES = 256 << 20
 
 
+def read_part(array: Any, index) -> np.ndarray:
+    """``array[index]`` of a lazy array as numpy; a failed read (a damaged zarr chunk: a
+    Zstd/Blosc error, a truncated file) becomes a SemisegError naming the fix."""
+    try:
+        return np.asarray(array[index])
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001  (zarr, numcodecs, tifffile: their own types)
+        where = getattr(getattr(array, "store", None), "path", None) or getattr(
+            array, "filename", None
+        )
+        text = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise SemisegError(
+            f"cannot read part of {where or 'a volume read from disk'} ({text}): a chunk of "
+            "the file is damaged or missing; re-export or re-download it"
+        ) from exc
+
+
 class ChannelsFirst:
     """A (C, Z, Y, X) view of a lazy (Z, Y, X) or (C, Z, Y, X) array (zarr, memmap, ...):
     indexing reads only what is asked for."""
@@ -64,8 +82,8 @@ class ChannelsFirst:
         index = index if isinstance(index, tuple) else (index,)
         index = index + (slice(None),) * (4 - len(index))
         if self.has_channels:
-            return np.asarray(self.array[index])
-        return np.asarray(self.array[index[1:]])[None][index[0]]
+            return read_part(self.array, index)
+        return read_part(self.array, index[1:])[None][index[0]]
 
     def __array__(self, dtype=None, copy=None):
         data = self[:]
@@ -212,7 +230,7 @@ def find_labeled_slices(labels: Any, axis: int, ignore: int | None = None) -> li
     for s0 in range(0, n, step):
         where = [slice(None)] * 3
         where[axis] = slice(s0, min(n, s0 + step))
-        part = np.moveaxis(np.asarray(labels[tuple(where)]), axis, 0)
+        part = np.moveaxis(read_part(labels, tuple(where)), axis, 0)
         flat = part.reshape(part.shape[0], -1)
         hit = (flat != ignore) if ignore is not None else (flat != 0)
         found += [s0 + int(i) for i in np.flatnonzero(hit.any(axis=1))]
@@ -225,7 +243,7 @@ def read_label_slices(labels: Any, axis: int, indices: Sequence[int]) -> dict[in
     for s in indices:
         where = [slice(None)] * 3
         where[axis] = int(s)
-        out[int(s)] = np.asarray(labels[tuple(where)])
+        out[int(s)] = read_part(labels, tuple(where))
     return out
 
 

@@ -73,17 +73,29 @@ def fit_normalization(
     :func:`sample_normalization`.
 
     A channel whose percentiles coincide (a sparse image, mostly one value) keeps its full
-    range. Raises SemisegError for NaN/inf intensities or a constant channel.
+    range. A constant channel of a multi-channel image (e.g. the empty blue channel of a
+    two-colour RGB image) normalises to 0 and carries no information; raises SemisegError
+    for NaN/inf intensities, values beyond float32 or an image whose channels are all
+    constant.
     """
     if len(image.shape) == 4 and int(np.prod(image.shape[1:])) > EXACT_VOXELS:
         return sample_normalization(image, percentiles)
     lows, highs, means, stds = [], [], [], []
+    constant = []
     for c in range(image.shape[0]):
-        channel = np.asarray(image[c], dtype=np.float32)
-        if not np.all(np.isfinite(channel)):
+        raw = np.asarray(image[c])
+        if raw.dtype.kind == "f" and not np.all(np.isfinite(raw)):
             raise SemisegError(
                 "the image contains NaN or infinite intensities: fill or mask them "
                 "(e.g. numpy.nan_to_num) before segmenting"
+            )
+        with np.errstate(over="ignore"):
+            channel = raw.astype(np.float32)
+        if not np.all(np.isfinite(channel)):
+            big = float(np.max(np.abs(raw.astype(np.float64))))
+            raise SemisegError(
+                f"the image holds intensities up to {big:.3g}, beyond what float32 holds "
+                "(3.4e38): rescale the image (e.g. divide it by a power of ten) first"
             )
         lo, hi = np.percentile(channel, percentiles)
         if hi <= lo:
@@ -92,13 +104,18 @@ def fit_normalization(
             lo, hi = float(channel.min()), float(channel.max())
         clipped = np.clip(channel, lo, hi)
         mean, std = float(clipped.mean()), float(clipped.std())
-        if hi <= lo or std < 1e-8:
-            raise SemisegError(
-                f"image channel {c} is constant (or empty): there is nothing to segment; "
-                "check that the right file or layer was chosen"
-            )
+        if hi <= lo or std < 1e-8:  # constant: every voxel normalises to 0
+            constant.append(c)
+            lo = hi = mean = float(channel.flat[0]) if channel.size else 0.0
+            std = 1.0
         lows.append(float(lo))
         highs.append(float(hi))
         means.append(mean)
         stds.append(std)
+    if len(constant) == image.shape[0]:
+        which = "the image is" if len(constant) == 1 else "every channel of the image is"
+        raise SemisegError(
+            f"{which} constant (or empty): there is nothing to segment; check that the "
+            "right file or layer was chosen"
+        )
     return Normalization(tuple(lows), tuple(highs), tuple(means), tuple(stds))

@@ -53,6 +53,13 @@ def poly_lr(iteration: int, total: int, power: float = 0.9) -> float:
     return (1 - min(iteration, total) / max(total, 1)) ** power
 
 
+#: meanings of the maps most methods make (see :attr:`Method.map_meanings`)
+MAP_MEANINGS = {
+    "confidence": "probability of the predicted class: 1/K (a guess) to 1 (sure)",
+    "pseudo": "the labels the method trains itself on (unsure pixels left out)",
+}
+
+
 class Method:
     """Base class. Subclasses set ``name``, ``description``, ``Config`` and ``map_names`` and
     implement :meth:`build`, :meth:`train_step` and :meth:`predict`.
@@ -68,6 +75,9 @@ class Method:
     Config: ClassVar[type] = object
     #: names of the per-pixel maps :meth:`predict` returns (besides the probabilities)
     map_names: ClassVar[tuple[str, ...]] = ("confidence",)
+    #: what each map means and its range, for the viewer's legend and layer descriptions
+    #: ("1/K" stands for one over the class count); merged over :data:`MAP_MEANINGS`
+    map_meanings: ClassVar[dict[str, str]] = {}
     #: fraction of labeled slices held out for model selection (0: none)
     holdout_fraction: ClassVar[float] = 0.0
     #: networks :meth:`predict` uses, trained alone on the labeled slices by the supervised
@@ -116,6 +126,16 @@ class Method:
     def predict(self, image: torch.Tensor) -> Prediction:
         """Class probabilities and maps for a normalised batch (B, C, H, W)."""
         raise NotImplementedError
+
+    @classmethod
+    def map_meaning(cls, name: str) -> str:
+        """What map ``name`` means and its range ("" for a map nobody described)."""
+        return {**MAP_MEANINGS, **cls.map_meanings}.get(name, "")
+
+    def check_new_run(self) -> None:
+        """Raise :class:`SemisegError` when a new model cannot start training (e.g. a file
+        its parameters name is missing), before any work; a model loaded to predict or to
+        continue is not checked (its checkpoint holds everything)."""
 
     def step_forward(self, compute: Callable[[], Any]) -> Any:
         """Run ``compute()``, the gradient-carrying forward passes of one step (every one of

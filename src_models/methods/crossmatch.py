@@ -313,6 +313,10 @@ class CrossMatch(Method):
     )
     Config = CrossMatchConfig
     map_names = ("confidence", "discrepancy", "pseudo")
+    map_meanings = {
+        "discrepancy": "how far the decodings of perturbed features move the probabilities: "
+        "0 (stable) to 1",
+    }
 
     warmup_networks = ("net",)
     budget_note = (

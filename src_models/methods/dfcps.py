@@ -322,6 +322,12 @@ class DFCPS(Method):
         "confidence_2",
         "pseudo",
     )
+    map_meanings = {
+        "discrepancy": "1 where the two networks predict different classes, 0 where they agree",
+        "discrepancy_soft": "how far apart the two networks' probabilities are: 0 to 1",
+        "confidence_1": "network 1 alone: 1/K to 1",
+        "confidence_2": "network 2 alone: 1/K to 1",
+    }
 
     warmup_networks = ("net1", "net2")
     budget_note = (
@@ -378,10 +384,8 @@ class DFCPS(Method):
     def _load_backbone_weights(self, path: str) -> None:
         if not Path(path).is_file():
             # Tolerated here so a trained model still loads on a machine without the file
-            # (its checkpoint replaces these weights); training from scratch refuses it.
-            warnings.warn(
-                f"backbone weights {path} not found: encoders randomly initialised", stacklevel=3
-            )
+            # (its checkpoint replaces these weights); a new run refuses it before any work
+            # (check_new_run, called by build_run).
             self._weights_missing = path
             return
         for net in (self.f1, self.f2):  # same encoder init for both, as the official code
@@ -391,6 +395,13 @@ class DFCPS(Method):
         if report.missing or report.mismatched:
             warnings.warn(f"partial backbone weights: {report.summary()}", stacklevel=3)
         self.extra_state["backbone_weights"] = report.as_dict()
+
+    def check_new_run(self) -> None:
+        if self._weights_missing:
+            raise SemisegError(
+                f"backbone weights file {self._weights_missing} not found: give "
+                "an existing file or leave backbone_weights empty"
+            )
 
     # -- views ---------------------------------------------------------------------------
     def strong_view(self, weak: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -402,11 +413,8 @@ class DFCPS(Method):
     # -- training ------------------------------------------------------------------------
     def train_step(self, data: SliceSampler, iteration: int, total: int) -> dict[str, float]:
         c = self.config
-        if self._weights_missing and iteration == 0:
-            raise SemisegError(
-                f"backbone weights file {self._weights_missing} not found: give "
-                "an existing file or leave backbone_weights empty"
-            )
+        if iteration == 0:
+            self.check_new_run()
         lab = data.labeled()
         unl = data.unlabeled()
         nl, nu = lab.image.shape[0], unl.image.shape[0]

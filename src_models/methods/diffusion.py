@@ -231,6 +231,10 @@ class Diffusion(Method):
     )
     Config = DiffusionConfig
     map_names = ("confidence", "uncertainty", "discrepancy", "pseudo")
+    map_meanings = {
+        "uncertainty": "spread of the stochastic passes (4 x their variance): 0 (stable) to 1",
+        "discrepancy": "how far apart teacher and student probabilities are: 0 (agree) to 1",
+    }
 
     warmup_networks = ("teacher_seg", "student_seg")
     budget_note = (

@@ -249,6 +249,11 @@ class SDCL(Method):
     )
     Config = SDCLConfig
     map_names = ("confidence", "discrepancy", "confidence_a", "confidence_b", "pseudo")
+    map_meanings = {
+        "discrepancy": "1 where the two students predict different classes, 0 where they agree",
+        "confidence_a": "student A alone: 1/K to 1",
+        "confidence_b": "student B alone: 1/K to 1",
+    }
     holdout_fraction = 0.2
     warmup_networks = ("a", "b")
     budget_note = (

@@ -85,13 +85,26 @@ class Progress:
     message: str = ""
 
 
-def _estimate_total(config: TrainConfig, done: int, start: int, elapsed: float) -> int:
+def _estimate_total(
+    config: TrainConfig,
+    done: int,
+    start: int,
+    elapsed: float,
+    phase: tuple[int, float] | None = None,
+) -> int:
+    """The iterations a run will reach. With a minutes budget: the iterations done plus the
+    rate of the current phase (``phase`` = its first iteration and training seconds; the
+    method's own steps are slower than the warm-up's) times the seconds left."""
     if config.minutes is None:
         return config.iterations
+    left = max(0.0, config.minutes * 60 - elapsed)
+    if phase is not None and done - phase[0] >= 3 and elapsed > phase[1]:
+        rate = (done - phase[0]) / (elapsed - phase[1])
+        return max(done + 1, done + int(rate * left))
     if done - start < 3 or elapsed <= 0:
         return max(done + 1, config.iterations if config.iterations else done + 1)
     rate = (done - start) / elapsed
-    return max(done + 1, start + int(rate * config.minutes * 60))
+    return max(done + 1, done + int(rate * left))
 
 
 def train(
@@ -207,6 +220,7 @@ def train(
         if callback is not None and main:
             callback(event)
 
+    phase: tuple[int, float] = (start, 0.0)  # first iteration and seconds of this phase
     governor = None
     if config.adapt_threads and method.device.type == "cpu":
         governor = ThreadGovernor(max_threads=torch.get_num_threads())
@@ -230,6 +244,7 @@ def train(
                 break
             if warm_over:
                 warm_end = it
+                phase = (it, time.perf_counter() - t0 - paused)  # the own steps' rate from here
                 method.end_warmup(data)
                 if main:  # what the warm-up reached, to hand back if the method's own
                     warm_fit = labeled_fit(method, data)  # phase makes it worse
@@ -249,14 +264,18 @@ def train(
             if diverged:
                 bad = ", ".join(k for k, v in logs.items() if not math.isfinite(v)) or "a loss"
                 method.load_state_dict(last_good)
+                if saved_at is not None:
+                    kept = f"the checkpoint of iteration {saved_at} is kept"
+                else:  # nothing on disk to keep: a new run's folder is removed by the caller
+                    kept = "no checkpoint was written before it, so no model is kept"
                 raise NonFiniteLossError(
-                    f"training diverged at iteration {it + 1}: {bad} became NaN/inf. The last "
-                    "good weights are kept; lower the learning rate (--set lr=...) or check "
-                    "the image for extreme intensities"
+                    f"training diverged at iteration {it + 1}: {bad} became NaN/inf; {kept}. "
+                    "Lower the learning rate (--set lr=...) or check the image for extreme "
+                    "intensities"
                 )
             it += 1
             elapsed = time.perf_counter() - t0 - paused
-            total = _estimate_total(config, it, start, elapsed)
+            total = _estimate_total(config, it, start, elapsed, phase)
             late = bool(
                 config.checkpoint_seconds and elapsed - saved_elapsed >= config.checkpoint_seconds
             )

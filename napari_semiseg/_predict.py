@@ -1,0 +1,152 @@
+"""Whole-volume prediction for the plugin, free of Qt and napari.
+
+:func:`predict_layers` predicts the whole volume with every map the method offers; it runs in
+a worker thread (the review dock hands it to napari's ``create_worker``). The prediction of an
+image larger than memory is streamed into a zarr store of the run folder
+(:func:`prediction_store`). :func:`display_maps` turns a prediction into the layers to show,
+on the GUI thread.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_semiseg._jobs import _friendly
+from napari_semiseg._labels import label_values
+from napari_semiseg._layer_data import image_channels_first, lazy_image
+from src_models.data.label_values import LabelValues
+from src_models.data.lazy import is_lazy
+from src_models.errors import SemisegError
+from src_models.inference import VolumePrediction, predict_volume
+from src_models.propagation import affordable, propagation_prior
+from src_models.training.checkpoint import ModelBundle
+
+#: a lazy prediction goes to ``<run folder>/PREDICTIONS/<image>-<time>.zarr``
+PREDICTIONS = "predictions"
+
+
+def prediction_store(run_dir: Path, image_name: str) -> Path:
+    """A new zarr store path in the run folder for the prediction of a lazy image."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in image_name).strip("_")
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    return Path(run_dir) / PREDICTIONS / f"{safe or 'image'}-{stamp}.zarr"
+
+
+def _output_chunks(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
+    """Chunks of a streamed output: thin along the slicing axis (slab writes), whole-ish
+    planes otherwise (napari reads planes)."""
+    return tuple(min(n, 16 if a == axis else 256) for a, n in enumerate(shape))
+
+
+def predict_layers(
+    bundle: ModelBundle,
+    image: Any,
+    rgb: bool = False,
+    store: Path | None = None,
+    labels: np.ndarray | None = None,
+    labeled: list[int] | None = None,
+) -> VolumePrediction:
+    """Labels and every map of the method for a whole volume (worker side).
+
+    A lazy image larger than :data:`napari_semiseg.io.LAZY_VOXELS` voxels
+    (:func:`~napari_semiseg._layer_data.lazy_image`) is read slab by slab and, when ``store``
+    is given, predicted into zarr arrays of a zarr group there (``labels`` and one per map,
+    the ``pseudo`` map as float32 with -1 left out); the returned prediction then holds those
+    zarr arrays, never whole numpy arrays.
+
+    With the sparse ``labels`` (Z, Y, X) and their ``labeled`` slices along the model's axis,
+    an in-memory prediction is fused with their propagation, as ``semiseg predict --labels``
+    (:func:`src_models.inference.predict_volume` ``prior=``)."""
+    maps = tuple(bundle.method.map_names)
+    try:
+        view = lazy_image(image, rgb)
+        if view is None or store is None:
+            source = view if view is not None else image_channels_first(image, rgb)
+            values = LabelValues.from_info(bundle.info, bundle.num_classes)
+            prior = None
+            if view is None and labels is not None and labeled:
+                prior = _fusion_prior(bundle, source, labels, labeled)
+            pred = predict_volume(bundle, source, maps=maps, prior=prior)
+            pred.labels = values.decode(pred.labels)  # the painted values back
+            return pred
+        import zarr
+
+        spatial = tuple(view.shape[1:])
+        chunks = _output_chunks(spatial, bundle.axis)
+        Path(store).parent.mkdir(parents=True, exist_ok=True)
+        # written under a temporary name and renamed when complete: a crash or a full disk
+        # never leaves a half-written store that looks like a prediction
+        staging = Path(store).with_name(f".{Path(store).name}.partial")
+        group = zarr.open_group(str(staging), mode="w")
+        dtype = np.uint8 if bundle.num_classes <= 256 else np.uint16
+        out: dict[str, Any] = {
+            "labels": group.create_array("labels", shape=spatial, chunks=chunks, dtype=dtype)
+        }
+        for name in maps:
+            out[name] = group.create_array(name, shape=spatial, chunks=chunks, dtype="float32")
+        group.attrs["semiseg"] = {
+            "method": bundle.method.name,
+            "iteration": int(bundle.iteration),
+            "maps": list(maps),
+        }
+        try:
+            predict_volume(bundle, view, maps=maps, out=out)
+            os.replace(staging, store)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+        group = zarr.open_group(str(store), mode="r+")
+        return VolumePrediction(group["labels"], None, {name: group[name] for name in maps})
+    except OSError as exc:
+        raise SemisegError(
+            f"cannot write the prediction into {store} ({exc}); check free disk space"
+        ) from None
+    except (MemoryError, RuntimeError) as exc:
+        raise _friendly(exc) from None
+
+
+def _fusion_prior(bundle: ModelBundle, image: np.ndarray, labels: Any, labeled: list[int]):
+    """The propagation prior (K, Z, Y, X) of ``labels`` for a fused prediction, or None when
+    the labels do not fit the model or the propagation is not affordable."""
+    labels = np.asarray(labels)
+    if labels.shape != image.shape[1:]:
+        return None
+    try:  # the model's reading of the values (refuses values it does not know)
+        labels = label_values(labels, model=bundle).encode(labels)
+    except SemisegError:  # values the model does not know: no fusion
+        return None
+    if not affordable(np.moveaxis(labels, bundle.axis, 0).shape, labeled):
+        return None
+    return propagation_prior(image, labels, labeled, bundle.axis, bundle.num_classes)
+
+
+def _lazy_pseudo(array: Any) -> Any:
+    """The uint8 pseudo-labels of a lazy ``pseudo`` map, as a dask array (read on demand)."""
+    import dask.array as da
+
+    data = da.from_zarr(array) if not hasattr(array, "compute") else array
+    return da.where(data < 0, 0, da.rint(data)).astype(np.uint8)
+
+
+def display_maps(prediction: VolumePrediction) -> dict[str, tuple[np.ndarray, str]]:
+    """Name -> (array, layer type) of the layers to show for a prediction: ``pseudo`` becomes
+    the uint8 ``pseudo-labels`` Labels layer (-1, left out, -> 0), every other map an Image.
+    Lazy maps (zarr arrays of a streamed prediction) stay lazy."""
+    out: dict[str, tuple[np.ndarray, str]] = {}
+    for name, array in prediction.maps.items():
+        if is_lazy(array):
+            out["pseudo-labels" if name == "pseudo" else name] = (
+                (_lazy_pseudo(array), "labels") if name == "pseudo" else (array, "image")
+            )
+        elif name == "pseudo":
+            ids = np.where(array < 0, 0, np.rint(array)).astype(np.uint8)
+            out["pseudo-labels"] = (ids, "labels")
+        else:
+            out[name] = (np.asarray(array, dtype=np.float32), "image")
+    return out
