@@ -120,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     while review.worker is not None and time.perf_counter() - t0 < 900:
         app.processEvents()
         time.sleep(0.002)
+    computed = time.perf_counter()  # the worker is done; the layers are being added
+    while review.session.busy and time.perf_counter() - t0 < 900:
+        app.processEvents()
+        time.sleep(0.002)
     seconds = time.perf_counter() - t0
     settle(1.0)  # the layers drawn once
     timer.stop()
@@ -128,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     after = status_mb("VmRSS")
     gaps = np.diff(stamps) * 1000 if len(stamps) > 1 else np.zeros(1)
     stall = np.maximum(gaps - TICK_MS, 0)
+    ends = np.asarray(stamps[1:]) if len(stamps) > 1 else np.zeros(1)
+    during = stall[ends <= computed] if np.any(ends <= computed) else np.zeros(1)
+    showing = stall[ends > computed] if np.any(ends > computed) else np.zeros(1)
     shown = [ly.name for ly in viewer.layers]
     viewer.close()
     result = {
@@ -142,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         "predict_seconds": round(seconds, 2),
         "stall_p99_ms": round(float(np.percentile(stall, 99)), 1),
         "stall_max_ms": round(float(stall.max()), 1),
+        "stall_max_computing_ms": round(float(during.max()), 1),
+        "stall_max_showing_ms": round(float(showing.max()), 1),
         "layers": shown,
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,

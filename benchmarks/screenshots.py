@@ -37,6 +37,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = "napari-semiseg"
+#: napari's window on a 1280 x 800 screen (issue 22)
+DEFAULT_WINDOW = "1089x639"
 SLICE = 13  # unlabeled middle slice where the hippocampus is visible
 IMAGE = "hippocampus_003"  # the sample volume's layer name
 PREVIEW_SECONDS = 10.0
@@ -45,7 +47,7 @@ PREVIEW_SECONDS = 10.0
 class Window:
     """A napari viewer at ``size`` with the sample data and both plugin docks."""
 
-    def __init__(self, size: tuple[int, int]) -> None:
+    def __init__(self, size: tuple[int, int] | None) -> None:
         import napari
         from napari.settings import get_settings
         from qtpy.QtWidgets import QApplication
@@ -53,7 +55,8 @@ class Window:
         get_settings().application.gui_notification_level = "none"
         self.app = QApplication.instance() or QApplication([])
         self.viewer = viewer = napari.Viewer(title="napari-semiseg")
-        viewer.window.resize(*size)
+        if size is not None:  # else napari's own default for the screen
+            viewer.window.resize(*size)
         viewer.open_sample(PLUGIN, "hippocampus")
         self.train_dock, self.train = viewer.window.add_plugin_dock_widget(PLUGIN, "Training")
         self.review_dock, self.review = viewer.window.add_plugin_dock_widget(
@@ -85,12 +88,19 @@ class Window:
             "training dock": _size(self.train_dock),
             "review dock": _size(self.review_dock),
         }
+        r = self.review
         for name, w in (
             ("Train", t.train_button),
             ("Stop", t.stop_button),
             ("progress", t.progress),
             ("loss curve", t.loss_plot),
-            ("Predict volume", self.review.predict_button),
+            ("Predict volume", r.predict_button),
+            ("Next slice", r.next_button),
+            ("Accept slice", r.accept_button),
+            ("only what I painted", r.region_check),
+            ("Continue training", r.continue_button),
+            ("Export", r.export_button),
+            ("why this slice", r.review_info),
         ):
             seen = w.visibleRegion().boundingRect()
             whole = seen.width() == w.width() and seen.height() == w.height()
@@ -115,11 +125,13 @@ def _size(w) -> str:
     return f"{w.width()}x{w.height()}"
 
 
-def first_screen(size: tuple[int, int], out: Path, method: str, minutes: float) -> None:
+def first_screen(size: tuple[int, int] | None, out: Path, method: str, minutes: float) -> None:
     from napari_semiseg._qt.layers import go_to_slice
 
     win = Window(size)
-    tag = f"{size[0]}x{size[1]}"
+    qt_window = win.viewer.window._qt_window
+    tag = f"{qt_window.width()}x{qt_window.height()}" if size is None else f"{size[0]}x{size[1]}"
+    print(f"window {qt_window.width()}x{qt_window.height()}")
     try:
         viewer, train, review = win.viewer, win.train, win.review
         go_to_slice(viewer, viewer.layers[IMAGE], 0, SLICE)
@@ -146,7 +158,7 @@ def first_screen(size: tuple[int, int], out: Path, method: str, minutes: float) 
         print(f"run over after {time.monotonic() - started:.0f} s | {train.status.text()}")
         if not review.predict():
             raise SystemExit("prediction did not start")
-        while review.worker is not None:
+        while review.worker is not None or review.session.busy:  # layers added in turns
             win.pump(0.2)
         index = review.next_slice()
         print("next slice:", index, "|", review.review_info.text())
@@ -157,7 +169,13 @@ def first_screen(size: tuple[int, int], out: Path, method: str, minutes: float) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="1280x800,1920x1080", help="window sizes WxH,...")
+    parser.add_argument(
+        "--sizes",
+        default="default,1920x1080",
+        help="window sizes WxH,...; 'default': napari's default window on a 1280x800 screen, "
+        "1089x639 (xvfb has no window manager to hold a window within the screen, so the "
+        "size is set)",
+    )
     parser.add_argument("--method", default="dfcps", help="the method trained in the dock")
     parser.add_argument("--minutes", type=float, default=0.8, help="wall-clock budget")
     parser.add_argument("--out", default=str(ROOT / "docs" / "images"), help="output folder")
@@ -169,6 +187,8 @@ def main() -> None:
     os.environ["NAPARI_SEMISEG_RUNS"] = runs  # never the user's runs folder
     try:
         for text in args.sizes.split(","):
+            if text == "default":
+                text = DEFAULT_WINDOW
             w, h = (int(v) for v in text.lower().split("x"))
             first_screen((w, h), out, args.method, args.minutes)
     finally:

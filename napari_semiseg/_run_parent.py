@@ -148,7 +148,8 @@ def _ended_without_result(job: TrainingJob, child: ChildProcess, device: Any, la
             "first checkpoint: nothing to keep; train again"
         )
     how = describe_exit(child.exitcode)
-    hint = " (what the system's out-of-memory killer sends)" if child.exitcode == -9 else ""
+    # a SIGKILL may be the out-of-memory killer, or a user's kill -9
+    hint = "; the system's out-of-memory killer may have sent it" if child.exitcode == -9 else ""
     where = f" at iteration {last.iteration}" if last is not None else " before its first iteration"
     lines = tail_lines(run_dir / PROCESS_LOG)
     tail = f" Last log lines: {' | '.join(lines)}." if lines else ""
@@ -164,7 +165,8 @@ def _ended_without_result(job: TrainingJob, child: ChildProcess, device: Any, la
             "); the previous model is kept."
         )
     return TrainingProcessDied(
-        f"the training process died ({how}{hint}){where}.{tail} {kept} The labels it trained "
+        # what is kept first: a status line shows the first lines of this
+        f"the training process died ({how}{hint}){where}. {kept}{tail} The labels it trained "
         f"on are saved in {run_dir / LABELS_FILE}.",
         checkpoint,
     )

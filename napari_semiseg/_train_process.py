@@ -322,3 +322,23 @@ class ChildProcess:
         self._exitcode = self.process.exitcode
         self._reader.close()
         self.process.close()
+
+
+def resident_memory(pid: int | None) -> int | None:
+    """Resident memory (bytes) of process ``pid`` from ``/proc`` (Linux), None where it
+    cannot be read (another OS, a process that ended)."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{int(pid)}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def format_bytes(n: int) -> str:
+    """``1.2 GB``, ``850 MB``."""
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"

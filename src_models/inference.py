@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from src_models.class_ids import class_ids
-from src_models.data.lazy import SLAB_BYTES, ChannelsFirst
+from src_models.data.lazy import ChannelsFirst
 from src_models.data.normalization import fit_normalization
 from src_models.data.volumes import MIN_SLICE_SIZE, as_channels_first, from_slices, to_slices
 from src_models.errors import SemisegError
@@ -30,8 +30,12 @@ DIVISOR = 16
 #: share of the zero-training prior in a fused prediction (docs/benchmarks.md: left atrium
 #: and hippocampus, the supervised default with the propagation prior, 0.5 measured best)
 DEFAULT_PRIOR_WEIGHT = 0.5
+#: bytes of the float32 slices, probabilities and maps of one slab of a prediction
+#: (benchmarks/predict_memory.py: 256 MiB put DFCPS's peak 130 MB over the 1 GB goal on a
+#: 64 x 512 x 512 volume)
+SLAB_BYTES = 64 << 20
 #: pixels of the slices of one forward pass (the batch of large slices is cut to fit)
-BATCH_PIXELS = 2**20
+BATCH_PIXELS = 2**19
 #: maps that hold class ids (-1 = left out) rather than continuous values
 CATEGORICAL_MAPS = frozenset({"pseudo"})
 
@@ -229,9 +233,11 @@ def predict_volume(
     }
     method.eval()
     device = method.device
-    # a slab's float32 slices and probabilities stay within SLAB_BYTES whatever the volume
+    # a slab's float32 slices, probabilities and maps stay within SLAB_BYTES whatever the
+    # volume (they exist twice while a slab is assembled)
     plane = int(np.prod([n for a, n in enumerate(spatial) if a != axis]))
-    slab_size = max(1, min(slab_size, SLAB_BYTES // (4 * plane * (img.shape[0] + k + len(maps)))))
+    per_slice = 4 * plane * (img.shape[0] + k + len(maps))
+    slab_size = max(1, min(slab_size, SLAB_BYTES // per_slice))
     # and a forward pass's activations grow with the pixels of its batch: large slices go a
     # few at a time (16 slices of 512 x 512 took 3 GB in a UNet of 32 base channels)
     tile_plane = min(plane, tile_size * tile_size)

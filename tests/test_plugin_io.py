@@ -145,25 +145,46 @@ def test_writer_without_source_affine_uses_scale_and_translate(tmp_path):
     np.testing.assert_allclose(np.asarray(img.dataobj), conf)
 
 
-def test_run_section_in_sight_at_1280x800_with_both_docks(make_napari_viewer, qtbot):
-    """napari's window at 1280x800, both docks opened as the Plugins menu does: the Run
-    controls, the progress bar and the loss curve are entirely visible, no scrolling."""
+def _entirely_visible(widget) -> bool:
+    seen = widget.visibleRegion().boundingRect()
+    return (seen.width(), seen.height()) == (widget.width(), widget.height())
+
+
+def test_both_docks_work_at_napari_default_window(make_napari_viewer, qtbot):
+    """napari's default window on a 1280x800 screen (1089x639, issue 22), both docks
+    opened as the Plugins menu does: the Run controls, the progress bar and the loss curve
+    are entirely visible; with the settings folded (as Train does) every control of the
+    review loop is too, no scrolling."""
+    from napari_semiseg._qt.training_dock import LOSS_PLOT_MIN_HEIGHT
+
     viewer = make_napari_viewer(show=True)
-    viewer.window.resize(1280, 800)
+    viewer.window.resize(1089, 639)
     viewer.open_sample("napari-semiseg", "hippocampus")
     _, train = viewer.window.add_plugin_dock_widget("napari-semiseg", "Training")
     _, review = viewer.window.add_plugin_dock_widget("napari-semiseg", "Review and correct")
     qtbot.waitUntil(lambda: train.session.docks_balanced, timeout=5000)
     qtbot.wait(100)
-    for widget in (
-        train.train_button,
-        train.stop_button,
-        train.progress,
-        train.loss_plot,
+    run = (train.train_button, train.stop_button, train.progress, train.loss_plot)
+    for widget in run:  # (the review dock shows its first lines until Train folds them)
+        assert _entirely_visible(widget), widget.__class__.__name__
+    train.show_settings(False)
+    assert not train.tabs.isVisible() and not train.settings_toggle.isChecked()
+    loop = (
         review.predict_button,
-    ):
-        seen = widget.visibleRegion().boundingRect()
-        assert (seen.width(), seen.height()) == (widget.width(), widget.height()), widget
-    assert train.loss_plot.height() >= 120
+        review.next_button,
+        review.accept_button,
+        review.region_check,
+        review.continue_button,
+        review.continue_iterations,
+        review.export_button,
+        review.format_combo,
+        review.review_info,
+    )
+    qtbot.waitUntil(lambda: all(_entirely_visible(w) for w in loop), timeout=5000)
+    for widget in run:
+        assert _entirely_visible(widget), widget
+    assert train.loss_plot.height() >= LOSS_PLOT_MIN_HEIGHT
+    train.settings_toggle.click()  # the user unfolds them again
+    assert train.tabs.isVisible()
     train.shutdown()
     review.shutdown()

@@ -201,3 +201,17 @@ def test_exit_descriptions_and_log_tail(tmp_path):
     log = tmp_path / "log"
     log.write_text("a\n\nb\nc\n")
     assert tail_lines(log, 2) == ["b", "c"] and tail_lines(tmp_path / "none") == []
+
+
+def test_resident_memory_of_a_process_and_its_text():
+    import os
+    import sys
+
+    from napari_semiseg._train_process import format_bytes, resident_memory
+
+    if sys.platform.startswith("linux"):
+        mine = resident_memory(os.getpid())
+        assert mine is not None and 10e6 < mine < 100e9
+    assert resident_memory(None) is None
+    assert resident_memory(2**22 + 12345) is None  # no such process
+    assert format_bytes(1_234_000_000) == "1.2 GB" and format_bytes(850_000_000) == "850 MB"

@@ -245,6 +245,10 @@ def balance_docks(training, review) -> bool:
     frame = docks[1].height() - review.height()
     want = review.content_height() + frame
     train_min = training.minimumSizeHint().height() + docks[0].height() - training.height()
+    # the dock keeps the minimum its content had when it was laid out (Qt caches it in the
+    # dock's own layout): the content's present minimum, set explicitly, frees what the
+    # folded settings no longer need
+    docks[0].setMinimumHeight(train_min)
     review_h = max(min(want, total - train_min), int(REVIEW_MIN_SHARE * total))
     window.resizeDocks(docks, [total - review_h, review_h], Qt.Orientation.Vertical)
     return True

@@ -156,12 +156,14 @@ class LossPlot(QWidget):
 
         # axes: log ticks on the left, 0 / 0.5 / 1 on the right
         p.setPen(fg)
+        last_label_y = math.inf  # labels never overlap: on a short plot some are left out
         for v, label in ticks:
             if lo <= v <= hi:
                 y = py_log(v)
                 p.setPen(QPen(grid))
                 p.drawLine(QPointF(area.left(), y), QPointF(area.right(), y))
-                if label:
+                if label and last_label_y - y >= fm.height():
+                    last_label_y = y
                     p.setPen(fg)
                     p.drawText(
                         QRectF(0, y - fm.height() / 2, left - 4, fm.height()),

@@ -26,7 +26,7 @@ import numpy as np
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QEvent, QSize, Qt
+from qtpy.QtCore import QEvent, QSize, Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -45,8 +45,13 @@ from qtpy.QtWidgets import (
 from superqt import QCollapsible
 
 from napari_semiseg._jobs import describe_training
-from napari_semiseg._layer_data import lazy_image, sampled_percentile
-from napari_semiseg._predict import display_maps, predict_layers, prediction_store
+from napari_semiseg._layer_data import lazy_image
+from napari_semiseg._predict import (
+    DisplayPrediction,
+    predict_for_display,
+    prediction_store,
+    release_free_memory,
+)
 from napari_semiseg._qt.layers import (
     LayerCombo,
     add_or_update,
@@ -106,6 +111,10 @@ PREDICTION_MEANING = "the predicted classes (bright colours); correct it here"
 #: maps shown as layers; the others (per-network confidences, soft discrepancy) are kept for
 #: "Export… with the maps" only, so a prediction adds a few layers that each mean something
 LAYER_MAPS = ("confidence", "discrepancy", "uncertainty", "pseudo-labels")
+#: layer maps whose contrast limits come from their values (0 to the 99.9th percentile)
+UNFIXED_LIMITS = tuple(
+    k for k in LAYER_MAPS if "contrast_limits" not in MAP_STYLE.get(k, OTHER_MAP)
+)
 #: the value region corrections give the unannotated voxels of a slice in the training labels
 #: (the training process reads it as nnU-Net's ignore label)
 REGION_IGNORE = 255
@@ -157,13 +166,14 @@ class ReviewDock(QWidget):
         self._closed = False
         self._busy_shown = False
         self._stale_note = ""
+        #: a prediction's layers are being added (one per turn of the event loop)
+        self._showing = False
         #: each button's own tooltip (a disabled one adds why)
         self._tooltips: dict = {}
         #: the prediction layers were hidden when the running training started
         self._hidden_for_training = False
         self._ranking_flat = False
         self._ranking_value = 0.0
-        self._extra_maps: dict[str, tuple[np.ndarray, str]] = {}
         self._build()
         self.session.connect(self._on_session)
         if self.session.image_name:
@@ -468,10 +478,14 @@ class ReviewDock(QWidget):
         stamp = self.session.model_stamp()
         self.session.busy = "predicting"
         self.session.notify("busy")
+        # only the maps shown as layers (the CLI's --maps writes the per-network ones), and
+        # their display arrays and contrast limits made in the worker
         self.worker = create_worker(
-            predict_layers,
+            predict_for_display,
             bundle,
             data,
+            shown=LAYER_MAPS,
+            limits_for=UNFIXED_LIMITS,
             rgb=bool(image.rgb),
             store=store,
             labels=sparse,
@@ -487,21 +501,20 @@ class ReviewDock(QWidget):
         return True
 
     def _show_prediction(
-        self, image: Image, pred: VolumePrediction, stamp: dict | None = None
+        self, image: Image, shown: DisplayPrediction, stamp: dict | None = None
     ) -> None:
         if self._closed or image.name not in self.viewer.layers:
             return
-        name = image.name
+        pred = shown.prediction
         if pred.note:  # e.g. a model that has not learned: the propagation is shown
             show_warning(pred.note)
         stamp = dict(stamp) if stamp else self.session.model_stamp()
         k = self.session.bundle.num_classes if self.session.bundle is not None else 2
-        maps = display_maps(pred)
-        self._extra_maps = {k: v for k, v in maps.items() if k not in LAYER_MAPS}
-        maps = {k: v for k, v in maps.items() if k in LAYER_MAPS}
+        maps = {k: v for k, v in shown.maps.items() if k in LAYER_MAPS}
         order = sorted(maps, key=lambda k: (k != "pseudo-labels", k == "discrepancy", k))
-        made = []
-        for kind in order:
+        made: list = []
+
+        def add_map(kind: str) -> None:
             array, layer_type = maps[kind]
             style = (
                 dict(MAP_STYLE.get(kind, OTHER_MAP))
@@ -509,11 +522,38 @@ class ReviewDock(QWidget):
                 else {}
             )
             if layer_type == "image" and "contrast_limits" not in style:
-                top = sampled_percentile(array, 99.9)
-                style["contrast_limits"] = (0.0, max(top, 1e-3))
+                style["contrast_limits"] = shown.limits.get(kind, (0.0, 1.0))
             if layer_type == "labels":
                 style["colormap"] = prediction_colormap()
             made.append(self._add_output(image, kind, array, layer_type, stamp, k, **style))
+
+        # napari builds a layer's visuals on the GUI thread (~0.13 s for a 64 x 512 x 512
+        # map): one layer per turn of the event loop, so the viewer never freezes for all
+        steps = [lambda kind=kind: add_map(kind) for kind in order]
+        steps.append(lambda: self._finish_showing(image, pred, stamp, k, made))
+        self._showing = True
+
+        def run_next() -> None:
+            if self._closed or image.name not in self.viewer.layers:
+                self._showing = False
+                self._end_predicting()
+                return
+            try:
+                steps.pop(0)()
+            except Exception as exc:  # noqa: BLE001  (never a dock stuck "predicting")
+                steps.clear()
+                self._showing = False
+                self._end_predicting()
+                self._on_error(exc)
+                return
+            if steps:
+                QTimer.singleShot(0, run_next)
+
+        run_next()
+
+    def _finish_showing(self, image: Image, pred: VolumePrediction, stamp, k, made) -> None:
+        """The last step of showing a prediction: the mask on top, old maps gone, texts."""
+        name = image.name
         # maps of an earlier model that this one does not make (DFCPS's discrepancy after a
         # supervised prediction, diffusion's uncertainty after SDCL's) would steer the review
         # and the legend: they go
@@ -557,7 +597,8 @@ class ReviewDock(QWidget):
             f"{len(made) + 1} layers (below)" + (f" · {note}" if note else "")
         )
         self.review_info.setText("Next slice goes to where the model is least sure.")
-        self._update_buttons()
+        self._showing = False
+        self._end_predicting()
 
     def _add_output(self, image, kind, array, layer_type, stamp, k, **style):
         title = map_title(kind)
@@ -573,6 +614,11 @@ class ReviewDock(QWidget):
         )
         return layer
 
+    def _made_maps(self) -> tuple[str, ...]:
+        """The maps the current model makes."""
+        b = self.session.bundle
+        return tuple(b.method.map_names) if b is not None else ()
+
     def _legend_text(self, k: int) -> str:
         """One line per layer of the last prediction: its name, whether shown, its meaning."""
         rows = []
@@ -582,9 +628,10 @@ class ReviewDock(QWidget):
             info = map_meaning(kind, made_by, k)
             shown = "" if layer.visible else " <i>(hidden)</i>"
             rows.append(f"<b>{map_title(kind)}</b>{shown}: {info}")
-        if self._extra_maps:
-            names = ", ".join(map_title(k) for k in self._extra_maps)
-            rows.append(f"<i>Export… with the maps also writes {names}.</i>")
+        others = [m for m in self._made_maps() if m not in LAYER_MAPS and m != "pseudo"]
+        if others:
+            names = ", ".join(map_title(m) for m in others)
+            rows.append(f"<i>semiseg predict --maps also writes {names}.</i>")
         return "<br>".join(rows)
 
     def _on_error(self, exc: BaseException) -> None:
@@ -596,10 +643,16 @@ class ReviewDock(QWidget):
 
     def _on_finished(self) -> None:
         self.worker = None
-        if self.session.busy == "predicting":
+        self._end_predicting()
+
+    def _end_predicting(self) -> None:
+        """Idle again once the worker is done and its layers are all shown."""
+        if self.worker is None and not self._showing and self.session.busy == "predicting":
             self._busy_shown = False  # keep the prediction's own status line
             self.session.busy = ""
             self.session.notify("busy")
+            release_free_memory()
+        self._update_buttons()
 
     # -- review -----------------------------------------------------------------------------
     def _axis(self) -> int:
@@ -815,8 +868,6 @@ class ReviewDock(QWidget):
                 kind = layer.metadata.get("semiseg_map", "")
                 if kind and kind != "prediction":
                     items.append((kind, _layer_array(layer.data), isinstance(layer, Labels)))
-            for kind, (array, layer_type) in self._extra_maps.items():
-                items.append((kind, array, layer_type == "labels"))
         made = pred.metadata.get("semiseg_model") or {}
         self._export_source = (
             f"{made['method']} at iteration {made['iteration']}" if made else "unknown model"

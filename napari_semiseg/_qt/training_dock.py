@@ -62,6 +62,7 @@ from qtpy.QtWidgets import (
     QSizePolicy,
     QSpinBox,
     QTabWidget,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -108,7 +109,7 @@ from napari_semiseg._qt.widgets import (
 from napari_semiseg._run_parent import training_events
 from napari_semiseg._runs import KEEP_FILE, RunInfo, is_run_dir, save_settings
 from napari_semiseg._session import session_for
-from napari_semiseg._train_process import ChildError
+from napari_semiseg._train_process import ChildError, format_bytes, resident_memory
 from src_models.device import DEVICE_CHOICES, select_device
 from src_models.errors import SemisegError
 from src_models.methods.base import config_to_dict, get_method, method_names
@@ -124,7 +125,7 @@ NO_TRAINING_LAYER = "no-training result"
 #: the settings tabs never shrink below this (tab bar + three rows of the Data tab)
 TABS_MIN_HEIGHT = 165
 #: the loss curve's least height (legend, axes and a readable curve)
-LOSS_PLOT_MIN_HEIGHT = 130
+LOSS_PLOT_MIN_HEIGHT = 100
 
 
 def _spin(box: QAbstractSpinBox, low: float, high: float, value: float) -> QAbstractSpinBox:
@@ -199,6 +200,21 @@ class TrainingDock(QWidget):
         outer = QVBoxLayout(self)
         outer.setContentsMargins(4, 4, 4, 4)
         outer.setSpacing(4)
+        # the settings fold away while training and reviewing, so the review dock below
+        # gets the room at napari's default window (1089 x 639 on a 1280 x 800 screen)
+        self.settings_toggle = QToolButton()
+        self.settings_toggle.setText("Settings")
+        self.settings_toggle.setCheckable(True)
+        self.settings_toggle.setChecked(True)
+        self.settings_toggle.setArrowType(Qt.ArrowType.DownArrow)
+        self.settings_toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.settings_toggle.setAutoRaise(True)
+        self.settings_toggle.setToolTip(
+            "Show or fold the settings (data, method, budget, runs); they fold while "
+            "training so the review dock has room"
+        )
+        self.settings_toggle.toggled.connect(self.show_settings)
+        outer.addWidget(self.settings_toggle)
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(True)
         self.tabs.setUsesScrollButtons(False)
@@ -520,6 +536,18 @@ class TrainingDock(QWidget):
         elif what == "model":
             self._show_model(self.session.bundle)
 
+    def show_settings(self, shown: bool) -> None:
+        """Show or fold the settings tabs; the dock column is shared again."""
+        if self.settings_toggle.isChecked() != shown:
+            self.settings_toggle.setChecked(shown)  # toggled: comes back here
+            return
+        self.tabs.setVisible(shown)
+        self.settings_toggle.setArrowType(
+            Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow
+        )
+        if self._docked:
+            balance_later(self, again=True)
+
     def refresh_data_info(self) -> None:
         """Detect the axis (unless chosen by hand) and show labeled slices and classes."""
         labels = self.labels_combo.layer()
@@ -641,6 +669,7 @@ class TrainingDock(QWidget):
         self.session.status = ""
         self.session.busy = "training"
         self.session.notify("busy")
+        self.show_settings(False)  # the run and the review need the room now
         self.worker.start()
         self.refresh_runs()
         return True
@@ -722,9 +751,12 @@ class TrainingDock(QWidget):
         if stopping:  # the Stop message stays until the model is back
             state = "stopping after this iteration"
         device = self.job.bundle.method.device.type if self.job and self.job.bundle else ""
+        # the training process's memory: a run too large for the machine shows it growing
+        memory = resident_memory(self.job.pid if self.job is not None else None)
         self.status.setText(
             f"{state} · iteration {p.iteration}/{p.total} · {logs}"
             + (f" · {device}" if device else "")
+            + (f" · process {format_bytes(memory)}" if memory else "")
         )
         if update.preview is not None:
             self._show_preview(update.preview)

@@ -47,15 +47,16 @@ def short(message: str, limit: int = NOTIFICATION_CHARS) -> str:
 DOCK_WIDTH = 340
 
 
-def balance_later(widget: QWidget) -> None:
+def balance_later(widget: QWidget, again: bool = False) -> None:
     """Once the event loop has placed the dock: share its column between the training and
-    review docks (:func:`balance_docks`), once per viewer so a user's own split stays."""
+    review docks (:func:`balance_docks`), once per viewer so a user's own split stays
+    (``again``: also after that, when a dock's own content changed its needs)."""
     session = getattr(widget, "session", None)
-    if session is None or session.docks_balanced:
+    if session is None or (session.docks_balanced and not again):
         return
 
     def balance() -> None:
-        if session.docks_balanced or getattr(widget, "_closed", True):
+        if (session.docks_balanced and not again) or getattr(widget, "_closed", True):
             return
         docks = [
             w for w in widget.window().findChildren(QWidget) if not getattr(w, "_closed", True)
