@@ -25,7 +25,6 @@ import torch
 
 from src_models.device import select_device
 from src_models.errors import SemisegError
-from src_models.methods.base import get_method, make_config
 from src_models.recipe import DEFAULT_ITERATIONS, DEFAULT_PRIOR_FRACTION, RunRecipe
 from src_models.training.checkpoint import ModelBundle
 from src_models.training.control import TrainingControl
@@ -112,22 +111,24 @@ class TrainRequest:
 
     def validate(self) -> Any:
         """Check everything cheap to check on the GUI thread; returns the method config."""
-        cls = get_method(self.method)
-        config = make_config(cls.Config, self.params)
-        if self.minutes is None and self.iterations < 1:
-            raise SemisegError("the iteration budget must be at least 1")
-        if self.minutes is not None and not self.minutes > 0:
-            raise SemisegError("the time budget must be more than 0 minutes")
-        if self.batch_size < 1:
-            raise SemisegError("the batch size must be at least 1")
-        if self.patch_size < 16 or self.patch_size % 16:
-            raise SemisegError(f"patch size {self.patch_size} must be a multiple of 16 (>= 16)")
+        # the run's own values: the core's one rule (the CLI applies it too)
+        config = self.recipe(0).check(DOCK_NAMES)
         if not self.preview_seconds >= 0:
             raise SemisegError("the preview interval must be 0 (off) or more seconds")
         if not self.stop_grace >= 0:
             raise SemisegError("the stop grace period must be 0 or more seconds")
         select_device(self.device)
         return config
+
+
+#: how the training dock calls each :class:`RunRecipe` field its check may refuse
+DOCK_NAMES = {
+    "iterations": "the iteration budget",
+    "minutes": "the time budget (minutes)",
+    "batch_size": "the batch size",
+    "patch_size": "the patch size",
+    "seed": "the seed",
+}
 
 
 @dataclass

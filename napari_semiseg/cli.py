@@ -115,13 +115,6 @@ ZERO_TRAINING = {
 }
 
 
-def _check_fraction(name: str, value: float, high_open: bool = False) -> None:
-    ok = math.isfinite(value) and 0.0 <= value and (value < 1.0 if high_open else value <= 1.0)
-    if not ok:
-        bound = "[0, 1)" if high_open else "[0, 1]"
-        raise SemisegError(f"{name} must be a number in {bound}, got {value}")
-
-
 def _check_at_least(name: str, value: int | None, low: int) -> None:
     if value is not None and value < low:
         raise SemisegError(f"{name} must be at least {low}, got {value}")
@@ -210,6 +203,49 @@ def _zero_training(args: argparse.Namespace, volumes, label_metas, values) -> in
     return 0
 
 
+#: the command line's name of each :class:`RunRecipe` field its check may refuse
+RECIPE_FLAGS = {
+    "iterations": "--iterations",
+    "minutes": "--minutes",
+    "batch_size": "--batch-size",
+    "patch_size": "--patch",
+    "checkpoint_every": "--checkpoint-every",
+    "seed": "--seed",
+    "warmup": "--warmup",
+    "warmup_plateau": "--warmup-plateau",
+    "prior_final": "--prior-final",
+    "prior_fraction": "--prior-fraction",
+    "foreground_crops": "--foreground-crops",
+}
+
+
+def _recipe(args: argparse.Namespace, params: dict[str, str]):
+    """The :class:`RunRecipe` of ``semiseg train``'s arguments."""
+    from src_models.recipe import DEFAULT_FOREGROUND_CROPS, DEFAULT_PRIOR_FRACTION, RunRecipe
+
+    return RunRecipe(
+        method=args.method,
+        params=params,
+        axis=args.axis,
+        iterations=args.iterations,
+        minutes=args.minutes,
+        batch_size=args.batch_size,
+        patch_size=args.patch,
+        seed=args.seed,
+        foreground_crops=DEFAULT_FOREGROUND_CROPS
+        if args.foreground_crops is None
+        else args.foreground_crops,
+        prior=args.prior,
+        prior_fraction=DEFAULT_PRIOR_FRACTION
+        if args.prior_fraction is None
+        else args.prior_fraction,
+        warmup=args.warmup,
+        warmup_plateau=args.warmup_plateau,
+        prior_final=args.prior_final,
+        checkpoint_every=args.checkpoint_every,
+    )
+
+
 def _check_train_args(args: argparse.Namespace) -> None:
     if len(args.labels) != len(args.image):
         raise SemisegError(
@@ -218,24 +254,11 @@ def _check_train_args(args: argparse.Namespace) -> None:
         )
     for image, labels in zip(args.image, args.labels, strict=True):
         _refuse_labels_as_image(image, labels)
-    _check_at_least("--iterations", args.iterations, 1)
-    if args.minutes is not None and not (math.isfinite(args.minutes) and args.minutes > 0):
-        raise SemisegError("--minutes must be a positive number")
-    _check_at_least("--batch-size", args.batch_size, 1)
-    if args.patch < 16 or args.patch % 16:
-        raise SemisegError(f"--patch {args.patch} must be a multiple of 16 (16, 32, ..., 128)")
-    _check_at_least("--checkpoint-every", args.checkpoint_every, 0)
+    if args.method not in ZERO_TRAINING:  # the run's own values: the core's one rule
+        _recipe(args, _parse_set(args.set)).check(RECIPE_FLAGS)
     _check_at_least("--log-every", args.log_every, 1)
-    _check_at_least("--seed", args.seed, 0)
     _check_at_least("--classes", args.classes, 2)
     _check_at_least("--ignore-label", args.ignore_label, 1)
-    _check_fraction("--warmup", args.warmup)
-    _check_fraction("--warmup-plateau", args.warmup_plateau)
-    _check_fraction("--prior-final", args.prior_final)
-    if args.prior_fraction is not None:
-        _check_fraction("--prior-fraction", args.prior_fraction, high_open=True)
-    if args.foreground_crops is not None:
-        _check_fraction("--foreground-crops", args.foreground_crops)
     if args.resume and args.force:
         raise SemisegError("--resume continues the run in --out, --force replaces it: pick one")
     if args.binary and args.classes not in (None, 2):
@@ -322,20 +345,13 @@ def _train(args: argparse.Namespace) -> int:
     from src_models.data.label_values import interpret_labels
     from src_models.device import select_device
     from src_models.files import atomic_write
-    from src_models.methods.base import config_to_dict, get_method, make_config
-    from src_models.recipe import (
-        DEFAULT_FOREGROUND_CROPS,
-        DEFAULT_PRIOR_FRACTION,
-        RunRecipe,
-        build_run,
-    )
+    from src_models.methods.base import config_to_dict, get_method
+    from src_models.recipe import build_run
     from src_models.training import TrainingControl, distributed, train
     from src_models.training.checkpoint import load_model, read_metadata
 
     method_cls = None if args.method in ZERO_TRAINING else get_method(args.method)
-    params = _parse_set(args.set)
-    if method_cls is not None:
-        make_config(method_cls.Config, params)  # bad values fail before any work
+    params = _parse_set(args.set)  # (checked with the recipe by _check_train_args)
     device = select_device(args.device)
     processes = 1
     if method_cls is not None and distributed.launched():
@@ -403,27 +419,7 @@ def _train(args: argparse.Namespace) -> int:
         f"{len(volumes)} volume(s), axis {args.axis}: {n_lab} labeled slice(s), "
         f"{n_unl} unlabeled, {num_classes} classes; method {args.method} on {device}"
     )
-    recipe = RunRecipe(
-        method=args.method,
-        params=params,
-        axis=args.axis,
-        iterations=args.iterations,
-        minutes=args.minutes,
-        batch_size=args.batch_size,
-        patch_size=args.patch,
-        seed=args.seed,
-        foreground_crops=DEFAULT_FOREGROUND_CROPS
-        if args.foreground_crops is None
-        else args.foreground_crops,
-        prior=args.prior,
-        prior_fraction=DEFAULT_PRIOR_FRACTION
-        if args.prior_fraction is None
-        else args.prior_fraction,
-        warmup=args.warmup,
-        warmup_plateau=args.warmup_plateau,
-        prior_final=args.prior_final,
-        checkpoint_every=args.checkpoint_every,
-    )
+    recipe = _recipe(args, params)
     resumed = None
     if args.resume:
         resumed = load_model(out, device=device, expect_method=args.method)
@@ -804,7 +800,7 @@ def _fmt(v) -> str:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from src_models.methods.base import METHODS, config_params, method_names
+    from src_models.methods.base import METHODS, config_params, method_names, param_words
 
     for name, (_, text) in ZERO_TRAINING.items():
         print(f"{name}: {text}\n")
@@ -817,7 +813,10 @@ def cmd_methods(args: argparse.Namespace) -> int:
         for p in config_params(cls.Config):
             choices = f" {{{'|'.join(map(str, p.choices))}}}" if p.choices else ""
             default = ",".join(map(str, p.default)) if isinstance(p.default, tuple) else p.default
-            print(f"  --set {p.name}={default}{choices}  {p.help}")
+            words = param_words(p.name)
+            plain = words == p.name.replace("_", " ") or words.lower() in p.help.lower()
+            said = "" if plain else f"{words}: "
+            print(f"  --set {p.name}={default}{choices}  {said}{p.help}")
         print()
     return 0
 

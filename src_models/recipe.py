@@ -9,6 +9,7 @@ defaults here are *the* defaults of the product, measured in ``docs/benchmarks.m
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,8 @@ import numpy as np
 import torch
 
 from src_models.data import SliceSampler, Volume, make_volumes
+from src_models.data.sampler import PRIORS
+from src_models.errors import SemisegError
 from src_models.methods.base import get_method, make_config
 from src_models.training.checkpoint import ModelBundle, create_model
 from src_models.training.trainer import TrainConfig
@@ -31,6 +34,22 @@ DEFAULT_FOREGROUND_CROPS = 0.5
 #: where the prior's targets come from, and its share of each labeled batch
 DEFAULT_PRIOR = "propagation"
 DEFAULT_PRIOR_FRACTION = 0.5
+
+
+#: the fields :meth:`RunRecipe.check` refuses bad values of
+_CHECKED = (
+    "iterations",
+    "minutes",
+    "batch_size",
+    "patch_size",
+    "checkpoint_every",
+    "seed",
+    "warmup",
+    "warmup_plateau",
+    "prior_final",
+    "prior_fraction",
+    "foreground_crops",
+)
 
 
 @dataclass
@@ -55,6 +74,46 @@ class RunRecipe:
     checkpoint_seconds: float = 0.0
     #: fit torch's threads to the cores other programs leave free (on the CPU)
     adapt_threads: bool = True
+
+    def check(self, names: dict[str, str] | None = None) -> Any:
+        """Refuse values no run can use (one rule for the CLI and the plugin), before any
+        work; ``names`` says how the caller's user calls each field (``--batch-size``, "the
+        batch size"). Returns the method's config (its parameters checked by their types
+        and ranges)."""
+        name = {f: (names or {}).get(f, f.replace("_", " ")) for f in _CHECKED}
+        config = make_config(get_method(self.method).Config, self.params)
+
+        def at_least(field_: str, low: int) -> None:
+            value = getattr(self, field_)
+            if value is not None and value < low:
+                raise SemisegError(f"{name[field_]} must be at least {low}, got {value}")
+
+        def fraction(field_: str, high_open: bool = False) -> None:
+            value = getattr(self, field_)
+            ok = math.isfinite(value) and value >= 0 and (value < 1 if high_open else value <= 1)
+            if not ok:
+                bound = "[0, 1)" if high_open else "[0, 1]"
+                raise SemisegError(f"{name[field_]} must be a number in {bound}, got {value}")
+
+        at_least("iterations", 1)
+        if self.minutes is not None and not (math.isfinite(self.minutes) and self.minutes > 0):
+            raise SemisegError(f"{name['minutes']} must be a positive number")
+        at_least("batch_size", 1)
+        if self.patch_size < 16 or self.patch_size % 16:
+            raise SemisegError(
+                f"{name['patch_size']} {self.patch_size} must be a multiple of 16 "
+                "(16, 32, ..., 128)"
+            )
+        at_least("checkpoint_every", 0)
+        at_least("seed", 0)
+        fraction("warmup")
+        fraction("warmup_plateau")
+        fraction("prior_final")
+        fraction("prior_fraction", high_open=True)
+        fraction("foreground_crops")
+        if self.prior not in PRIORS:
+            raise SemisegError(f"prior must be one of {', '.join(PRIORS)}, not {self.prior!r}")
+        return config
 
     def train_config(self, device: torch.device | str = "cpu") -> TrainConfig:
         iterations = self.iterations
@@ -103,7 +162,7 @@ def build_run(
     ``resume`` continues a loaded model; otherwise a new one is created with
     ``bundle_fields`` (info, class names) on top of the recipe's axis and patch size."""
     method_cls = get_method(recipe.method)
-    make_config(method_cls.Config, recipe.params)  # bad values fail before any work
+    recipe.check()  # bad values fail before any work
     if volumes is None:
         volumes, num_classes = make_volumes(
             images, labels, recipe.axis, labeled_slices, num_classes=num_classes

@@ -324,3 +324,20 @@ def test_under_torchrun_rank_zero_alone_reports_a_mistake(
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert ("error:" in err) == bool(printed), err
+
+
+def test_one_rule_for_the_cli_and_the_dock():
+    # issue 19: RunRecipe.check refuses a run's values for both, each in its own words
+    from napari_semiseg._jobs import TrainRequest
+    from src_models.errors import SemisegError
+    from src_models.recipe import RunRecipe
+
+    with pytest.raises(SemisegError, match="the batch size must be at least 1, got 0"):
+        TrainRequest("supervised", batch_size=0).validate()
+    with pytest.raises(SemisegError, match="the patch size 20 must be a multiple of 16"):
+        TrainRequest("supervised", patch_size=20).validate()
+    with pytest.raises(SemisegError, match="prior fraction must be a number in"):
+        RunRecipe(prior_fraction=1.0).check()
+    with pytest.raises(SemisegError, match="prior must be one of"):
+        RunRecipe(prior="magic").check()
+    assert RunRecipe(params={"channels": "4,8,16,32,64"}).check().channels == (4, 8, 16, 32, 64)

@@ -764,3 +764,79 @@ def test_a_killed_training_process_leaves_the_viewer_and_its_labels_working(dock
     wait_idle(qtbot, train)
     assert train.session.bundle.iteration == saved.iteration + 2
     assert "finished" in train.status.text()
+
+
+# -- issue 22, items 5-8 --------------------------------------------------------------------
+def test_labels_of_another_shape_are_named_in_the_data_tab(docks, qtbot):
+    # item 5: said as the pair is picked, not seconds after Train
+    viewer, train, _, _ = docks
+    viewer.add_labels(np.zeros((4, 10, 10), np.uint8), name="other")
+    train.labels_combo.set_layer("other")
+    train.refresh_data_info()
+    assert "has shape (4, 10, 10)" in train.data_info.text()
+    assert "pick the labels painted on this image" in train.data_info.text()
+    train.labels_combo.set_layer("labels")
+    train.refresh_data_info()
+    assert train.data_info.text().startswith(f"{len(LABELED)} labeled slices of")
+
+
+def test_texts_say_what_is_true(docks, qtbot):
+    # item 6: one labeled slice; a status cut at a word, never mid-line; the legend of a
+    # two-network method's discrepancy says it holds 0 or 1
+    from napari_semiseg._qt.review_dock import map_meaning
+    from napari_semiseg._qt.widgets import StatusLine
+
+    viewer, train, _, truth = docks
+    one = np.zeros_like(truth)
+    one[3] = truth[3]
+    viewer.layers["labels"].data = one
+    train.refresh_data_info()
+    assert train.data_info.text().startswith("1 labeled slice of")
+    line = StatusLine()
+    line.resize(120, line.height())
+    text = " ".join(f"word{i}" for i in range(80))
+    line.setText(text)
+    assert line.text() == text and line.toolTip() == text
+    assert line.text_shown().endswith(" …") and len(line.text_shown()) < len(text)
+    assert "1 where the two networks predict different classes" in map_meaning(
+        "discrepancy", "dfcps", 3
+    )
+    assert "0 (agree) to 1" in map_meaning("discrepancy", "diffusion", 3)
+    assert map_meaning("confidence", "supervised", 4).startswith(
+        "probability of the predicted class: 0.25"
+    )
+
+
+def test_a_new_training_leaves_no_result_of_other_labels_or_models_in_sight(docks, qtbot):
+    # item 7: the previous labels' no-training result goes; the previous model's
+    # prediction is hidden and said to be from before the training
+    viewer, train, review, truth = docks
+    train_now(qtbot, train)
+    assert review.predict()
+    wait_idle(qtbot, review)
+    assert viewer.layers["vol prediction"].visible
+    assert "no-training result" in viewer.layers
+    other = np.zeros_like(truth)
+    other[[2, 9]] = truth[[2, 9]]
+    viewer.add_labels(other, name="other labels")
+    train.labels_combo.set_layer("other labels")
+    tiny(train, iterations=200)
+    assert train.start_training()
+    assert not train.settings_toggle.isChecked()  # Train folds the settings
+    qtbot.waitUntil(
+        lambda: "from before this training" in review.review_info.text(), timeout=TIMEOUT
+    )
+    assert not viewer.layers["vol prediction"].visible
+    layer = viewer.layers["no-training result"] if "no-training result" in viewer.layers else None
+    assert layer is None or layer.metadata.get("source_labels") == "other labels"
+    train.stop()
+    wait_idle(qtbot, train)
+
+
+def test_disabled_buttons_say_why(docks, qtbot):
+    # item 8
+    _, _, review, _ = docks
+    assert not review.next_button.isEnabled()
+    assert "Disabled: Predict volume first" in review.next_button.toolTip()
+    assert "Disabled: train or load a model first" in review.predict_button.toolTip()
+    assert "Disabled: Predict volume first" in review.export_button.toolTip()

@@ -29,41 +29,18 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from src_models.methods.base import ParamInfo, config_params
+from src_models.methods.base import ParamInfo, config_params, param_words
 
 INT_LIMIT = 2**31 - 1
 
-#: words for identifiers that do not read as words
-WORDS = {
-    "lr": "learning rate",
-    "tau": "threshold τ",
-    "eta": "η (decoder share)",
-    "w_kd": "distillation weight",
-    "w_s": "strong-view weight",
-    "cutmix_p": "CutMix probability",
-    "strong_noise_p": "strong-view noise probability",
-    "strong_cutout_p": "strong-view cutout probability",
-    "partner_bn": "partner pass mode",
-    "fm_weight": "FixMatch weight",
-    "fm_target": "FixMatch target",
-    "cps_weight": "CPS weight",
-    "alpha": "teacher EMA decay α",
-    "lambda_mse": "correction MSE weight λ",
-    "lambda_kl": "entropy weight λ",
-    "cpu_bf16": "bfloat16 on the CPU",
-    "resnet_width": "ResNet width",
-    "resnet_stem": "ResNet stem",
-    "res_channels": "ResUNet channels",
-    "channels": "U-Net channels",
-    "discrepancy_k": "discrepancy passes K",
-}
 #: "0: 3e-3 adamw, 0.01 sgd" / "0 = the variant's default: ..." in a field's help
 _ZERO_MEANS = re.compile(r"\b0(?:\.0)?\s*(?::|=)\s*([^;]+)")
 
 
 def label_for(name: str) -> str:
-    """A parameter's row label in words: ``weight_decay`` -> "Weight decay"."""
-    text = WORDS.get(name, name.replace("_", " "))
+    """A parameter's row label in words: ``weight_decay`` -> "Weight decay" (the core's
+    :func:`~src_models.methods.base.param_words`)."""
+    text = param_words(name)
     return text[:1].upper() + text[1:]
 
 

@@ -289,6 +289,38 @@ def method_names() -> list[str]:
 
 
 # -- configs ----------------------------------------------------------------------------
+#: how a user reads the parameters whose identifiers are not words (the training dock's
+#: rows, `semiseg methods`)
+PARAM_WORDS = {
+    "lr": "learning rate",
+    "tau": "threshold τ",
+    "eta": "η (decoder share)",
+    "w_kd": "distillation weight",
+    "w_s": "strong-view weight",
+    "cutmix_p": "CutMix probability",
+    "strong_noise_p": "strong-view noise probability",
+    "strong_cutout_p": "strong-view cutout probability",
+    "partner_bn": "partner pass mode",
+    "fm_weight": "FixMatch weight",
+    "fm_target": "FixMatch target",
+    "cps_weight": "CPS weight",
+    "alpha": "teacher EMA decay α",
+    "lambda_mse": "correction MSE weight λ",
+    "lambda_kl": "entropy weight λ",
+    "cpu_bf16": "bfloat16 on the CPU",
+    "resnet_width": "ResNet width",
+    "resnet_stem": "ResNet stem",
+    "res_channels": "ResUNet channels",
+    "channels": "U-Net channels",
+    "discrepancy_k": "discrepancy passes K",
+}
+
+
+def param_words(name: str) -> str:
+    """A parameter in words: ``lr`` -> "learning rate", ``weight_decay`` -> "weight decay"."""
+    return PARAM_WORDS.get(name, name.replace("_", " "))
+
+
 @dataclass
 class ParamInfo:
     """Description of one hyperparameter, for the CLI and the GUI."""
