@@ -67,13 +67,12 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# The suite runs twice: on this CPU's own oneDNN kernels, then the core (no plugin) tests
-# with the AVX2 kernels forced, so an AVX-512 machine also proves the AVX2-only path
-# (oneDNN once crashed natively there: src_models/networks/layers.py).
+# The suite runs twice: on this CPU's own oneDNN kernels, then the core and CLI tests (not
+# tests/plugin) with the AVX2 kernels forced, so an AVX-512 machine also proves the AVX2-only
+# path (oneDNN once crashed natively there: src_models/networks/layers.py).
 test: venv system-deps lint
 	xvfb-run -a $(PY) -m pytest -q -p no:cacheprovider --durations=15
-	ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest -q -p no:cacheprovider \
-		--ignore-glob='tests/test_plugin_*' tests
+	ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest -q -p no:cacheprovider --ignore=tests/plugin tests
 
 bench: venv
 	$(PY) benchmarks/speed.py

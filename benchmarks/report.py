@@ -248,11 +248,18 @@ def annotation_section(lines: list[str]) -> None:
         "baseline) and the product's propagation (beta 400, 3 slices beyond the outer "
         "labeled ones). The default method (`supervised` with the propagation prior, its "
         "prediction fused with the propagation) trained once per volume for 5 minutes, "
-        "weights scored at 2 and 5 minutes of training. **Two runs shared the 2 cores, one "
-        "torch thread each**: each run had one core, as on a laptop with a core busy "
-        "elsewhere; a quiet 2-core machine does more iterations in the same minutes "
-        "(`speed_under_load.json`). The user also waits for the propagation before training "
-        "(`setup_seconds` in the results: 1-15 s) and again for the fused prediction.",
+        "weights scored at 2 and 5 minutes of training. **Cores**: the `ends`, k = 4 rows "
+        "were re-run one volume at a time on the 2 cores with the recipe's thread governor "
+        "(the hippocampus runs kept 2 threads; during the left-atrium runs other work on the "
+        "machine kept a core busy much of the time, and the governor held 1 thread: 265-374 "
+        "iterations at 2 minutes); the other rows come from two runs sharing the 2 cores, "
+        "one torch thread each. The `threads` column says which. The user also waits for "
+        "the propagation before training (`setup_seconds` in the results: 1-15 s) and again "
+        "for the fused prediction. Variants scored on the same weights of the re-run "
+        "(`output_w0.3`, `output_w0.7`: the prior's weight in the fusion; `output_flips`: "
+        "test-time mirrored slices) are in the JSON files: the flips add 0.1-0.4 points to the "
+        "means, a prior weight of 0.7 -0.4 to +0.2, 0.3 loses 0.3-1.6; none closes the gap "
+        "to the goals.",
         "",
         "![Dice against labeled slices](images/annotation_effort.png)",
         "",

@@ -141,9 +141,6 @@ class Session:
         """The run folders under :meth:`runs_folder`, newest first."""
         return list_runs(self.runs_folder())
 
-    def prune(self) -> list[Path]:
-        return prune_runs(self.runs_folder(), self.keep_runs, {self.run_dir})
-
     def model_label(self) -> str:
         """ "dfcps · iteration 300" for the current model ("" when none)."""
         b = self.bundle

@@ -28,6 +28,11 @@ qform/sform codes as the source header, so they open aligned with the image in I
 Every user-fixable problem (missing file, unsupported extension, unreadable or truncated file,
 non-integer labels, an output folder that cannot be created) raises :class:`SemisegError`
 with a one-line message naming the file and the fix.
+
+Modules: reading is here; writing is in :mod:`napari_semiseg._io_write` and what both share
+(the formats, :class:`ImageMeta`, :func:`as_labels`) in :mod:`napari_semiseg._io_formats`.
+Every public name of the three is imported from here (``from napari_semiseg.io import
+write_volume``).
 """
 
 from __future__ import annotations
@@ -35,76 +40,62 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from napari_semiseg._io_formats import (
+    SUPPORTED,
+    ImageMeta,
+    _default_spacing,
+    _one_line,
+    _spatial_ndim,
+    as_labels,
+    map_path,
+    volume_format,
+)
+from napari_semiseg._io_write import (
+    ZARR_METADATA,
+    is_zarr_store,
+    stage_volume,
+    stage_zarr,
+    write_volume,
+    write_volumes,
+)
 from src_models.errors import SemisegError
-from src_models.files import Staged, commit, discard, stage_dir, stage_file
 
-SUPPORTED = (".nii", ".nii.gz", ".tif", ".tiff", ".zarr", ".npy")
+__all__ = [
+    "DEFAULT_LAZY_VOXELS",
+    "LAZY_VOXELS",
+    "LAZY_VOXELS_PROBLEM",
+    "SUPPORTED",
+    "ZARR_METADATA",
+    "ImageMeta",
+    "as_labels",
+    "geometry_mismatch",
+    "image_volume",
+    "is_zarr_store",
+    "label_volume",
+    "lazy_voxels_setting",
+    "map_path",
+    "open_image",
+    "open_volume",
+    "read_labels",
+    "read_volume",
+    "stage_volume",
+    "stage_zarr",
+    "volume_format",
+    "write_volume",
+    "write_volumes",
+]
+
 _NIFTI = (".nii", ".nii.gz")
 _TIFF = (".tif", ".tiff")
-_IMAGEJ_DTYPES = (np.uint8, np.uint16, np.float32)
-
-
-@dataclass
-class ImageMeta:
-    """Geometry of a volume: where its voxels are in the world and how big they are."""
-
-    affine: np.ndarray | None = None  # 4x4 voxel -> world (NIfTI); None when unknown
-    spacing: tuple[float, ...] = (1.0, 1.0, 1.0)  # voxel size per spatial axis (array order)
-    source: str | None = None  # path it came from
-    header: object | None = None  # the nibabel header when read from NIfTI (kept for writing)
-    #: axes of the array as read: "ZYX", "CZYX", "YX" (one 2D image) or "CYX" (2D, channels)
-    layout: str = ""
-    unit: str | None = None  # physical unit of the spacing ("mm", "µm", ...) when known
-    #: False when the file says nothing of its voxel size (a plain TIFF, a .npy): its
-    #: spacing is the default 1 and no grid comparison uses it
-    calibrated: bool = True
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _one_line(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return " ".join(text.split())
-
-
-def volume_format(path: str | os.PathLike) -> str:
-    """The format of ``path`` by its extension (lower case), one of :data:`SUPPORTED`."""
-    name = Path(str(path).rstrip("/\\")).name.lower()
-    for ext in sorted(SUPPORTED, key=len, reverse=True):
-        if name.endswith(ext) and len(name) > len(ext):
-            return ext
-    raise SemisegError(
-        f"unsupported file type for {path}: use one of {', '.join(SUPPORTED)} "
-        "(e.g. convert it to .nii.gz)"
-    )
-
-
-def map_path(out_path: str | os.PathLike, name: str) -> Path:
-    """Path of the map ``name`` written beside ``out_path``.
-
-    ``map_path("out/pred.nii.gz", "confidence") -> out/pred_confidence.nii.gz``.
-    """
-    out_path = Path(str(out_path).rstrip("/\\"))
-    ext = volume_format(out_path)
-    base = out_path.name[: -len(ext)]
-    return out_path.with_name(f"{base}_{name}{out_path.name[-len(ext) :]}")
-
-
-def _spatial_ndim(array: np.ndarray) -> int:
-    return min(array.ndim, 3)
-
-
-def _default_spacing(ndim: int) -> tuple[float, ...]:
-    return (1.0,) * ndim
 
 
 def _check_exists(path: Path) -> None:
@@ -124,70 +115,6 @@ def _unreadable(path: Path, exc: BaseException) -> SemisegError:
         f"cannot read {path} ({_one_line(exc)}); the file may be truncated or corrupt: "
         "re-export or re-download it"
     )
-
-
-def _label_dtype(max_value: int) -> np.dtype:
-    if max_value < 256:
-        return np.dtype(np.uint8)
-    if max_value < 65536:
-        return np.dtype(np.uint16)
-    return np.dtype(np.int32)
-
-
-def as_labels(array: np.ndarray, source: str) -> np.ndarray:
-    """Integer class ids in the smallest fitting dtype; SemisegError otherwise."""
-    array = np.asarray(array)
-    if array.dtype == bool:
-        return array.astype(np.uint8)
-    if np.issubdtype(array.dtype, np.floating):
-        finite = np.isfinite(array)
-        if not finite.all():
-            raise SemisegError(
-                f"labels in {source} contain NaN or infinite values; labels must be integer "
-                "class ids (0 = background)"
-            )
-        frac = array != np.round(array)
-        if frac.any():
-            example = float(array[frac].flat[0])
-            raise SemisegError(
-                f"labels in {source} are not integers (e.g. {example!r}, which rounds to "
-                f"{round(example)}); labels must be integer class ids (0 = background): round "
-                "the mask (numpy.rint) and save it with an integer dtype"
-            )
-    elif not np.issubdtype(array.dtype, np.integer):
-        raise SemisegError(
-            f"labels in {source} have dtype {array.dtype}; labels must be integer class ids"
-        )
-    if array.size == 0:
-        return array.astype(np.uint8)
-    lo, hi = array.min(), array.max()
-    if lo < 0:
-        raise SemisegError(
-            f"labels in {source} contain negative values ({lo:g}); labels must be class ids "
-            "0..K (0 = background)"
-        )
-    if hi > np.iinfo(np.int32).max:
-        # e.g. a 0 / 4294967295 (uint32 "all bits") mask: few values are renumbered later
-        # (label_values: two values train as binary), many are ids of an instance mask
-        values = np.unique(array)
-        if len(values) > 256:
-            raise SemisegError(
-                f"labels in {source} hold {len(values)} different values up to {int(hi)}: "
-                "this looks like an instance mask (one id per object), not class ids; "
-                "save one id per class (0 = background)"
-            )
-        return array.astype(np.int64)
-    dtype = _label_dtype(int(hi))
-    return array if array.dtype == dtype else array.astype(dtype)
-
-
-def _spacing_from_meta(meta: ImageMeta | None, ndim: int) -> tuple[float, ...]:
-    if meta is None or meta.spacing is None:
-        return _default_spacing(ndim)
-    spacing = tuple(float(s) for s in meta.spacing)
-    if len(spacing) >= ndim:
-        return spacing[-ndim:] if ndim else ()
-    return (1.0,) * (ndim - len(spacing)) + spacing
 
 
 # ----------------------------------------------------------------------------- reading
@@ -632,221 +559,3 @@ def _read_npy(path: Path) -> tuple[np.ndarray, ImageMeta]:
     meta = ImageMeta(spacing=_default_spacing(_spatial_ndim(array)), source=str(path))
     meta.calibrated = False
     return array, meta
-
-
-# ----------------------------------------------------------------------------- writing
-
-
-def write_volume(
-    path: str | os.PathLike,
-    array: np.ndarray,
-    meta: ImageMeta | None = None,
-    *,
-    labels: bool = False,
-) -> Path:
-    """Write ``array`` atomically to ``path`` (format from the extension); returns the path.
-
-    ``labels=True`` writes integer class ids (uint8/uint16/int32); otherwise floating arrays
-    are written as float32 and other dtypes as given. ``meta`` supplies the affine, spacing
-    and (NIfTI) the source header so the output is aligned with the source image.
-    """
-    return write_volumes([(path, array, meta, labels)])[0]
-
-
-def write_volumes(items) -> list[Path]:
-    """Write several volumes, all or nothing: each ``(path, array, meta, labels)`` is staged
-    under a temporary name first and the outputs are renamed onto their paths only once all
-    are complete; on failure no output appears and nothing existing is touched."""
-    staged: list[Staged] = []
-    try:
-        for path, array, meta, labels in items:
-            staged.append(stage_volume(path, array, meta, labels=labels))
-        return commit(staged)
-    except OSError as exc:
-        raise SemisegError(
-            f"cannot write {path} ({_one_line(exc)}); check free disk space and permissions"
-        ) from exc
-    finally:
-        discard(staged)  # what was committed is gone from its temporary name
-
-
-def stage_volume(
-    path: str | os.PathLike, array: np.ndarray, meta: ImageMeta | None = None, *, labels=False
-) -> Staged:
-    """Write ``array`` under a temporary name beside ``path`` (see :mod:`src_models.files`)."""
-    path = Path(str(path).rstrip("/\\")).expanduser()
-    fmt = volume_format(path)
-    array = np.asarray(array)
-    if labels:
-        array = as_labels(array, f"the mask for {path}")
-    elif array.dtype == bool:
-        array = array.astype(np.uint8)
-    elif np.issubdtype(array.dtype, np.floating) and array.dtype != np.float32:
-        array = array.astype(np.float32)
-    parent = path.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SemisegError(
-            f"cannot create the output folder {parent} ({_one_line(exc)}); choose a writable "
-            "location"
-        ) from exc
-    if path.is_dir() and fmt != ".zarr":
-        raise SemisegError(f"{path} is a folder; choose a file name for the output")
-    if fmt == ".zarr":
-        return stage_dir(path, lambda tmp: _write_zarr(tmp, array, meta, labels))
-    writer = {
-        ".nii": _write_nifti,
-        ".nii.gz": _write_nifti,
-        ".tif": _write_tiff,
-        ".tiff": _write_tiff,
-        ".npy": _write_npy,
-    }[fmt]
-    # Keep the real extension last: nibabel picks gzip from the suffix.
-    return stage_file(path, lambda tmp: writer(tmp, array, meta, labels), suffix=fmt)
-
-
-def _write_nifti(tmp: Path, array: np.ndarray, meta: ImageMeta | None, labels: bool) -> None:
-    import nibabel as nib
-
-    data = np.moveaxis(array, 0, -1) if array.ndim == 4 else array
-    if data.dtype in (np.int64, np.uint64, np.uint32):
-        # 64-bit integers are not read by many NIfTI tools: use int32 when the values fit.
-        info = np.iinfo(np.int32)
-        if data.size and (data.min() < info.min or data.max() > info.max):
-            data = data.astype(np.float64)
-        else:
-            data = data.astype(np.int32)
-    ndim = min(array.ndim, 3)
-    header = getattr(meta, "header", None)
-    affine = getattr(meta, "affine", None)
-    if affine is None:
-        spacing = _spacing_from_meta(meta, ndim)
-        affine = np.diag([*spacing, *([1.0] * (4 - len(spacing)))])
-    affine = np.asarray(affine, dtype=np.float64)
-    if isinstance(header, nib.Nifti1Header):
-        hdr = header.copy()
-        qform_code, sform_code = int(hdr["qform_code"]), int(hdr["sform_code"])
-        qform = hdr.get_qform() if qform_code > 0 else affine
-        img = nib.Nifti1Image(data, affine, header=hdr)
-        # Same geometry and codes as the source, so viewers align the mask with the image.
-        img.set_sform(affine, code=sform_code)
-        img.set_qform(qform, code=qform_code)
-    else:
-        img = nib.Nifti1Image(data, affine)
-        img.set_sform(affine, code=1)
-        img.set_qform(affine, code=1)
-    out = img.header
-    out.set_data_dtype(data.dtype)
-    out.set_slope_inter(1.0, 0.0)
-    nifti_unit = {"mm": "mm", "µm": "micron", "m": "meter"}.get(getattr(meta, "unit", None) or "")
-    if nifti_unit:
-        out.set_xyzt_units(xyz=nifti_unit)
-    out["cal_min"], out["cal_max"] = 0.0, 0.0
-    if labels:
-        out.set_intent("label")
-    else:
-        out.set_intent("none")
-    img.to_filename(str(tmp))
-
-
-def _write_tiff(tmp: Path, array: np.ndarray, meta: ImageMeta | None, labels: bool) -> None:
-    import tifffile
-
-    ndim = _spatial_ndim(array) if array.ndim <= 3 else 3
-    spacing = _spacing_from_meta(meta, ndim)
-    affine = getattr(meta, "affine", None)
-    axes = {2: "YX", 3: "ZYX", 4: "CZYX"}.get(array.ndim)
-    if axes is None:
-        raise SemisegError(f"cannot write a {array.ndim}D array to {tmp.name}: expected 2D-4D")
-    sy, sx = spacing[-2], spacing[-1]
-    if array.dtype.type in _IMAGEJ_DTYPES:
-        # ImageJ hyperstack order is (T)ZCYX: channels after Z.
-        data = np.moveaxis(array, 0, 1) if array.ndim == 4 else array
-        ij_axes = "ZCYX" if array.ndim == 4 else axes
-        unit = getattr(meta, "unit", None) or "mm"
-        metadata: dict = {"axes": ij_axes, "unit": "micron" if unit == "µm" else unit}
-        if ndim == 3:
-            metadata["spacing"] = float(spacing[0])
-        if affine is not None:
-            metadata["Properties"] = {
-                "semiseg_affine": json.dumps(np.asarray(affine, float).tolist())
-            }
-        tifffile.imwrite(
-            str(tmp), data, imagej=True, resolution=(1.0 / sx, 1.0 / sy), metadata=metadata
-        )
-    else:
-        metadata = {"axes": axes, "spacing": [float(s) for s in spacing]}
-        if getattr(meta, "unit", None):
-            metadata["unit"] = meta.unit
-        if affine is not None:
-            metadata["affine"] = np.asarray(affine, float).tolist()
-        tifffile.imwrite(str(tmp), array, resolution=(1.0 / sx, 1.0 / sy), metadata=metadata)
-
-
-def _empty_zarr(tmp: Path, shape, dtype, meta: ImageMeta | None, labels: bool):
-    """A zarr array at the root of the folder ``tmp`` with this tool's attributes."""
-    import zarr
-
-    # mkdtemp created the folder; the store must be created inside it.
-    arr = zarr.open_array(store=str(tmp), mode="w", shape=tuple(shape), dtype=dtype)
-    attrs: dict = {
-        "spacing": [float(s) for s in _spacing_from_meta(meta, min(len(shape), 3))],
-        "semiseg": {"labels": bool(labels)},
-    }
-    if getattr(meta, "unit", None):
-        attrs["unit"] = meta.unit
-    affine = getattr(meta, "affine", None)
-    if affine is not None:
-        attrs["affine"] = np.asarray(affine, dtype=float).tolist()
-    arr.attrs.update(attrs)
-    return arr
-
-
-def _write_zarr(tmp: Path, array: np.ndarray, meta: ImageMeta | None, labels: bool) -> None:
-    _empty_zarr(tmp, array.shape, array.dtype, meta, labels)[...] = array
-
-
-#: what a zarr store's folders hold besides chunks (zarr v2 and v3)
-ZARR_METADATA = frozenset({".zarray", ".zattrs", ".zgroup", ".zmetadata", "zarr.json"})
-_CHUNK = re.compile(r"^[0-9]+([./][0-9]+)*$")
-
-
-def is_zarr_store(path: str | os.PathLike) -> bool:
-    """Whether the folder ``path`` is a zarr store and holds nothing else: zarr metadata at
-    its root, and below only metadata, chunk keys (``0.1.2``, ``c/0/1``) and sub-groups or
-    arrays (OME-Zarr levels). What ``predict --force`` may replace."""
-    root = Path(path)
-    if not root.is_dir() or not ZARR_METADATA & {p.name for p in root.iterdir()}:
-        return False
-    for entry in root.rglob("*"):
-        name = entry.name
-        if entry.is_dir():
-            if not (
-                _CHUNK.match(name)
-                or name == "c"
-                or ZARR_METADATA & {p.name for p in entry.iterdir()}
-            ):
-                return False
-        elif name not in ZARR_METADATA and not _CHUNK.match(name):
-            return False
-    return True
-
-
-def stage_zarr(path: str | os.PathLike, shape, dtype, meta: ImageMeta | None, labels=False):
-    """An empty zarr store staged beside ``path`` (to fill slab by slab, e.g. a prediction
-    larger than memory, then :func:`src_models.files.commit`): (Staged, zarr array)."""
-    path = Path(str(path).rstrip("/\\")).expanduser()
-    if volume_format(path) != ".zarr":
-        raise SemisegError(f"{path}: streaming needs a .zarr output")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    holder = {}
-    staged = stage_dir(
-        path, lambda tmp: holder.update(a=_empty_zarr(tmp, shape, dtype, meta, labels))
-    )
-    return staged, holder["a"]
-
-
-def _write_npy(tmp: Path, array: np.ndarray, meta: ImageMeta | None, labels: bool) -> None:
-    with open(tmp, "wb") as f:
-        np.save(f, array, allow_pickle=False)

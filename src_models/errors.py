@@ -10,10 +10,6 @@ class SemisegError(Exception):
     """A problem with the user's input or run, with a message that says how to fix it."""
 
 
-class TrainingStopped(SemisegError):
-    """Training ended early because the user asked it to stop."""
-
-
 class NonFiniteLossError(SemisegError):
     """A loss became NaN or infinite; the last good checkpoint is kept."""
 

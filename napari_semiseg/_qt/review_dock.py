@@ -8,12 +8,19 @@ and updated in place on every run. Which maps exist comes from the method (``map
 ``pseudo`` as the ``pseudo-labels`` Labels layer, anything else (e.g. ``uncertainty``) as an
 extra Image layer; per-network maps (``confidence_1``, ``discrepancy_soft``, ...) are not
 added as layers but written by "Export… with the maps". Every layer gets readable names
-(:data:`MAP_TITLES`), ``metadata["description"]`` (what it means and its range, from the
-method: ``Method.map_meaning``) and
+(:data:`~napari_semiseg._qt.map_layers.MAP_TITLES`), ``metadata["description"]`` (what it
+means and its range, from the method: ``Method.map_meaning``) and
 ``metadata["semiseg_model"]`` (method, iteration, run): when the session's model changes the
 layers of an older state get ``metadata["stale"] = True`` and the dock says which iteration
 they show; an export says which model and iteration it wrote. Buttons are enabled only when
 they can work. Prediction and export run in napari workers, never on the GUI thread.
+
+Why one module of ~900 lines: it is one loop (predict, review, accept, continue, export)
+over the same few buttons, texts, layers and session state, and every handler updates them
+(``_update_buttons``, ``_check_stale``, the status and review lines). What does not touch the
+dock lives elsewhere: the prediction in a worker (:mod:`napari_semiseg._predict`), the slice
+scores (:mod:`napari_semiseg._ranking`), the export writing (:mod:`napari_semiseg._export`),
+how maps look as layers (:mod:`napari_semiseg._qt.map_layers`).
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
+from napari_semiseg._export import FORMATS, export_array, safe_name, write_all
 from napari_semiseg._jobs import describe_training
 from napari_semiseg._layer_data import lazy_image
 from napari_semiseg._predict import (
@@ -61,6 +69,15 @@ from napari_semiseg._qt.layers import (
     go_to_slice,
     image_data,
 )
+from napari_semiseg._qt.map_layers import (
+    LAYER_MAPS,
+    MAP_STYLE,
+    OTHER_MAP,
+    UNFIXED_LIMITS,
+    layer_name,
+    map_meaning,
+    map_title,
+)
 from napari_semiseg._qt.widgets import (
     DOCK_WIDTH,
     balance_later,
@@ -74,68 +91,13 @@ from napari_semiseg._session import session_for
 from src_models.data.lazy import is_lazy
 from src_models.errors import SemisegError
 from src_models.inference import VolumePrediction
-from src_models.methods.base import Method, get_method
 from src_models.suggest import suggest
 
 #: unlabeled slices whose mean scores differ by no more than this all tie
 FLAT_SCORE = 1e-6
-#: export formats: label shown -> file suffix
-FORMATS = {"NIfTI (.nii.gz)": ".nii.gz", "zarr (.zarr)": ".zarr", "TIFF (.tif)": ".tif"}
-
-#: how each kind of map is shown; anything not listed uses ``OTHER_MAP``
-MAP_STYLE = {
-    "confidence": {
-        "colormap": "viridis",
-        "opacity": 0.5,
-        "contrast_limits": (0.0, 1.0),
-        "visible": False,
-    },
-    "discrepancy": {"colormap": "magenta", "blending": "additive", "opacity": 0.6},
-    "pseudo-labels": {"opacity": 0.5, "visible": False},
-}
-OTHER_MAP = {"colormap": "inferno", "blending": "additive", "opacity": 0.7, "visible": False}
-
-#: map key (``Method.map_names``, ``pseudo-labels``) -> layer name after the image's; what
-#: each map means comes from its method (``Method.map_meaning``, the core's knowledge)
-MAP_TITLES = {
-    "prediction": "prediction",
-    "discrepancy_soft": "discrepancy (soft)",
-    "confidence_1": "confidence net 1",
-    "confidence_2": "confidence net 2",
-    "confidence_a": "confidence student A",
-    "confidence_b": "confidence student B",
-}
-PREDICTION_MEANING = "the predicted classes (bright colours); correct it here"
-
-
-#: maps shown as layers; the others (per-network confidences, soft discrepancy) are kept for
-#: "Export… with the maps" only, so a prediction adds a few layers that each mean something
-LAYER_MAPS = ("confidence", "discrepancy", "uncertainty", "pseudo-labels")
-#: layer maps whose contrast limits come from their values (0 to the 99.9th percentile)
-UNFIXED_LIMITS = tuple(
-    k for k in LAYER_MAPS if "contrast_limits" not in MAP_STYLE.get(k, OTHER_MAP)
-)
 #: the value region corrections give the unannotated voxels of a slice in the training labels
 #: (the training process reads it as nnU-Net's ignore label)
 REGION_IGNORE = 255
-
-
-def map_title(key: str) -> str:
-    """The layer name (after the image's) of a map."""
-    return MAP_TITLES.get(key, key.replace("_", " "))
-
-
-def map_meaning(kind: str, method: str | None, k: int) -> str:
-    """What the layer of map ``kind`` (a map name, ``prediction`` or ``pseudo-labels``) of a
-    model of ``method`` with ``k`` classes means and its range."""
-    if kind == "prediction":
-        return PREDICTION_MEANING
-    try:
-        cls = get_method(method) if method else Method
-    except SemisegError:  # a method this version does not know
-        cls = Method
-    meaning = cls.map_meaning("pseudo" if kind == "pseudo-labels" else kind)
-    return meaning.replace("1/K", f"{1 / k:.2g}")
 
 
 def _button(text: str) -> QPushButton:
@@ -143,10 +105,6 @@ def _button(text: str) -> QPushButton:
     button.setMinimumWidth(40)
     button.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
     return button
-
-
-def layer_name(image_name: str, kind: str) -> str:
-    return f"{image_name} {kind}"
 
 
 class ReviewDock(QWidget):
@@ -860,14 +818,14 @@ class ReviewDock(QWidget):
             show_error(str(exc))
             return False
         meta = layer_image_meta(image.metadata, image.scale[-3:], image.translate[-3:])
-        base = Path(folder) / f"{_safe(image.name)}_prediction{suffix}"
-        # lazy layer data (a streamed prediction) stays lazy: _write_all streams it
-        items = [(base, _layer_array(pred.data), True)]
+        base = Path(folder) / f"{safe_name(image.name)}_prediction{suffix}"
+        # lazy layer data (a streamed prediction) stays lazy: write_all streams it
+        items = [(base, export_array(pred.data), True)]
         if maps:
             for layer in self._output_layers():
                 kind = layer.metadata.get("semiseg_map", "")
                 if kind and kind != "prediction":
-                    items.append((kind, _layer_array(layer.data), isinstance(layer, Labels)))
+                    items.append((kind, export_array(layer.data), isinstance(layer, Labels)))
         made = pred.metadata.get("semiseg_model") or {}
         self._export_source = (
             f"{made['method']} at iteration {made['iteration']}" if made else "unknown model"
@@ -879,7 +837,7 @@ class ReviewDock(QWidget):
                 f"iteration {b.iteration if b else '?'}: predict again to export it"
             )
         self.export_worker = create_worker(
-            _write_all,
+            write_all,
             base,
             items,
             meta,
@@ -927,52 +885,3 @@ class ReviewDock(QWidget):
     def closeEvent(self, event) -> None:  # noqa: N802  (Qt override)
         self.shutdown()
         super().closeEvent(event)
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("_") or "image"
-
-
-def _layer_array(data: Any) -> Any:
-    """A layer's data for export: numpy as it always was, lazy data (zarr, dask) untouched."""
-    return data if is_lazy(data) else np.asarray(data)
-
-
-def _stream_zarr(path: Path, array: Any, meta, is_labels: bool) -> Path:
-    """Copy a lazy (Z, Y, X) array into a zarr store at ``path`` slab by slab, atomically."""
-    from napari_semiseg.io import stage_zarr
-    from src_models.files import commit, discard
-
-    dtype = np.dtype(array.dtype)
-    if not is_labels and dtype.kind == "f":
-        dtype = np.dtype(np.float32)
-    staged, target = stage_zarr(path, tuple(array.shape), dtype, meta, labels=is_labels)
-    try:
-        step = max(1, (1 << 24) // max(1, int(np.prod(array.shape[1:]))))
-        for z0 in range(0, array.shape[0], step):
-            part = array[z0 : z0 + step]
-            part = part.compute() if hasattr(part, "compute") else part
-            target[z0 : z0 + step] = np.asarray(part, dtype=dtype)
-        return commit([staged])[0]
-    finally:
-        discard([staged] if staged.tmp.exists() else [])
-
-
-def _write_all(base: Path, items: list[tuple[Any, np.ndarray, bool]], meta) -> list[Path]:
-    """Worker side: the mask at ``base``, maps next to it (``io.map_path``), atomically. Lazy
-    arrays (a prediction streamed to zarr) are streamed into a ``.zarr`` output slab by slab,
-    and read whole one at a time for any other format (one output in memory at once)."""
-    from napari_semiseg.io import map_path, volume_format, write_volume
-
-    out = []
-    for target, array, is_labels in items:
-        path = target if isinstance(target, Path) else map_path(base, target)
-        if is_lazy(array) and volume_format(path) == ".zarr" and len(array.shape) == 3:
-            out.append(_stream_zarr(path, array, meta, is_labels))
-            continue
-        if is_lazy(array):
-            part = array.compute() if hasattr(array, "compute") else array[...]
-            array = np.asarray(part)
-        out.append(write_volume(path, array, meta, labels=is_labels))
-        del array
-    return out

@@ -27,6 +27,15 @@ short line (:func:`short`), the status line keeps the whole message.
 
 Nothing about the methods is written here: the method list, descriptions and parameter forms
 come from the registry in :mod:`src_models.methods.base`.
+
+Why one module of ~950 lines: the tabs are their own widgets
+(:mod:`napari_semiseg._qt.training_settings`, :mod:`napari_semiseg._qt.runs_tab`; the dock
+keeps their widgets under the same attribute names), and the work runs elsewhere
+(:mod:`napari_semiseg._run_parent`, :mod:`napari_semiseg._previews`). What is left is the
+controller of one run: starting it, its events (progress, loss curve, live preview, the
+no-training result), pause / stop, the model it leaves (save, load) and shutting it down all
+read and write the same state (``worker``, ``job``, the session's busy flag and model) and
+the same Run section; split, that state would be handed between modules.
 """
 
 from __future__ import annotations
@@ -39,34 +48,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from napari.layers import Image, Labels
+from napari.layers import Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QEvent, QObject, QSize, Qt, QTimer
 from qtpy.QtWidgets import (
-    QAbstractSpinBox,
-    QComboBox,
-    QDoubleSpinBox,
     QFileDialog,
-    QFormLayout,
-    QFrame,
     QGridLayout,
     QGroupBox,
     QHBoxLayout,
-    QLabel,
-    QListWidget,
-    QListWidgetItem,
     QProgressBar,
     QPushButton,
-    QScrollArea,
     QSizePolicy,
-    QSpinBox,
     QTabWidget,
     QToolButton,
     QVBoxLayout,
     QWidget,
 )
-from superqt import QCollapsible
 
 from napari_semiseg._jobs import (
     InterpolationPreview,
@@ -78,7 +76,6 @@ from napari_semiseg._jobs import (
     format_seconds,
 )
 from napari_semiseg._labels import (
-    AXIS_NAMES,
     describe_values,
     detect_axis,
     interpolation_problem,
@@ -87,7 +84,6 @@ from napari_semiseg._labels import (
 )
 from napari_semiseg._previews import zero_training_previews
 from napari_semiseg._qt.layers import (
-    LayerCombo,
     add_or_update,
     check_pair,
     current_index,
@@ -96,7 +92,8 @@ from napari_semiseg._qt.layers import (
     spatial_shape,
 )
 from napari_semiseg._qt.loss_plot import LossPlot
-from napari_semiseg._qt.param_form import ParamForm
+from napari_semiseg._qt.runs_tab import RunsTab
+from napari_semiseg._qt.training_settings import BudgetTab, DataTab, MethodTab, plural
 from napari_semiseg._qt.widgets import (
     DOCK_WIDTH,
     StatusLine,
@@ -104,15 +101,14 @@ from napari_semiseg._qt.widgets import (
     error_message,
     prediction_colormap,
     short,
-    wrapping_label,
 )
 from napari_semiseg._run_parent import training_events
-from napari_semiseg._runs import KEEP_FILE, RunInfo, is_run_dir, save_settings
+from napari_semiseg._runs import KEEP_FILE, RunInfo, is_run_dir
 from napari_semiseg._session import session_for
 from napari_semiseg._train_process import ChildError, format_bytes, resident_memory
-from src_models.device import DEVICE_CHOICES, select_device
+from src_models.device import select_device
 from src_models.errors import SemisegError
-from src_models.methods.base import config_to_dict, get_method, method_names
+from src_models.methods.base import config_to_dict
 from src_models.training.checkpoint import ModelBundle, load_model, save_model
 from src_models.training.control import TrainingControl
 
@@ -126,36 +122,6 @@ NO_TRAINING_LAYER = "no-training result"
 TABS_MIN_HEIGHT = 165
 #: the loss curve's least height (legend, axes and a readable curve)
 LOSS_PLOT_MIN_HEIGHT = 100
-
-
-def _spin(box: QAbstractSpinBox, low: float, high: float, value: float) -> QAbstractSpinBox:
-    """A spin box whose width does not follow its largest value (2**31 is wide)."""
-    box.setRange(low, high)
-    box.setValue(value)
-    box.setMinimumWidth(60)
-    box.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
-    return box
-
-
-def _plural(n: int, noun: str) -> str:
-    """``1 labeled slice``, ``3 labeled slices``."""
-    return f"{n} {noun}" + ("" if n == 1 else "s")
-
-
-def _form(tabs: QTabWidget, title: str) -> QFormLayout:
-    """A tab of ``tabs`` holding a form in its own scroll area (rows wrap when narrow)."""
-    scroll = QScrollArea()
-    scroll.setWidgetResizable(True)
-    scroll.setFrameShape(QFrame.Shape.NoFrame)
-    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-    content = QWidget()
-    scroll.setWidget(content)
-    form = QFormLayout(content)
-    form.setContentsMargins(4, 4, 4, 4)
-    form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
-    form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
-    tabs.addTab(scroll, title)
-    return form
 
 
 class TrainingDock(QWidget):
@@ -186,7 +152,6 @@ class TrainingDock(QWidget):
         self.session.continue_training = self.continue_training
         self.viewer.dims.events.current_step.connect(self._update_preview_index)
         self._on_labels_layer(self.labels_combo.layer())
-        self._on_method(self.method_combo.currentIndex())
         self._update_preview_index()
         #: training seconds of the model a continued run starts from
         self._seconds_before = 0.0
@@ -221,128 +186,44 @@ class TrainingDock(QWidget):
         self.tabs.setMinimumHeight(TABS_MIN_HEIGHT)
         outer.addWidget(self.tabs, 2)
 
-        form = _form(self.tabs, "Data")
-        self.image_combo = LayerCombo(self.viewer, Image)
-        self.labels_combo = LayerCombo(self.viewer, Labels)
-        self.axis_combo = QComboBox()
-        for a, name in enumerate(AXIS_NAMES):
-            self.axis_combo.addItem(f"{a} ({name})")
-        self.axis_combo.setToolTip(
-            "The axis the labeled slices are cut along (detected from "
-            "where the labels are; change it if needed)"
-        )
-        self.data_info = wrapping_label()
-        form.addRow("Image", self.image_combo)
-        form.addRow("Labels", self.labels_combo)
-        form.addRow("Slice axis", self.axis_combo)
-        form.addRow(self.data_info)
-        self.interpolate_button = QPushButton("Propagate (no training)")
-        form.addRow(self.interpolate_button)
+        # each tab owns its widgets; the dock keeps their names (tests, the review loop)
+        self.data_tab = DataTab(self.viewer)
+        self.tabs.addTab(self.data_tab, "Data")
+        self.image_combo = self.data_tab.image_combo
+        self.labels_combo = self.data_tab.labels_combo
+        self.axis_combo = self.data_tab.axis_combo
+        self.data_info = self.data_tab.data_info
+        self.interpolate_button = self.data_tab.interpolate_button
         self.image_combo.layerChanged.connect(self._on_image_layer)
         self.labels_combo.layerChanged.connect(self._on_labels_layer)
         self.axis_combo.activated.connect(self._on_axis_chosen)
 
-        form = _form(self.tabs, "Method")
-        self.method_combo = QComboBox()
-        self.method_combo.addItems(method_names())
-        self.method_combo.setToolTip(
-            "The training method: supervised (the default, with the propagation prior) or "
-            "one of the four semi-supervised methods; when each pays off is said below it"
-        )
-        self.method_description = wrapping_label()
-        self.params = ParamForm()
-        self.advanced = QCollapsible("Advanced parameters")
-        self.advanced.addWidget(self.params)
-        form.addRow("Method", self.method_combo)
-        form.addRow(self.method_description)
-        form.addRow(self.advanced)
-        self.method_combo.currentIndexChanged.connect(self._on_method)
+        self.method_tab = MethodTab()
+        self.tabs.addTab(self.method_tab, "Method")
+        self.method_combo = self.method_tab.method_combo
+        self.method_description = self.method_tab.method_description
+        self.params = self.method_tab.params
+        self.advanced = self.method_tab.advanced
 
-        bform = _form(self.tabs, "Budget")
-        self.iterations = _spin(QSpinBox(), 1, 10_000_000, 1000)
-        self.minutes = _spin(QDoubleSpinBox(), 0.1, 100_000, 5.0)
-        self.budget_unit = QComboBox()
-        self.budget_unit.addItems(["iterations", "minutes"])
-        self.budget_unit.currentIndexChanged.connect(self._on_budget_unit)
-        self.iterations.setToolTip("Training steps of the run (one batch each)")
-        self.minutes.setToolTip(
-            "Wall-clock minutes of training (pauses excluded); the model at the end is kept"
-        )
-        self.budget_unit.setToolTip(
-            "Budget in iterations (reproducible) or in minutes (what you can wait; the "
-            "default method is measured at 2 and 5 minutes in docs/benchmarks.md)"
-        )
-        row = QHBoxLayout()
-        row.addWidget(self.iterations, 1)
-        row.addWidget(self.minutes, 1)
-        row.addWidget(self.budget_unit)
-        bform.addRow("Budget", row)
-        self.batch_size = _spin(QSpinBox(), 1, 1024, 8)
-        self.batch_size.setToolTip("Labeled (and unlabeled) crops per training step")
-        self.patch_size = _spin(QSpinBox(), 16, 2048, 128)
-        self.patch_size.setSingleStep(16)
-        self.patch_size.setToolTip("Side of the square training crop, a multiple of 16")
-        bform.addRow("Batch size", self.batch_size)
-        bform.addRow("Patch size", self.patch_size)
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(list(DEVICE_CHOICES))
-        self.device_label = QLabel()
-        self.device_combo.currentTextChanged.connect(self._on_device)
-        self.device_combo.setToolTip(
-            "Where the networks run: auto picks a CUDA or Apple (MPS) GPU when there is one, "
-            "else the CPU"
-        )
-        row = QHBoxLayout()
-        row.addWidget(self.device_combo)
-        row.addWidget(self.device_label, 1)
-        bform.addRow("Device", row)
-        self.seed = _spin(QSpinBox(), 0, 2**31 - 1, 0)
-        self.seed.setToolTip("Seed of the initial weights and of every random draw")
-        bform.addRow("Seed", self.seed)
-        self.preview_seconds = _spin(QDoubleSpinBox(), 0.0, 3600.0, TrainRequest.preview_seconds)
-        self.preview_seconds.setDecimals(1)
-        self.preview_seconds.setSingleStep(5.0)
-        self.preview_seconds.setSuffix(" s")
-        self.preview_seconds.setSpecialValueText("off")
-        self.preview_seconds.setToolTip(
-            "Predict the slice shown in the viewer into the preview layer every N seconds "
-            "of training (the first after N seconds, the last at the end; 0: off)"
-        )
-        bform.addRow("Preview every", self.preview_seconds)
+        self.budget_tab = BudgetTab()
+        self.tabs.addTab(self.budget_tab, "Budget")
+        self.iterations = self.budget_tab.iterations
+        self.minutes = self.budget_tab.minutes
+        self.budget_unit = self.budget_tab.budget_unit
+        self.batch_size = self.budget_tab.batch_size
+        self.patch_size = self.budget_tab.patch_size
+        self.device_combo = self.budget_tab.device_combo
+        self.device_label = self.budget_tab.device_label
+        self.seed = self.budget_tab.seed
+        self.preview_seconds = self.budget_tab.preview_seconds
 
-        rform = _form(self.tabs, "Runs")
-        self.runs_label = wrapping_label()
-        self.runs_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.runs_button = QPushButton("Change folder…")
-        self.runs_button.setToolTip("Pick the folder the run folders go to (remembered)")
-        self.runs_button.clicked.connect(self._runs_dialog)
-        rform.addRow(self.runs_label)
-        self.keep_runs = QSpinBox()
-        self.keep_runs.setRange(1, 1000)
-        self.keep_runs.setValue(self.session.keep_runs)
-        self.keep_runs.setFixedWidth(80)
-        self.keep_runs.setToolTip(
-            "Run folders kept: when a run starts the oldest beyond this many are deleted "
-            "(never the current model's, nor one you saved a model into)"
-        )
-        self.keep_runs.valueChanged.connect(self._on_keep_runs)
-        rform.addRow("Runs kept", self.keep_runs)
-        self.runs_list = QListWidget()
-        self.runs_list.setMinimumHeight(60)
-        self.runs_list.setToolTip("Earlier runs of this folder: double-click to use one")
-        self.runs_list.itemDoubleClicked.connect(lambda _item: self.use_selected_run())
-        rform.addRow(self.runs_list)
-        self.use_run_button = QPushButton("Use this model")
-        self.use_run_button.setToolTip(
-            "Make the selected run's model the current one (predict, continue training, save)"
-        )
-        self.use_run_button.clicked.connect(lambda: self.use_selected_run())
-        row = QHBoxLayout()
-        for b in (self.use_run_button, self.runs_button):
-            b.setMinimumWidth(40)
-            b.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
-            row.addWidget(b)
-        rform.addRow(row)
+        self.runs_tab = RunsTab(self.session, lambda path: self.load_model_from(path))
+        self.tabs.addTab(self.runs_tab, "Runs")
+        self.runs_label = self.runs_tab.runs_label
+        self.runs_button = self.runs_tab.runs_button
+        self.keep_runs = self.runs_tab.keep_runs
+        self.runs_list = self.runs_tab.runs_list
+        self.use_run_button = self.runs_tab.use_run_button
 
         run = QGroupBox("Run")
         rlay = QVBoxLayout(run)
@@ -412,94 +293,27 @@ class TrainingDock(QWidget):
         self.load_button.clicked.connect(self._load_dialog)
         rlay.addLayout(models)
         outer.addWidget(run, 3)
-        self._on_budget_unit(0)
-        self._on_device(self.device_combo.currentText())
         self.refresh_runs()
 
     def sizeHint(self) -> QSize:  # noqa: N802  (Qt override)
         hint = super().sizeHint()
         return QSize(DOCK_WIDTH, hint.height())
 
-    # -- reactions --------------------------------------------------------------------------
-    def _on_method(self, _index: int) -> None:
-        name = self.method_combo.currentText()
-        if not name:
-            return
-        cls = get_method(name)
-        note = f"\n⏱ {cls.budget_note}" if cls.budget_note else ""
-        self.method_description.setText(cls.description + note)
-        self.params.set_config_class(cls.Config)
-
-    # -- run folders and model history -----------------------------------------------------
+    # -- run folders and model history (the Runs tab) ---------------------------------------
     def refresh_runs(self) -> None:
         """Show the runs folder and its runs (newest first; the current model's marked)."""
         if self._closed:
             return
-        folder = self.session.runs_folder()
-        self.runs_label.setText(
-            f"Runs are saved in {folder}. The last {self.session.keep_runs} are kept; "
-            "<b>Save model…</b> keeps one for good."
-        )
-        self.runs_list.clear()
-        current = self.session.run_dir.resolve() if self.session.run_dir else None
-        for run in self.session.runs():
-            text = run.label()
-            is_current = current is not None and run.path.resolve() == current
-            if is_current:  # said first, so a narrow dock never cuts it off
-                text = f"▶ (current) {text}"
-            item = QListWidgetItem(text)
-            item.setData(Qt.ItemDataRole.UserRole, str(run.path))
-            item.setToolTip(str(run.path))
-            if run.iteration is None:
-                item.setFlags(item.flags() & ~Qt.ItemFlag.ItemIsEnabled)
-            self.runs_list.addItem(item)
-            if is_current:
-                self.runs_list.setCurrentItem(item)
+        self.runs_tab.refresh()
 
     def use_selected_run(self, run: RunInfo | Path | str | None = None) -> ModelBundle | None:
         """Make a run's model the current one (the selected row by default)."""
-        if run is None:
-            item = self.runs_list.currentItem()
-            if item is None:
-                show_info("pick a run in the list first")
-                return None
-            run = item.data(Qt.ItemDataRole.UserRole)
-        path = run.path if isinstance(run, RunInfo) else Path(run)
-        return self.load_model_from(path)
+        return self.runs_tab.use_selected_run(run)
 
     def set_runs_folder(self, folder: str | Path, remember: bool = True) -> None:
-        self.session.run_root = Path(folder)
-        if remember:
-            try:
-                save_settings({"run_root": str(folder)})
-            except OSError as exc:
-                show_warning(f"the runs folder is used but not remembered: {exc}")
-        self.refresh_runs()
+        self.runs_tab.set_runs_folder(folder, remember)
 
-    def _on_keep_runs(self, value: int) -> None:
-        self.session.keep_runs = int(value)
-        self.refresh_runs()
-
-    def _runs_dialog(self) -> None:
-        folder = QFileDialog.getExistingDirectory(
-            self, "Folder for the run folders", str(self.session.runs_folder())
-        )
-        if folder:
-            self.set_runs_folder(folder)
-
-    def _on_budget_unit(self, index: int) -> None:
-        self.iterations.setVisible(index == 0)
-        self.minutes.setVisible(index == 1)
-
-    def _on_device(self, name: str) -> None:
-        try:
-            self.device_label.setText(f"→ {select_device(name).type}")
-            self.device_label.setStyleSheet("")
-        except SemisegError as exc:
-            self.device_label.setText(f"{name} not available")
-            self.device_label.setToolTip(str(exc))
-            self.device_label.setStyleSheet("color: #e57373")
-
+    # -- reactions --------------------------------------------------------------------------
     def _on_image_layer(self, layer) -> None:
         self.session.image_name = layer.name if layer is not None else ""
         self._update_preview_index()
@@ -575,7 +389,7 @@ class TrainingDock(QWidget):
         extra = len(labeled) - len(found)
         shown = ", ".join(str(s) for s in labeled[:8]) + (" …" if len(labeled) > 8 else "")
         text = (
-            f"{_plural(len(labeled), 'labeled slice')} of {data.shape[axis]} (axis {axis})"
+            f"{plural(len(labeled), 'labeled slice')} of {data.shape[axis]} (axis {axis})"
             + (f" ({extra} accepted empty)" if extra else "")
             + (f": {shown}" if labeled else "")
         )

@@ -9,7 +9,7 @@ width 1..7, output width 4/8/16, 1 and 2 threads; widths >= 8, stride 1 and NCHW
 crash. A 1x1 convolution with stride s is the same map as taking every s-th pixel and then
 applying a stride-1 1x1 convolution, and that form never reaches the crashing kernel (same
 sweep: no crash), keeps channels_last, has the same weights and ``state_dict`` keys as
-``nn.Conv2d``, and computes the same values (tests/test_networks.py).
+``nn.Conv2d``, and computes the same values (tests/core/test_networks.py).
 """
 
 from __future__ import annotations

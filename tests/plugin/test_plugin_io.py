@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import nibabel as nib
 import numpy as np
 import pytest
@@ -12,6 +10,7 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 import npe2  # noqa: E402
+from helpers import ROOT  # noqa: E402
 
 from napari_semiseg._reader import napari_get_reader  # noqa: E402
 from napari_semiseg._sample_data import ANNOTATED_SLICES, make_sample_data  # noqa: E402
@@ -19,7 +18,7 @@ from napari_semiseg._writer import write_image, write_labels  # noqa: E402
 from napari_semiseg.io import read_volume  # noqa: E402
 from src_models.methods.base import method_names  # noqa: E402
 
-MANIFEST = Path(__file__).resolve().parents[1] / "napari_semiseg" / "napari.yaml"
+MANIFEST = ROOT / "napari_semiseg" / "napari.yaml"
 AFFINE = np.array(
     [[0.5, 0, 0, 10.0], [0, 0.8, 0, -5.0], [0, 0, 2.0, 3.0], [0, 0, 0, 1]], dtype=np.float64
 )

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from conftest import synthetic_volume
+from helpers import synthetic_volume
 
 from napari_semiseg import io
 from napari_semiseg._jobs import TrainingJob, TrainRequest

@@ -19,7 +19,7 @@ import numpy as np
 import plugin_child_hooks as hooks
 import pytest
 import torch
-from conftest import synthetic_volume
+from helpers import synthetic_volume
 
 from napari_semiseg._jobs import TrainingJob, TrainingProcessDied, TrainingUpdate, TrainRequest
 from napari_semiseg._run_child import train_job

@@ -14,7 +14,11 @@ import pytest
 
 from napari_semiseg.cli import EXIT_TERMINATED, main
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and flock")
+# slow: each test trains in a child `semiseg` process (one trains twice, to compare weights)
+pytestmark = [
+    pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and flock"),
+    pytest.mark.slow,
+]
 
 
 def _one_cpu() -> None:

@@ -14,12 +14,15 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import synthetic_volume
+from helpers import synthetic_volume
 
 from src_models.data import SliceSampler, make_volumes
 from src_models.data.sampler import Batch
 from src_models.training import TrainConfig, distributed, load_model, train
 from src_models.training.checkpoint import create_model
+
+# slow: every test starts two training processes (spawn or torchrun) and a gloo group
+pytestmark = pytest.mark.slow
 
 TINY = {"channels": "4,8,16,32,64"}
 

@@ -14,7 +14,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import growing_disc, synthetic_volume
+from helpers import growing_disc, synthetic_volume
 
 import napari_semiseg._run_child as run_child_module
 from napari_semiseg._jobs import (
@@ -365,7 +365,9 @@ def test_run_folders_go_to_the_runs_folder_and_are_pruned_to_the_last_n(tmp_path
     # a folder of the user's in the runs folder is never touched
     (tmp_path / "runs" / "mine").mkdir()
     session.keep_runs = 1
-    session.prune()
+    previous = session.run_dir
+    session.new_run_dir()  # prunes to the last 1: the new run, the previous one and kept ones
+    assert {r.path for r in session.runs()} == {made[0], previous, session.run_dir}
     assert (tmp_path / "runs" / "mine").is_dir() and made[0].is_dir()
     assert session.run_dir is not None and session.run_dir.is_dir()
 

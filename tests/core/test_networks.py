@@ -10,6 +10,7 @@ import textwrap
 
 import pytest
 import torch
+from helpers import ROOT
 from torch import nn
 
 from src_models.networks.layers import StridedPointwiseConv
@@ -69,11 +70,10 @@ BACKWARD_SCRIPT = textwrap.dedent(
 def test_every_network_backward_on_the_avx2_code_path():
     """Runs in a child so that the crash, were it back, fails this test instead of the run."""
     env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", OMP_NUM_THREADS="1")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run(
         [sys.executable, "-c", BACKWARD_SCRIPT],
         env=env,
-        cwd=root,
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,

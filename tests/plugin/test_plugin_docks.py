@@ -15,7 +15,7 @@ import numpy as np
 import plugin_child_hooks as hooks
 import pytest
 import torch
-from conftest import growing_disc, synthetic_volume
+from helpers import growing_disc, synthetic_volume
 
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")

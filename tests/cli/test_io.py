@@ -12,7 +12,7 @@ import pytest
 import tifffile
 import zarr
 
-from napari_semiseg import io
+from napari_semiseg import _io_write, io
 from napari_semiseg.io import (
     ImageMeta,
     map_path,
@@ -199,7 +199,7 @@ def test_failed_write_leaves_no_partial_file_and_keeps_old_one(tmp_path, monkeyp
         Path(tmp).write_bytes(b"half a file")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(io, name, broken)
+    monkeypatch.setattr(_io_write, name, broken)
     with pytest.raises(SemisegError, match="cannot write.*No space left"):
         write_volume(target, np.ones((3, 4, 5), np.uint8), labels=True)
     with pytest.raises(SemisegError):
@@ -211,13 +211,13 @@ def test_failed_write_leaves_no_partial_file_and_keeps_old_one(tmp_path, monkeyp
 def test_failed_zarr_write_keeps_old_store(tmp_path, monkeypatch):
     target = tmp_path / "pred.zarr"
     write_volume(target, np.full((3, 4), 5, np.uint8), labels=True)
-    real = io._write_zarr
+    real = _io_write._write_zarr
 
     def broken(tmp, array, meta, labels):
         real(tmp, array, meta, labels)  # a complete-looking store, then a failure
         raise RuntimeError("interrupted")
 
-    monkeypatch.setattr(io, "_write_zarr", broken)
+    monkeypatch.setattr(_io_write, "_write_zarr", broken)
     with pytest.raises(RuntimeError):
         write_volume(target, np.ones((3, 4), np.uint8), labels=True)
     back, _ = read_volume(target)

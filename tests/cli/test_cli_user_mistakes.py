@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import synthetic_volume
+from helpers import synthetic_volume
 
 from napari_semiseg import io
 from napari_semiseg.cli import main

@@ -1,0 +1,62 @@
+"""``semiseg suggest``: the next slices to annotate, ranked, with scores and reasons."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+from napari_semiseg.cli._common import _check_at_least
+from napari_semiseg.cli.predict import _model_labels
+from src_models.errors import SemisegError
+
+#: ``semiseg suggest --strategy`` (src_models.suggest.STRATEGIES, without importing torch)
+STRATEGY_CHOICES = ("strided", "uncertainty", "uncertainty-distance")
+
+
+def cmd_suggest(args: argparse.Namespace) -> int:
+    """``semiseg suggest``: the next slices to annotate, ranked, with scores and reasons."""
+    from napari_semiseg.io import open_image
+    from src_models.device import select_device
+    from src_models.inference import predict_volume
+    from src_models.suggest import suggest
+    from src_models.training.checkpoint import load_model
+
+    _check_at_least("-n", args.n, 1)
+    bundle = load_model(args.model, device=select_device(args.device))
+    img, _ = open_image(args.image)
+    axis = bundle.axis
+    if args.labels:
+        _, labeled = _model_labels(args, bundle, img)
+    else:
+        labeled = bundle.info.get("labeled_slices")
+        if not isinstance(labeled, list) or not all(isinstance(s, int) for s in labeled):
+            raise SemisegError(
+                f"the model in {args.model} does not record the labeled slices of one volume: "
+                "give the labels so far with --labels"
+            )
+    method = bundle.method
+    name = "discrepancy" if "discrepancy" in method.map_names else "confidence"
+    pred = predict_volume(bundle, img, maps=[name] if args.strategy != "strided" else [])
+    others = tuple(a for a in range(3) if a != axis)
+    structure = np.asarray(pred.labels).astype(bool).any(axis=others)
+    uncertainty = None
+    if args.strategy != "strided":
+        score = np.asarray(pred.maps[name], np.float64).mean(axis=others)
+        uncertainty = score if name == "discrepancy" else 1.0 - score
+    n_slices = int(img.shape[1 + axis])
+    picks = suggest(labeled, n_slices, uncertainty, structure, args.n, args.strategy)
+    if args.json:
+        rows = [{"slice": p.index, "score": p.score, "why": p.why} for p in picks]
+        print(json.dumps({"axis": axis, "labeled": labeled, "strategy": args.strategy,
+                          "map": name if uncertainty is not None else None,
+                          "suggestions": rows}))  # fmt: skip
+        return 0
+    print(
+        f"{len(labeled)} labeled slice(s) along axis {axis}; next to annotate "
+        f"({args.strategy}{', from the ' + name + ' map' if uncertainty is not None else ''}):"
+    )
+    for rank, p in enumerate(picks, 1):
+        print(f"{rank}. {p.why}")
+    return 0
