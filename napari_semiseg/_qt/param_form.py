@@ -9,6 +9,11 @@ as an empty field saying so instead of a bare 0. A changed value is shown in bol
 edits survive switching to another method and back. :meth:`ParamForm.values` returns what
 :func:`~src_models.methods.base.make_config` accepts, so validation and error messages come
 from the core.
+
+Why not magicgui (a napari dependency) building the widgets from the typed configs: its
+widgets cannot show "0 = the method's default: ..." as an empty field with that meaning,
+parse tuple fields such as ``channels`` from text, or keep one method's edits while another
+is shown; each would take a wrapper as large as this module.
 """
 
 from __future__ import annotations
