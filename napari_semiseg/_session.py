@@ -23,7 +23,9 @@ import os
 import tempfile
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,26 @@ def session_for(viewer: Any) -> Session:
     if viewer not in _SESSIONS:
         _SESSIONS[viewer] = Session()
     return _SESSIONS[viewer]
+
+
+class Change(Enum):
+    """What changed in the session (a :data:`SessionEvent`)."""
+
+    MODEL = "model"  #: the current model (trained, stopped, loaded, made current)
+    BUSY = "busy"  #: training, predicting or exporting started or ended
+    LABELS = "labels"  #: accepted slices changed the training labels
+    PROGRESS = "progress"  #: the first progress of a run arrived
+
+
+@dataclass(frozen=True)
+class ContinueTraining:
+    """The review dock asks the training dock to continue the current model."""
+
+    iterations: int
+
+
+#: what session listeners receive
+SessionEvent = Change | ContinueTraining
 
 
 class Session:
@@ -98,22 +120,29 @@ class Session:
         self.status: str = ""
         #: seconds of training (pauses excluded) behind the current model, when known
         self.train_seconds: float | None = None
-        self._listeners: list[Callable[[str], None]] = []
-        #: set by the training dock: continue training the current model for n iterations
-        self.continue_training: Callable[[int], bool] | None = None
+        self._listeners: list[Callable[[SessionEvent], None]] = []
+        #: a training dock of this viewer is open (it answers :class:`ContinueTraining`)
+        self.training_dock_open = False
 
     # Plain callbacks instead of Qt signals keep the session testable without a GUI.
-    def connect(self, listener: Callable[[str], None]) -> None:
+    def connect(self, listener: Callable[[SessionEvent], None]) -> None:
         self._listeners.append(listener)
 
-    def disconnect(self, listener: Callable[[str], None]) -> None:
+    def disconnect(self, listener: Callable[[SessionEvent], None]) -> None:
         if listener in self._listeners:
             self._listeners.remove(listener)
 
-    def notify(self, what: str) -> None:
-        """Tell the docks that ``what`` changed: "model", "busy" or "labels"."""
+    def notify(self, event: SessionEvent) -> None:
+        """Tell the docks what happened (every listener gets every event)."""
         for listener in list(self._listeners):
-            listener(what)
+            listener(event)
+
+    def request_continue(self, iterations: int) -> bool:
+        """Ask for the current model to be trained ``iterations`` more (the review dock's
+        *Continue training*): a :class:`ContinueTraining` event; the training dock starts
+        the run. Returns whether a training now runs."""
+        self.notify(ContinueTraining(iterations))
+        return self.busy == "training"
 
     def runs_folder(self) -> Path:
         """The folder the run folders go to."""

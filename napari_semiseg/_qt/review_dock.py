@@ -87,7 +87,7 @@ from napari_semiseg._qt.widgets import (
     wrapping_label,
 )
 from napari_semiseg._ranking import slice_score
-from napari_semiseg._session import session_for
+from napari_semiseg._session import Change, SessionEvent, session_for
 from src_models.data.lazy import is_lazy
 from src_models.errors import SemisegError
 from src_models.inference import VolumePrediction
@@ -276,10 +276,10 @@ class ReviewDock(QWidget):
         return super().event(event)
 
     # -- state ------------------------------------------------------------------------------
-    def _on_session(self, what: str) -> None:
+    def _on_session(self, event: SessionEvent) -> None:
         if self._closed:
             return
-        if what in ("model", "busy", "progress"):
+        if event in (Change.MODEL, Change.BUSY, Change.PROGRESS):
             self._refresh_model()
 
     def _refresh_model(self) -> None:
@@ -435,7 +435,7 @@ class ReviewDock(QWidget):
             self.status.setText(f"predicting… ({note})")
         stamp = self.session.model_stamp()
         self.session.busy = "predicting"
-        self.session.notify("busy")
+        self.session.notify(Change.BUSY)
         # only the maps shown as layers (the CLI's --maps writes the per-network ones), and
         # their display arrays and contrast limits made in the worker
         self.worker = create_worker(
@@ -608,7 +608,7 @@ class ReviewDock(QWidget):
         if self.worker is None and not self._showing and self.session.busy == "predicting":
             self._busy_shown = False  # keep the prediction's own status line
             self.session.busy = ""
-            self.session.notify("busy")
+            self.session.notify(Change.BUSY)
             release_free_memory()
         self._update_buttons()
 
@@ -766,7 +766,7 @@ class ReviewDock(QWidget):
         self.session.axis = axis
         self.session.accepted.add(int(index))
         self._visited.add(int(index))
-        self.session.notify("labels")
+        self.session.notify(Change.LABELS)
         n = len(self.session.labeled(np.asarray(labels.data), axis))
         what = (
             f"{painted} painted voxels of slice {index} ({100 * painted / values.size:.1f} %; "
@@ -782,14 +782,14 @@ class ReviewDock(QWidget):
         return int(index)
 
     def continue_training(self) -> bool:
-        hook = self.session.continue_training
-        if hook is None:
+        """Ask the training dock (a :class:`ContinueTraining` session event) to continue the
+        current model; returns whether a training now runs."""
+        if not self.session.training_dock_open:
             try:
                 self.viewer.window.add_plugin_dock_widget("napari-semiseg", "Training")
             except Exception:  # noqa: BLE001  (no window, plugin not registered, ...)
                 pass
-            hook = self.session.continue_training
-        if hook is None:
+        if not self.session.training_dock_open:
             show_error("open the training dock (Plugins > napari-semiseg > Training) first")
             return False
         if (
@@ -801,7 +801,7 @@ class ReviewDock(QWidget):
                 "same labels layer in both docks"
             )
             return False
-        return hook(self.continue_iterations.value())
+        return self.session.request_continue(self.continue_iterations.value())
 
     # -- export -----------------------------------------------------------------------------
     def export_to(self, folder: str | Path, suffix: str = ".nii.gz", maps: bool = False) -> bool:

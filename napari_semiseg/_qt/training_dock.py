@@ -104,7 +104,7 @@ from napari_semiseg._qt.widgets import (
 )
 from napari_semiseg._run_parent import training_events
 from napari_semiseg._runs import KEEP_FILE, RunInfo, is_run_dir
-from napari_semiseg._session import session_for
+from napari_semiseg._session import Change, ContinueTraining, SessionEvent, session_for
 from napari_semiseg._train_process import ChildError, format_bytes, resident_memory
 from src_models.device import select_device
 from src_models.errors import SemisegError
@@ -149,7 +149,7 @@ class TrainingDock(QWidget):
         self._info_timer.timeout.connect(self.refresh_data_info)
         self._build()
         self.session.connect(self._on_session)
-        self.session.continue_training = self.continue_training
+        self.session.training_dock_open = True
         self.viewer.dims.events.current_step.connect(self._update_preview_index)
         self._on_labels_layer(self.labels_combo.layer())
         self._update_preview_index()
@@ -340,14 +340,16 @@ class TrainingDock(QWidget):
     def _schedule_info(self, *_: Any) -> None:
         self._info_timer.start()
 
-    def _on_session(self, what: str) -> None:
+    def _on_session(self, event: SessionEvent) -> None:
         if self._closed:
             return
-        if what == "labels":
+        if isinstance(event, ContinueTraining):  # the review dock's Continue training
+            self.continue_training(event.iterations)
+        elif event is Change.LABELS:
             self.refresh_data_info()
-        elif what == "busy":
+        elif event is Change.BUSY:
             self._set_busy(bool(self.session.busy))
-        elif what == "model":
+        elif event is Change.MODEL:
             self._show_model(self.session.bundle)
 
     def show_settings(self, shown: bool) -> None:
@@ -482,7 +484,7 @@ class TrainingDock(QWidget):
         self.status.setText(f"{text} ({note})" if note else text)
         self.session.status = ""
         self.session.busy = "training"
-        self.session.notify("busy")
+        self.session.notify(Change.BUSY)
         self.show_settings(False)  # the run and the review need the room now
         self.worker.start()
         self.refresh_runs()
@@ -576,7 +578,7 @@ class TrainingDock(QWidget):
             self._show_preview(update.preview)
         if self._first_update:
             self._first_update = False
-            self.session.notify("progress")
+            self.session.notify(Change.PROGRESS)
 
     def _prepare_preview_layer(self, axis: int) -> None:
         """Add the (empty) preview layer now, when the user has just clicked Train: adding a
@@ -755,7 +757,7 @@ class TrainingDock(QWidget):
         if self.session.run_dir:
             self.status.setToolTip(f"{text}; checkpoint in {self.session.run_dir}")
         self.progress.setFormat(f"%v / %m · {'stopped' if stopped else 'done'}")
-        self.session.notify("model")
+        self.session.notify(Change.MODEL)
 
     def _on_error(self, exc: BaseException) -> None:
         if isinstance(exc, ChildError):
@@ -766,7 +768,7 @@ class TrainingDock(QWidget):
             self.session.bundle = exc.bundle  # the last good checkpoint
             if self.job is not None:
                 self.job.bundle = exc.bundle
-            self.session.notify("model")
+            self.session.notify(Change.MODEL)
         message = error_message(exc)
         show_error(short(message))
         self.status.setText(f"error: {message}")
@@ -779,7 +781,7 @@ class TrainingDock(QWidget):
         if self.progress.maximum() == 0:  # never reported: leave the busy look
             self.progress.setRange(0, 1)
         self.session.busy = ""
-        self.session.notify("busy")
+        self.session.notify(Change.BUSY)
         self.refresh_runs()
 
     def _set_busy(self, busy: bool) -> None:
@@ -878,7 +880,7 @@ class TrainingDock(QWidget):
         self.session.axis = bundle.axis
         self.session.history.clear()
         self.loss_plot.refresh()
-        self.session.notify("model")
+        self.session.notify(Change.MODEL)
         self.status.setText(
             f"loaded {bundle.method.name} model (iteration {bundle.iteration}) from {path}"
         )
@@ -927,11 +929,10 @@ class TrainingDock(QWidget):
             while worker.is_running and time.monotonic() < deadline:
                 time.sleep(0.01)
         self.session.disconnect(self._on_session)
-        if self.session.continue_training == self.continue_training:
-            self.session.continue_training = None
+        self.session.training_dock_open = False
         if self.session.busy == "training":
             self.session.busy = ""
-            self.session.notify("busy")
+            self.session.notify(Change.BUSY)
         self.viewer.dims.events.current_step.disconnect(self._update_preview_index)
         self._on_labels_layer(None)
         self.image_combo.disconnect_viewer()

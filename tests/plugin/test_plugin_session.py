@@ -414,3 +414,25 @@ def test_slice_score_is_the_mean_of_each_slice_along_the_axis():
     score[2, 0, 0] = 1.0  # one bright pixel: mean 0.05
     np.testing.assert_allclose(slice_score(score, 0), [0, 0, 0.05, 0, 0.5, 0])
     np.testing.assert_allclose(slice_score(score, 2)[0], (1.0 + 0.5 * 4) / 24)
+
+
+def test_session_events_are_typed_and_continue_is_a_request():
+    # issue 19: typed events instead of free strings and a stored callback
+    from napari_semiseg._session import Change, ContinueTraining, Session
+
+    session = Session()
+    seen = []
+    session.connect(seen.append)
+    session.notify(Change.MODEL)
+    assert not session.request_continue(5)  # no training dock answers: nothing runs
+    assert seen == [Change.MODEL, ContinueTraining(5)]
+
+    def trainer(event):  # what the training dock does with the request
+        if isinstance(event, ContinueTraining):
+            session.busy = "training"
+
+    session.connect(trainer)
+    assert session.request_continue(7)
+    session.disconnect(seen.append)
+    session.notify(Change.BUSY)
+    assert seen[-1] == ContinueTraining(7)
