@@ -10,8 +10,6 @@ on the GUI thread.
 from __future__ import annotations
 
 import ctypes
-import os
-import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +25,7 @@ from napari_semiseg._layer_data import image_channels_first, lazy_image, sampled
 from src_models.data.label_values import LabelValues
 from src_models.data.lazy import is_lazy
 from src_models.errors import SemisegError
+from src_models.files import commit, stage_dir
 from src_models.inference import VolumePrediction, predict_volume
 from src_models.propagation import affordable, propagation_prior
 from src_models.training.checkpoint import ModelBundle
@@ -98,28 +97,26 @@ def predict_layers(
 
         spatial = tuple(view.shape[1:])
         chunks = _output_chunks(spatial, bundle.axis)
-        Path(store).parent.mkdir(parents=True, exist_ok=True)
-        # written under a temporary name and renamed when complete: a crash or a full disk
-        # never leaves a half-written store that looks like a prediction
-        staging = Path(store).with_name(f".{Path(store).name}.partial")
-        group = zarr.open_group(str(staging), mode="w")
         dtype = np.uint8 if bundle.num_classes <= 256 else np.uint16
-        out: dict[str, Any] = {
-            "labels": group.create_array("labels", shape=spatial, chunks=chunks, dtype=dtype)
-        }
-        for name in maps:
-            out[name] = group.create_array(name, shape=spatial, chunks=chunks, dtype="float32")
-        group.attrs["semiseg"] = {
-            "method": bundle.method.name,
-            "iteration": int(bundle.iteration),
-            "maps": list(maps),
-        }
-        try:
+
+        def write(folder: Path) -> None:
+            group = zarr.open_group(str(folder), mode="w")
+            out: dict[str, Any] = {
+                "labels": group.create_array("labels", shape=spatial, chunks=chunks, dtype=dtype)
+            }
+            for name in maps:
+                out[name] = group.create_array(name, shape=spatial, chunks=chunks, dtype="float32")
+            group.attrs["semiseg"] = {
+                "method": bundle.method.name,
+                "iteration": int(bundle.iteration),
+                "maps": list(maps),
+            }
             predict_volume(bundle, view, maps=maps, out=out)
-            os.replace(staging, store)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
+
+        # staged and renamed when complete (src_models.files, as every output): a crash or a
+        # full disk never leaves a half-written store that looks like a prediction
+        Path(store).parent.mkdir(parents=True, exist_ok=True)
+        commit([stage_dir(store, write)])
         group = zarr.open_group(str(store), mode="r+")
         return VolumePrediction(group["labels"], None, {name: group[name] for name in maps})
     except OSError as exc:

@@ -33,8 +33,8 @@ MAP_TITLES = {
 PREDICTION_MEANING = "the predicted classes (bright colours); correct it here"
 
 
-#: maps shown as layers; the others (per-network confidences, soft discrepancy) are kept for
-#: "Export… with the maps" only, so a prediction adds a few layers that each mean something
+#: maps shown as layers, the only ones the plugin predicts (so a prediction adds a few
+#: layers that each mean something); the per-network ones come from `semiseg predict --maps`
 LAYER_MAPS = ("confidence", "discrepancy", "uncertainty", "pseudo-labels")
 #: layer maps whose contrast limits come from their values (0 to the 99.9th percentile)
 UNFIXED_LIMITS = tuple(

@@ -90,9 +90,6 @@ class StatusLine(QLabel):
     def text_shown(self) -> str:
         return super().text()
 
-    def full_text(self) -> str:
-        return self._full
-
     def _fits(self, text: str, width: int) -> bool:
         rect = self.fontMetrics().boundingRect(
             QRect(0, 0, width, 1 << 20), int(Qt.TextFlag.TextWordWrap), text

@@ -90,8 +90,9 @@ def fit_normalization(
                 "(e.g. numpy.nan_to_num) before segmenting"
             )
         with np.errstate(over="ignore"):
-            channel = raw.astype(np.float32)
-        if not np.all(np.isfinite(channel)):
+            channel = np.asarray(raw, dtype=np.float32)  # (no copy of a float32 image)
+        # only floats wider than float32 can overflow it (integers up to 2^64 fit)
+        if raw.dtype.kind == "f" and raw.dtype.itemsize > 4 and not np.all(np.isfinite(channel)):
             big = float(np.max(np.abs(raw.astype(np.float64))))
             raise SemisegError(
                 f"the image holds intensities up to {big:.3g}, beyond what float32 holds "

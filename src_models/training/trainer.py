@@ -98,13 +98,11 @@ def _estimate_total(
     if config.minutes is None:
         return config.iterations
     left = max(0.0, config.minutes * 60 - elapsed)
-    if phase is not None and done - phase[0] >= 3 and elapsed > phase[1]:
-        rate = (done - phase[0]) / (elapsed - phase[1])
-        return max(done + 1, done + int(rate * left))
-    if done - start < 3 or elapsed <= 0:
-        return max(done + 1, config.iterations if config.iterations else done + 1)
-    rate = (done - start) / elapsed
-    return max(done + 1, done + int(rate * left))
+    # the current phase's rate once it has 3 steps, else the whole run's
+    for first, since in ([phase] if phase is not None else []) + [(start, 0.0)]:
+        if done - first >= 3 and elapsed > since:
+            return max(done + 1, done + int((done - first) / (elapsed - since) * left))
+    return max(done + 1, config.iterations if config.iterations else done + 1)
 
 
 def train(
