@@ -38,7 +38,7 @@ from _protocol import PROTOCOLS, load_case, protocol_slices, scored_dice, sparse
 from src_models.inference import predict_volume
 from src_models.interpolation import interpolate_volume
 from src_models.postprocess import largest_component_3d
-from src_models.propagation import propagate_volume, propagation_prior
+from src_models.propagation import propagate_volume, propagation_prior, walk_extend
 from src_models.recipe import RunRecipe, build_run
 from src_models.training import train
 
@@ -56,6 +56,10 @@ def zero_training(image, labels, axis, labeled) -> dict:
             image, given, labeled, axis, k, beta=130.0, extend=0
         ),
         "propagation": lambda: propagate_volume(image, given, labeled, axis, k),
+        # the user said the outer labeled slices are the structure's ends (--ends-labeled)
+        "propagation_ends": lambda: propagate_volume(
+            image, given, labeled, axis, k, extend=walk_extend(True)
+        ),
     }
     rows = {}
     for name, run in runs.items():
@@ -68,8 +72,23 @@ def zero_training(image, labels, axis, labeled) -> dict:
     return rows
 
 
-def trained(method, image, labels, axis, labeled, budgets, seed, overrides) -> dict:
-    """One run of ``method`` with the product's defaults; Dice at each budget."""
+def trained(method, image, labels, axis, labeled, budgets, seed, overrides, separate) -> dict:
+    """``method`` with the product's defaults; Dice at each budget: one run per budget
+    (``separate``: what a user who sets that budget gets, its learning rate decayed to the
+    end) or the weights of one run of the largest budget copied as the clock passes each."""
+    if not separate:
+        return trained_run(method, image, labels, axis, labeled, budgets, seed, overrides)
+    result: dict = {"budgets": {}, "setup_seconds": [], "prior_seconds": [], "separate": True}
+    for minutes in sorted(budgets):
+        one = trained_run(method, image, labels, axis, labeled, [minutes], seed, overrides)
+        result["budgets"].update(one["budgets"])
+        result["setup_seconds"].append(one["setup_seconds"])
+        result["prior_seconds"].append(one["prior_seconds"])
+    return result
+
+
+def trained_run(method, image, labels, axis, labeled, budgets, seed, overrides) -> dict:
+    """One run of ``method`` for ``max(budgets)`` minutes; Dice at each budget."""
     k = int(labels.max()) + 1
     recipe = RunRecipe(
         method=method,
@@ -92,8 +111,11 @@ def trained(method, image, labels, axis, labeled, budgets, seed, overrides) -> d
 
     train(bundle, run.sampler, run.config, callback=snap)
     t = time.perf_counter()
-    prior = propagation_prior(image, sparse(labels, axis, labeled), labeled, axis, k)
+    given = sparse(labels, axis, labeled)
+    prior = propagation_prior(image, given, labeled, axis, k, recipe.ends_labeled)
     prior_seconds = time.perf_counter() - t
+    # the same weights fused with the other propagation (stopping at / going beyond the ends)
+    other = propagation_prior(image, given, labeled, axis, k, not recipe.ends_labeled)
     rows = {}
     for minutes, (iteration, elapsed, state) in sorted(snapshots.items()):
         bundle.method.load_state_dict(state, with_optimizers=False)
@@ -118,6 +140,9 @@ def trained(method, image, labels, axis, labeled, budgets, seed, overrides) -> d
             "model_flips": scored_dice(flipped.argmax(0), labels, axis, labeled),
             "output_flips": scored_dice(
                 (0.5 * flipped + 0.5 * prior).argmax(0), labels, axis, labeled
+            ),
+            "output_" + ("extended" if recipe.ends_labeled else "ends"): scored_dice(
+                (0.5 * model + 0.5 * other).argmax(0), labels, axis, labeled
             ),
         }
     return {"budgets": rows, "setup_seconds": setup, "prior_seconds": prior_seconds}
@@ -154,7 +179,15 @@ def benchmark(args) -> None:
                 for method in [] if args.zero_only else args.methods:
                     name = method + (f"+{args.tag}" if args.tag else "")
                     result = trained(
-                        method, image, labels, axis, labeled, args.budgets, args.seed, overrides
+                        method,
+                        image,
+                        labels,
+                        axis,
+                        labeled,
+                        args.budgets,
+                        args.seed,
+                        overrides,
+                        args.separate,
                     )
                     result["threads"] = torch.get_num_threads()
                     result["overrides"] = overrides
@@ -173,6 +206,18 @@ def load_all() -> list[dict]:
 
 
 ZERO = ("interpolation", "random_walker", "propagation")
+#: the tag of runs where the user said the outer labeled slices are the structure's ends
+#: (``--overrides '{"ends_labeled": true}' --tag ends``: the CLI's --ends-labeled)
+ENDS_TAG = "ends"
+
+
+def _rows(group: list[dict], method: str):
+    """(row label, trained method name, propagation entry) of a (dataset, protocol, k)
+    group: the default, and on the ``ends`` protocol also the runs with --ends-labeled."""
+    yield group[0]["protocol"], method, "propagation"
+    tagged = f"{method}+{ENDS_TAG}"
+    if group[0]["protocol"] == "ends" and any(tagged in r["methods"] for r in group):
+        yield "ends, --ends-labeled", tagged, "propagation_ends"
 
 
 def _mean(values) -> float:
@@ -195,29 +240,45 @@ def report_lines(method: str = "supervised") -> list[str]:
         "(better baseline + 3 / + 5) | volumes meeting it |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for (dataset, protocol, k), group in sorted(groups.items()):
-        zero = {n: _mean(r["zero_training"][n]["dice"] for r in group) for n in ZERO}
-        trained = [r for r in group if method in r["methods"]]
-        cells, goals, meets = [], [], []
-        for minutes, margin in (("2.0", 0.03), ("5.0", 0.05)):
-            out = [r["methods"][method]["budgets"].get(minutes, {}).get("output") for r in trained]
-            cells.append(f"{_mean(out):.3f}" if trained else "n/a")
-            bars = [
-                max(r["zero_training"]["interpolation"]["dice"],
-                    r["zero_training"]["random_walker"]["dice"]) + margin
-                for r in trained
-            ]  # fmt: skip
-            goals.append(f"{_mean(bars):.3f}" if trained else "n/a")
-            meets.append(
-                f"{sum(o is not None and o >= b for o, b in zip(out, bars, strict=True))}"
-                f"/{len(trained)}"
-            )
-        lines.append(
-            f"| {dataset} | {protocol} | {k} | {len(group)} | {zero['interpolation']:.3f} | "
-            f"{zero['random_walker']:.3f} | {zero['propagation']:.3f} | {cells[0]} | "
-            f"{cells[1]} | {goals[0]} / {goals[1]} | {meets[0]} / {meets[1]} |"
+    for (dataset, _protocol, k), group in sorted(groups.items()):
+        for label, name, walk in _rows(group, method):
+            lines.append(_group_row(dataset, label, k, group, name, walk))
+    lines += _per_volume_lines(runs, method)
+    return lines
+
+
+def _group_row(dataset: str, label: str, k: int, group: list[dict], method: str, walk: str):
+    """One row of the summary table: the means over the volumes of ``group``."""
+    zero = {
+        n: _mean(r["zero_training"].get(walk if n == "propagation" else n, {}).get("dice")
+                 for r in group)
+        for n in ZERO
+    }  # fmt: skip
+    trained = [r for r in group if method in r["methods"]]
+    cells, goals, meets = [], [], []
+    for minutes, margin in (("2.0", 0.03), ("5.0", 0.05)):
+        out = [r["methods"][method]["budgets"].get(minutes, {}).get("output") for r in trained]
+        cells.append(f"{_mean(out):.3f}" if trained else "n/a")
+        bars = [
+            max(r["zero_training"]["interpolation"]["dice"],
+                r["zero_training"]["random_walker"]["dice"]) + margin
+            for r in trained
+        ]  # fmt: skip
+        goals.append(f"{_mean(bars):.3f}" if trained else "n/a")
+        meets.append(
+            f"{sum(o is not None and o >= b for o, b in zip(out, bars, strict=True))}"
+            f"/{len(trained)}"
         )
-    lines += [
+    return (
+        f"| {dataset} | {label} | {k} | {len(group)} | {zero['interpolation']:.3f} | "
+        f"{zero['random_walker']:.3f} | {zero['propagation']:.3f} | {cells[0]} | "
+        f"{cells[1]} | {goals[0]} / {goals[1]} | {meets[0]} / {meets[1]} |"
+    )
+
+
+def _per_volume_lines(runs: list[dict], method: str) -> list[str]:
+    """The per-volume table and the other methods' table."""
+    lines = [
         "",
         "Per volume (Dice on the non-labeled slices; `model` = the network alone, `output` = "
         "what the product hands back, fused with the propagation; iterations reached):",
@@ -247,25 +308,31 @@ def report_lines(method: str = "supervised") -> list[str]:
     if others:
         lines += [
             "",
-            "Other methods on the same slices (output at 2 / 5 min, with the product's "
-            "defaults: warm-up, propagation prior, fused prediction):",
+            "Other methods and variants on the same slices (output at 2 / 5 min, with the "
+            "product's defaults: warm-up, propagation prior, fused prediction; `+ends`: "
+            "`--ends-labeled`; `separate`: one run per budget, else the weights of the 5-minute "
+            f"run at 2 minutes), beside {method} (with the same tag) at 5 min:",
             "",
-            "| volume | protocol | k | method | output 2 / 5 min | iterations 5 min | "
-            f"{method} 5 min | note |",
-            "|---|---|---:|---|---:|---:|---:|---|",
+            "| volume | protocol | k | method | output 2 / 5 min | iterations 2 / 5 min | "
+            f"{method} 5 min | separate | note |",
+            "|---|---|---:|---|---:|---:|---:|---|---|",
         ]
         for r in runs:
             for name in others:
                 if name not in r["methods"]:
                     continue
                 b = r["methods"][name]["budgets"]
-                ref = r["methods"].get(method, {}).get("budgets", {}).get("5.0", {})
+                tag = name.partition("+")[2]
+                same = f"{method}+{tag}" if tag and name != f"{method}+{tag}" else method
+                ref = r["methods"].get(same, {}).get("budgets", {}).get("5.0", {})
                 lines.append(
                     f"| {r['dataset']}/{r['case']} | {r['protocol']} | {r['k']} | {name} | "
                     f"{b.get('2.0', {}).get('output', float('nan')):.3f} / "
                     f"{b.get('5.0', {}).get('output', float('nan')):.3f} | "
+                    f"{b.get('2.0', {}).get('iteration', 'n/a')} / "
                     f"{b.get('5.0', {}).get('iteration', 'n/a')} | "
                     f"{ref.get('output', float('nan')):.3f} | "
+                    f"{'yes' if r['methods'][name].get('separate') else 'no'} | "
                     f"{r['methods'][name].get('handed_back') or ''} |"
                 )
     return lines
@@ -328,6 +395,12 @@ def main() -> None:
     parser.add_argument("--budgets", type=float, nargs="+", default=[2.0, 5.0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument(
+        "--separate",
+        action="store_true",
+        help="one run per budget (what a user who sets it gets) instead of the weights of one "
+        "run of the largest budget copied as the clock passes each",
+    )
     parser.add_argument("--zero-only", action="store_true", help="only the zero-training rows")
     parser.add_argument("--overrides", help="JSON of RunRecipe fields, e.g. a lever to test")
     parser.add_argument("--tag", default="", help="suffix of the method's row (a variant)")

@@ -81,6 +81,8 @@ class TrainRequest:
     ignore_label: int | None = None
     #: share of each labeled batch taken from the propagation (the recipe's default)
     prior_fraction: float = DEFAULT_PRIOR_FRACTION
+    #: the outer labeled slices are the structure's first and last (the recipe's)
+    ends_labeled: bool = False
 
     def thread_count(self) -> int:
         if self.threads > 0:
@@ -101,6 +103,7 @@ class TrainRequest:
             checkpoint_every=self.checkpoint_every,
             checkpoint_seconds=self.checkpoint_seconds,
             prior_fraction=self.prior_fraction,
+            ends_labeled=self.ends_labeled,
         )
 
     def train_config(self, start: int = 0, axis: int = 0) -> TrainConfig:

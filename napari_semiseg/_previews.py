@@ -28,7 +28,7 @@ from src_models.data.label_values import LabelValues, interpret_labels
 from src_models.data.volumes import check_axis, check_labels
 from src_models.errors import SemisegError
 from src_models.interpolation import interpolate_volume
-from src_models.propagation import affordable, propagate_volume
+from src_models.propagation import affordable, propagate_volume, walk_extend
 
 
 def interpolate_labels(
@@ -74,10 +74,12 @@ def propagate_labels(
     rgb: bool = False,
     num_classes: int | None = None,
     values: LabelValues | None = None,
+    ends_labeled: bool = False,
 ) -> InterpolationPreview | None:
     """The random-walker propagation of the sparse ``labels`` over ``image`` (the better
     zero-training result, :mod:`src_models.propagation`), or None when the image is larger
-    than memory or the labeled range too large for it (the interpolation stays)."""
+    than memory or the labeled range too large for it (the interpolation stays).
+    ``ends_labeled``: the outer labeled slices are the structure's ends (nothing beyond)."""
     if lazy_image(image, rgb) is not None:
         return None
     img = image_channels_first(image, rgb)
@@ -85,11 +87,18 @@ def propagate_labels(
     check_labels(labels, None if values is not None else num_classes)
     values = values or interpret_labels([labels], num_classes)
     used = sorted({int(s) for s in labeled if 0 <= int(s) < labels.shape[axis]})
-    if not affordable(np.moveaxis(labels, axis, 0).shape, used):
+    if not affordable(np.moveaxis(labels, axis, 0).shape, used, ends_labeled):
         return None
     t0 = time.perf_counter()
     try:
-        ids = propagate_volume(img, values.encode(labels), used, axis, values.num_classes)
+        ids = propagate_volume(
+            img,
+            values.encode(labels),
+            used,
+            axis,
+            values.num_classes,
+            extend=walk_extend(ends_labeled),
+        )
     except MemoryError as exc:
         raise _friendly(exc) from None
     dtype = labels.dtype if labels.dtype.kind in "iu" else np.int64
@@ -104,15 +113,19 @@ def zero_training_previews(
     labeled: list[int],
     rgb: bool = False,
     ignore: int | None = None,
+    ends_labeled: bool = False,
 ) -> Generator[InterpolationPreview, None, None]:
     """The interpolation at once, then the propagation when it is affordable (worker side);
-    ``ignore``: the value of unannotated voxels (region corrections)."""
+    ``ignore``: the value of unannotated voxels (region corrections); ``ends_labeled``: the
+    outer labeled slices are the structure's ends."""
     values = label_values(labels, ignore)
     yield interpolate_labels(labels, axis, labeled, values=values)
     propagated = (
         None
         if image is None
-        else propagate_labels(image, labels, axis, labeled, rgb, values=values)
+        else propagate_labels(
+            image, labels, axis, labeled, rgb, values=values, ends_labeled=ends_labeled
+        )
     )
     if propagated is not None:
         yield propagated

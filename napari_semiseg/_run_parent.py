@@ -205,7 +205,13 @@ def training_events(
             yield interpolate_labels(job.labels, job.axis, job.labeled, values=values)
             # the better zero-training result follows within seconds, while the child trains
             propagated = propagate_labels(
-                job.image, job.labels, job.axis, job.labeled, job.rgb, values=values
+                job.image,
+                job.labels,
+                job.axis,
+                job.labeled,
+                job.rgb,
+                values=values,
+                ends_labeled=req.ends_labeled,
             )
             if propagated is not None:
                 yield propagated

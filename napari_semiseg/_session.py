@@ -98,6 +98,9 @@ class Session:
         self.accepted: set[int] = set()
         #: the labels' value for unannotated voxels (region corrections), or None
         self.ignore_label: int | None = None
+        #: the outer labeled slices are the structure's first and last (the training dock's
+        #: "Labeled slices include the first and last"): the propagation stops there
+        self.ends_labeled: bool = False
         self.preview_index: int | None = None
         self.history = LossHistory()
         self.busy: str = ""

@@ -67,6 +67,9 @@ class RunRecipe:
     foreground_crops: float = DEFAULT_FOREGROUND_CROPS
     prior: str = DEFAULT_PRIOR
     prior_fraction: float = DEFAULT_PRIOR_FRACTION
+    #: the outer labeled slices are the structure's first and last (what Slicer / ITK-SNAP
+    #: users label): the propagation, as target and in the fused prediction, stops there
+    ends_labeled: bool = False
     warmup: float = 0.4
     warmup_plateau: float = 0.0
     prior_final: float = 0.5
@@ -186,6 +189,8 @@ def build_run(
         )
         bundle.method.check_new_run()
         bundle.info.setdefault("prior", recipe.prior if recipe.prior_fraction > 0 else None)
+    # predictions fuse with the propagation as the run trained with it (also when continued)
+    bundle.info["ends_labeled"] = bool(recipe.ends_labeled)
     sampler = SliceSampler(
         volumes,
         patch_size=recipe.patch_size,
@@ -196,6 +201,7 @@ def build_run(
         foreground_crops=recipe.foreground_crops,
         prior_fraction=recipe.prior_fraction,
         prior=recipe.prior,
+        ends_labeled=recipe.ends_labeled,
     )
     if len(volumes) == 1:  # what `semiseg suggest` starts from without --labels
         bundle.info["labeled_slices"] = list(volumes[0].labeled)

@@ -194,6 +194,8 @@ class TrainingDock(QWidget):
         self.axis_combo = self.data_tab.axis_combo
         self.data_info = self.data_tab.data_info
         self.interpolate_button = self.data_tab.interpolate_button
+        self.ends_labeled = self.data_tab.ends_labeled
+        self.ends_labeled.toggled.connect(self._on_ends_labeled)
         self.image_combo.layerChanged.connect(self._on_image_layer)
         self.labels_combo.layerChanged.connect(self._on_labels_layer)
         self.axis_combo.activated.connect(self._on_axis_chosen)
@@ -337,6 +339,9 @@ class TrainingDock(QWidget):
         self._update_preview_index()
         self.refresh_data_info()
 
+    def _on_ends_labeled(self, checked: bool) -> None:
+        self.session.ends_labeled = bool(checked)
+
     def _schedule_info(self, *_: Any) -> None:
         self._info_timer.start()
 
@@ -427,6 +432,7 @@ class TrainingDock(QWidget):
             device=self.device_combo.currentText(),
             preview_seconds=self.preview_seconds.value(),
             ignore_label=self.session.ignore_label,
+            ends_labeled=self.session.ends_labeled,
         )
 
     def start_training(self, resume: bool = False, iterations: int | None = None) -> bool:
@@ -661,6 +667,7 @@ class TrainingDock(QWidget):
             labeled,
             rgb=bool(image.rgb) if pixels is not None else False,
             ignore=self.session.ignore_label,
+            ends_labeled=self.session.ends_labeled,
             _start_thread=False,
             _connect={
                 "yielded": partial(self.show_interpolation, source=labels),
@@ -903,6 +910,8 @@ class TrainingDock(QWidget):
             self.axis_combo.setCurrentIndex(bundle.axis)
             self._axis_manual = True
         self.patch_size.setValue(bundle.patch_size)
+        if "ends_labeled" in bundle.info:  # predictions stop at the ends as the model trained
+            self.ends_labeled.setChecked(bool(bundle.info["ends_labeled"]))
 
     def _save_dialog(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Save the model into a folder")

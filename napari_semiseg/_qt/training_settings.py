@@ -14,6 +14,7 @@ from napari.layers import Image, Labels
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QAbstractSpinBox,
+    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
@@ -87,9 +88,17 @@ class DataTab(FormTab):
             "where the labels are; change it if needed)"
         )
         self.data_info = wrapping_label()
+        self.ends_labeled = QCheckBox("Labeled slices include the first and last")
+        self.ends_labeled.setToolTip(
+            "Tick when the outer labeled slices are the first and last slices where the "
+            "structure appears (as for Slicer's 'fill between slices'): the propagation, "
+            "training and prediction then stop there. Untick when the structure goes on "
+            "beyond them: the propagation reaches 3 slices further."
+        )
         form.addRow("Image", self.image_combo)
         form.addRow("Labels", self.labels_combo)
         form.addRow("Slice axis", self.axis_combo)
+        form.addRow(self.ends_labeled)
         form.addRow(self.data_info)
         self.interpolate_button = QPushButton("Propagate (no training)")
         form.addRow(self.interpolate_button)

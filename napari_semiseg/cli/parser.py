@@ -118,6 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
         "propagation (default) or the shape interpolation",
     )
     t.add_argument(
+        "--ends-labeled",
+        action="store_true",
+        help="the outer labeled slices are the first and last slices where the structure "
+        "appears (as for Slicer's 'fill between slices'): the propagation, as training "
+        "target and in 'predict --labels', stops there (default: it may reach 3 slices "
+        "beyond them, for labeled slices strictly inside the structure)",
+    )
+    t.add_argument(
         "--prior-final",
         type=float,
         default=0.5,

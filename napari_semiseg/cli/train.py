@@ -39,8 +39,9 @@ ZERO_TRAINING = {
         "propagation",
         "no training, seconds: a random walker seeded by the labeled slices follows the "
         "image's edges from one labeled slice to the next (Biomedisa's 'smart "
-        "interpolation'; nothing beyond the outer labeled slices); the best zero-training "
-        "result and the bar every method must beat. Writes <labels-stem>_propagation.<ext>.",
+        "interpolation'; up to 3 slices beyond the outer labeled ones, none with "
+        "--ends-labeled); the best zero-training result and the bar every method must beat. "
+        "Writes <labels-stem>_propagation.<ext>.",
     ),
 }
 
@@ -54,7 +55,7 @@ def _zero_training(args: argparse.Namespace, volumes, label_metas, values) -> in
     from napari_semiseg.io import map_path, write_volumes
     from src_models.data.volumes import from_slices
     from src_models.interpolation import interpolate_slices
-    from src_models.propagation import propagate
+    from src_models.propagation import propagate, walk_extend
 
     suffix = ZERO_TRAINING[args.method][0]
     out = Path(args.out)
@@ -77,7 +78,10 @@ def _zero_training(args: argparse.Namespace, volumes, label_metas, values) -> in
         t0 = time.perf_counter()
         labels = vol.labels.clip(min=0)
         if args.method == PROPAGATE:
-            result = propagate(vol.slices, vol.labels, vol.labeled, values.num_classes)
+            extend = walk_extend(args.ends_labeled)
+            result = propagate(
+                vol.slices, vol.labels, vol.labeled, values.num_classes, extend=extend
+            )
         else:
             result = interpolate_slices(labels, vol.labeled, values.num_classes)
         mask = values.decode(from_slices(result.labels, vol.axis))
@@ -134,6 +138,7 @@ def _recipe(args: argparse.Namespace, params: dict[str, str]):
         warmup_plateau=args.warmup_plateau,
         prior_final=args.prior_final,
         checkpoint_every=args.checkpoint_every,
+        ends_labeled=args.ends_labeled,
     )
 
 

@@ -34,7 +34,7 @@ from src_models.data.lazy import LazySlices, UnlabeledWindow
 from src_models.data.volumes import Volume
 from src_models.errors import SemisegError
 from src_models.interpolation import interpolate_slices, prior_weights
-from src_models.propagation import affordable, propagate
+from src_models.propagation import affordable, propagate, walk_extend
 
 #: fewer labeled slices than this are all needed for training: none is held out and a method
 #: that selects on held-out slices (SDCL) keeps its last state instead (with the 3-5 labeled
@@ -49,13 +49,14 @@ PROPAGATION_UNSURE, PROPAGATION_SURE = 0.6, 0.9
 
 
 def propagation_targets(
-    volume: Volume, labeled: list[int], num_classes: int
+    volume: Volume, labeled: list[int], num_classes: int, ends_labeled: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Targets (N, H, W) and per-pixel weights (N, H, W) of the random-walker propagation of
     ``volume``'s ``labeled`` slices: its class ids, weighted by how sure the walk is (0 below
     :data:`PROPAGATION_UNSURE`, 1 from :data:`PROPAGATION_SURE`), 0 on the labeled slices
     (they train as labeled) and on slices the propagation does not reach."""
-    result = propagate(volume.slices, volume.labels, labeled, num_classes)
+    extend = walk_extend(ends_labeled)
+    result = propagate(volume.slices, volume.labels, labeled, num_classes, extend=extend)
     sure = result.probabilities.max(axis=0)
     span = PROPAGATION_SURE - PROPAGATION_UNSURE
     weights = np.clip((sure - PROPAGATION_UNSURE) / span, 0.0, 1.0).astype(np.float32)
@@ -102,6 +103,8 @@ class SliceSampler:
             weights from :func:`prior_weights`) or ``"propagation"`` (the random walker of
             :mod:`src_models.propagation`, weights from its confidence,
             :func:`propagation_targets`; the interpolation for a volume too large for it).
+        ends_labeled: the outer labeled slices are the structure's first and last: the
+            propagation stops at them (:func:`src_models.propagation.walk_extend`).
     """
 
     def __init__(
@@ -117,6 +120,7 @@ class SliceSampler:
         prior_fraction: float = 0.0,
         prior_band: float = 1.0,
         prior: str = "propagation",
+        ends_labeled: bool = False,
     ) -> None:
         if prior not in PRIORS:
             raise SemisegError(f"prior must be one of {', '.join(PRIORS)}, not {prior!r}")
@@ -179,8 +183,11 @@ class SliceSampler:
                 if not isinstance(vol.labels, np.ndarray) or len(used) < 2:
                     continue  # unlabeled, or larger than memory (no interpolation prior)
                 in_memory = isinstance(vol.slices, np.ndarray)
-                if prior == "propagation" and in_memory and affordable(vol.labels.shape, used):
-                    targets, weights = propagation_targets(vol, used, self.num_classes)
+                walkable = affordable(vol.labels.shape, used, ends_labeled)
+                if prior == "propagation" and in_memory and walkable:
+                    targets, weights = propagation_targets(
+                        vol, used, self.num_classes, ends_labeled
+                    )
                 else:
                     interp = interpolate_slices(vol.labels, used, self.num_classes)
                     targets = interp.labels

@@ -48,7 +48,7 @@ def run(*args):
     return main([str(a) for a in args])
 
 
-def train_tiny(files, run_dir):
+def train_tiny(files, run_dir, *extra):
     """Two iterations of a tiny supervised U-Net: a model to predict with."""
     return run(
         "train",
@@ -66,6 +66,7 @@ def train_tiny(files, run_dir):
         2,
         "--set",
         "channels=4,8,16,32,64",
+        *extra,
     )
 
 
@@ -324,6 +325,31 @@ def test_predict_with_labels_fuses_the_model_with_their_propagation(files, tmp_p
     nib.save(nib.Nifti1Image(np.zeros((5, 5, 5), np.uint8), AFFINE), wrong)
     assert run(*base, "--out", tmp_path / "x.nii.gz", "--labels", wrong) == 2
     assert "--labels has shape" in capsys.readouterr().err
+
+
+def test_ends_labeled_stops_the_propagation_training_and_fusion_at_the_outer_slices(
+    files, tmp_path, capsys, tiny_volume
+):
+    from src_models.propagation import propagate_volume
+
+    image, labels = tiny_volume
+    sparse = np.zeros_like(labels)
+    sparse[[3, 8]] = labels[[3, 8]]
+    out = tmp_path / "prop"
+    args = ("train", "--method", "propagate", "--image", files["image"], "--labels")
+    assert run(*args, files["labels"], "--out", out, "--ends-labeled") == 0
+    data = np.asarray(nib.load(out / "labels_propagation.nii.gz").dataobj)
+    assert np.array_equal(data, propagate_volume(image, sparse, [3, 8], 0, 3, extend=0))
+    assert not data[:3].any() and not data[9:].any() and data[[5, 6]].any()
+    # a trained run records it, and predict --labels fuses with the propagation it trained on
+    run_dir = tmp_path / "run"
+    assert train_tiny(files, run_dir, "--ends-labeled") == 0
+    assert json.loads((run_dir / "model.json").read_text())["info"]["ends_labeled"] is True
+    fused = tmp_path / "fused.nii.gz"
+    base = ("predict", "--model", run_dir, "--image", files["image"], "--labels")
+    assert run(*base, files["labels"], "--out", fused) == 0, capsys.readouterr().err
+    mask = np.asarray(nib.load(fused).dataobj)
+    assert not mask[:3].any() and not mask[9:].any() and mask[[3, 8]].any()
 
 
 def test_evaluate_can_exclude_the_labeled_slices(files, capsys):

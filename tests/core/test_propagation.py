@@ -13,12 +13,16 @@ from src_models.inference import predict_volume
 from src_models.interpolation import interpolate_slices
 from src_models.metrics import dice
 from src_models.propagation import (
+    DEFAULT_EXTEND,
     MAX_VOXELS,
     affordable,
     propagate,
     propagate_volume,
     propagation_prior,
+    propagation_voxels,
+    walk_extend,
 )
+from src_models.recipe import RunRecipe, build_run
 from src_models.training.checkpoint import create_model
 
 
@@ -149,3 +153,45 @@ def test_fused_prediction_blends_the_model_with_the_prior():
     with pytest.raises(Exception, match="the prior has shape"):
         predict_volume(bundle, vol, maps=(), prior=prior[:, :3])
     assert torch.get_num_threads() >= 1
+
+
+def test_ends_labeled_stops_the_walk_the_targets_and_the_fused_prediction_at_the_ends():
+    image, truth = wobbly_blob()
+    labeled = [5, 9]
+    sparse = np.where(np.isin(np.arange(15), labeled)[:, None, None], truth, 0)
+    assert walk_extend(True) == 0 and walk_extend(False) == DEFAULT_EXTEND > 0
+    # the walk's size (what decides whether it is affordable) follows the range it solves
+    assert propagation_voxels((15, 48, 48), labeled, ends_labeled=True) == 5 * 48 * 48
+    assert propagation_voxels((15, 48, 48), labeled) == (5 + 2 * DEFAULT_EXTEND) * 48 * 48
+    ends = propagation_prior(image[:, 0], sparse, labeled, 0, 2, ends_labeled=True)
+    wide = propagation_prior(image[:, 0], sparse, labeled, 0, 2)
+    outside = np.ones(15, bool)
+    outside[5:10] = False
+    assert (ends[0][outside] == 1).all()  # background, certain, beyond the ends
+    assert wide[1][4].max() > 0.5  # the default reaches on: the blob goes on there
+    np.testing.assert_allclose(ends[:, 5:10], wide[:, 5:10], atol=0.05)
+    # a fused prediction is background wherever the prior is certain background, whatever
+    # the network says (the prior's weight is 0.5 and ties go to background)
+    bundle = create_model(
+        "supervised", {"channels": "4,8,16,32,64"}, 1, 2, seed=0, axis=0, patch_size=48
+    )
+    fused = predict_volume(bundle, image[:, 0], maps=(), prior=ends)
+    assert not fused.labels[outside].any()
+    # the training targets: no prior slice beyond the ends
+    volumes, _ = make_volumes([image[:, 0]], [sparse], 0, [labeled])
+    stopped = SliceSampler(volumes, patch_size=48, prior_fraction=0.5, ends_labeled=True)
+    reaching = SliceSampler(volumes, patch_size=48, prior_fraction=0.5)
+    assert sorted(s for _, s in stopped.prior_index) == [6, 7, 8]
+    assert {s for _, s in reaching.prior_index} > {6, 7, 8}
+
+
+def test_the_recipe_records_ends_labeled_in_the_model():
+    image, truth = wobbly_blob()
+    labeled = [5, 9]
+    sparse = np.where(np.isin(np.arange(15), labeled)[:, None, None], truth, 0)
+    params = {"channels": "4,8,16,32,64"}
+    for ends in (True, False):
+        recipe = RunRecipe(method="supervised", params=params, iterations=1, ends_labeled=ends)
+        run = build_run(recipe, [image[:, 0]], [sparse], [labeled])
+        assert run.bundle.info["ends_labeled"] is ends
+        assert max(s for _, s in run.sampler.prior_index) == (8 if ends else 9 + DEFAULT_EXTEND)

@@ -725,6 +725,26 @@ def test_interpolate_button_fills_between_slices_without_training(docks, qtbot, 
     assert errors and "3D" in errors[-1] and train.interpolation_worker is None
 
 
+def test_ends_labeled_box_stops_the_preview_and_the_run_at_the_outer_slices(docks, qtbot):
+    viewer, train, _, _ = docks
+    labels = use_growing_disc(viewer, train)
+    image = viewer.layers["vol"].data
+    assert not train.ends_labeled.isChecked() and not train.session.ends_labeled
+    train.ends_labeled.setChecked(True)
+    assert train.session.ends_labeled and train.request().ends_labeled
+    train.interpolate_button.click()
+    qtbot.waitUntil(lambda: train.interpolation_worker is None, timeout=TIMEOUT)
+    shown = viewer.layers[NO_TRAINING_LAYER].data
+    np.testing.assert_array_equal(shown, propagate_volume(image, labels, [2, 9], 0, 2, extend=0))
+    assert not shown[:2].any() and not shown[10:].any()
+    # the run trains with it and the model keeps it (a later fused prediction stops there too)
+    train_now(qtbot, train)
+    assert train.session.bundle.info["ends_labeled"] is True
+    train.ends_labeled.setChecked(False)
+    train._show_model(train.session.bundle)  # a model loaded again: the box follows it
+    assert train.ends_labeled.isChecked() and train.session.ends_labeled
+
+
 def test_a_killed_training_process_leaves_the_viewer_and_its_labels_working(docks, qtbot, errors):
     """SIGKILL the training process mid-run (what the out-of-memory killer does; a native
     crash ends it the same way): the viewer lives on, the error names the signal, the
