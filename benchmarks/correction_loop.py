@@ -12,7 +12,9 @@ labels so far). Two kinds of correction:
   unannotated (the ignore label), as the review dock's "only what I painted".
 
 Each round records Dice, the voxels the user painted, and the minutes. Zero-training rows
-(interpolation, propagation) get the same slices each round.
+(interpolation, propagation) get the same slices each round. On the ``ends`` protocol the
+simulated user says the outer labeled slices are the structure's ends (``--ends-labeled``:
+nothing is propagated or suggested beyond them; ``--no-ends-labeled`` to leave it off).
 
     python benchmarks/correction_loop.py --dataset hippocampus --cases 0 1 2 --minutes 1
     python benchmarks/correction_loop.py --report
@@ -34,7 +36,7 @@ from _protocol import PROTOCOLS, load_case, protocol_slices, scored_dice, sparse
 from src_models.data.label_values import IGNORE
 from src_models.inference import predict_volume
 from src_models.interpolation import interpolate_volume
-from src_models.propagation import propagate_volume, propagation_prior
+from src_models.propagation import propagate_volume, propagation_prior, walk_extend
 from src_models.recipe import RunRecipe, build_run
 from src_models.suggest import STRATEGIES, suggest
 from src_models.training import train
@@ -54,12 +56,13 @@ def uncertainty_map(pred) -> np.ndarray:
     return 1.0 - pred.maps["confidence"]
 
 
-def loop(image, truth, axis, labeled, strategy, kind, rounds, minutes, seed) -> dict:
-    """One simulated user: k0 slices, then ``rounds`` corrections."""
+def loop(image, truth, axis, labeled, strategy, kind, rounds, minutes, seed, ends) -> dict:
+    """One simulated user: k0 slices, then ``rounds`` corrections; ``ends``: the user says
+    the outer labeled slices are the structure's ends (``--ends-labeled``)."""
     k = int(truth.max()) + 1
     labels = sparse(truth, axis, labeled).astype(np.int64)
     done = list(labeled)
-    recipe = RunRecipe(axis=axis, minutes=minutes, seed=seed)
+    recipe = RunRecipe(axis=axis, minutes=minutes, seed=seed, ends_labeled=ends)
     bundle = None
     rows = []
     t0 = time.perf_counter()
@@ -70,7 +73,7 @@ def loop(image, truth, axis, labeled, strategy, kind, rounds, minutes, seed) -> 
         config = run.config
         config.iterations = bundle.iteration + 1  # minutes decide; continue counts on
         train(bundle, run.sampler, config)
-        prior = propagation_prior(image, labels, done, axis, k)
+        prior = propagation_prior(image, labels, done, axis, k, ends)
         maps = ["discrepancy"] if "discrepancy" in bundle.method.map_names else ["confidence"]
         pred = predict_volume(bundle, image, maps=maps, prior=prior)
         rows.append(
@@ -90,7 +93,10 @@ def loop(image, truth, axis, labeled, strategy, kind, rounds, minutes, seed) -> 
         unsure = uncertainty_map(pred)
         score = unsure.mean(axis=others)
         structure = pred.labels.astype(bool).any(axis=others)
-        pick = suggest(done, truth.shape[axis], score, structure, 1, strategy)[0].index
+        picks = suggest(done, truth.shape[axis], score, structure, 1, strategy, ends)
+        if not picks:  # every slice between the ends is labeled
+            break
+        pick = picks[0].index
         index = [slice(None)] * 3
         index[axis] = pick
         index = tuple(index)
@@ -106,12 +112,12 @@ def loop(image, truth, axis, labeled, strategy, kind, rounds, minutes, seed) -> 
     return {"rounds": rows}
 
 
-def zero_training_rows(image, truth, axis, slices_per_round) -> list[dict]:
+def zero_training_rows(image, truth, axis, slices_per_round, ends) -> list[dict]:
     rows = []
     for done in slices_per_round:
         given = sparse(truth, axis, done)
         interp = interpolate_volume(given, done, axis)
-        prop = propagate_volume(image, given, done, axis)
+        prop = propagate_volume(image, given, done, axis, extend=walk_extend(ends))
         rows.append(
             {"interpolation": whole_dice(interp, truth), "propagation": whole_dice(prop, truth)}
         )
@@ -126,17 +132,20 @@ def benchmark(args) -> None:
             labeled = protocol_slices(truth, axis, args.k0, protocol)
             path = FOLDER / f"{args.dataset}__{case}__{protocol}.json"
             entry = json.loads(path.read_text()) if path.exists() else {"loops": {}}
-            entry.update(dataset=args.dataset, case=case, protocol=protocol, k0=labeled)
+            ends = protocol == "ends" and not args.no_ends_labeled
+            entry.update(
+                dataset=args.dataset, case=case, protocol=protocol, k0=labeled, ends_labeled=ends
+            )
             entry["machine"] = machine()
             for strategy in args.strategies:
                 for kind in args.kinds:
                     print(f"{args.dataset}/{case}/{protocol} {strategy} {kind}", flush=True)
                     result = loop(
                         image, truth, axis, labeled, strategy, kind, args.rounds,
-                        args.minutes, args.seed,
+                        args.minutes, args.seed, ends,
                     )  # fmt: skip
                     slices = [row["labeled"] for row in result["rounds"]]
-                    result["zero_training"] = zero_training_rows(image, truth, axis, slices)
+                    result["zero_training"] = zero_training_rows(image, truth, axis, slices, ends)
                     entry["loops"][f"{strategy}/{kind}"] = result
                     tmp = path.with_suffix(".tmp")
                     tmp.write_text(json.dumps(entry, indent=1))
@@ -158,6 +167,11 @@ def main() -> None:
     parser.add_argument("--dataset", choices=("la", "hippocampus"), default="hippocampus")
     parser.add_argument("--cases", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--protocol", nargs="+", choices=PROTOCOLS, default=list(PROTOCOLS))
+    parser.add_argument(
+        "--no-ends-labeled",
+        action="store_true",
+        help="on the ends protocol, do not tell the product the outer slices are the ends",
+    )
     parser.add_argument("--k0", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--minutes", type=float, default=1.0)

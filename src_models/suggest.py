@@ -17,6 +17,8 @@ prediction holds the structure:
   diversity idea behind ClaSP PE).
 
 Each pick counts as labeled for the next one, so ``n`` suggestions spread over the volume.
+With ``ends_labeled`` (the user labeled the structure's first and last slices) nothing
+beyond the outer labeled slices is suggested: those slices are known background.
 The default is ``strided`` until ``benchmarks/correction_loop.py`` measures a score that
 beats it at every round.
 """
@@ -84,6 +86,7 @@ def suggest(
     structure: np.ndarray | None = None,
     n: int = 5,
     strategy: str = DEFAULT_STRATEGY,
+    ends_labeled: bool = False,
 ) -> list[Suggestion]:
     """Up to ``n`` slices to annotate next, best first.
 
@@ -94,6 +97,8 @@ def suggest(
             strategies).
         structure: (n_slices,) bool, slices where the prediction holds the structure (the
             extent ``strided`` spreads over; default all slices).
+        ends_labeled: the outer labeled slices are the structure's first and last: the
+            extent is theirs and no slice beyond them is suggested.
     """
     if strategy not in STRATEGIES:
         raise SemisegError(f"unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
@@ -105,11 +110,14 @@ def suggest(
     present = np.flatnonzero(structure) if structure is not None else np.arange(n_slices)
     first, last = (int(present[0]), int(present[-1])) if len(present) else (0, n_slices - 1)
     first, last = min([first] + done), max([last] + done)
+    bounded = ends_labeled and len(done) >= 2
+    if bounded:
+        first, last = done[0], done[-1]
     out: list[Suggestion] = []
     for _ in range(max(0, min(n, n_slices - len(done)))):
         if strategy == "strided":
             pick = _strided(done, first, last)
-            if pick is None:  # the extent is covered: the largest gap anywhere
+            if pick is None and not bounded:  # the extent is covered: the largest gap anywhere
                 pick = _strided(done, 0, n_slices - 1)
         else:
             score = np.asarray(uncertainty, np.float64).copy()
@@ -124,6 +132,9 @@ def suggest(
                 score = score * dist
                 why = "mean uncertainty {:.3f} x {:.0f} slices from the nearest labeled one"
             score[done] = -np.inf
+            if bounded:
+                score[:first] = -np.inf
+                score[last + 1 :] = -np.inf
             i = int(np.argmax(score))
             if not np.isfinite(score[i]):
                 break

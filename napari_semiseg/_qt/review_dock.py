@@ -662,7 +662,15 @@ class ReviewDock(QWidget):
         self._ranking_flat = (max(rest) - min(rest) <= FLAT_SCORE) if rest else False
         self._ranking_value = rest[0] if rest else 0.0
         # the same ranking as `semiseg suggest --strategy uncertainty`
-        picks = suggest(labeled, len(means), means, None, n=len(means), strategy="uncertainty")
+        picks = suggest(
+            labeled,
+            len(means),
+            means,
+            None,
+            n=len(means),
+            strategy="uncertainty",
+            ends_labeled=self.session.ends_labeled,
+        )
         return [p.index for p in picks], source
 
     def next_slice(self) -> int | None:

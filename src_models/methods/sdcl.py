@@ -257,10 +257,12 @@ class SDCL(Method):
     holdout_fraction = 0.2
     warmup_networks = ("a", "b")
     budget_note = (
-        "With 4 labeled slices on one CPU core it trails the default at 2 minutes and passes "
-        "it at 5 (hippocampus: 0.825 / 0.865 against 0.850 / 0.846, fused with the "
-        "propagation); with 5 labeled volumes it is level with supervised at 800 iterations "
-        "(about 11 minutes on a 2-core CPU). docs/benchmarks.md"
+        "Pays off from about 5 minutes: with 4 labeled slices (the ends among them, "
+        "--ends-labeled) on a 2-core CPU it trails the default at 2 minutes and passes it "
+        "at 5 (hippocampus, 5 volumes: 0.847 / 0.872 against 0.855 / 0.850; left atrium, 3 "
+        "volumes: 0.899 / 0.903 against 0.895 / 0.890, fused with the propagation); with 5 "
+        "labeled volumes it is level with supervised at 800 iterations (about 11 minutes). "
+        "docs/benchmarks.md"
     )
 
     # -- setup ----------------------------------------------------------------------------

@@ -40,3 +40,20 @@ def test_never_labeled_slices_and_clear_errors():
         suggest([1], 5, strategy="magic")
     with pytest.raises(SemisegError, match="needs the model's uncertainty"):
         suggest([1], 5, strategy="uncertainty")
+
+
+def test_nothing_beyond_the_labeled_ends_when_they_are_the_structures():
+    structure = np.zeros(40, bool)
+    structure[3:36] = True  # the prediction spills beyond the labeled ends 8 and 30
+    wide = suggest([8, 30], 40, structure=structure, n=2, strategy="strided")
+    assert [p.index for p in wide] == [3, 35]
+    bounded = suggest([8, 30], 40, structure=structure, n=3, strategy="strided", ends_labeled=True)
+    assert [p.index for p in bounded] == [19, 13, 24]
+    # the whole range labeled: nothing left to suggest (not the slices beyond the ends)
+    assert suggest(list(range(8, 31)), 40, n=2, strategy="strided", ends_labeled=True) == []
+    score = np.zeros(40)
+    score[[2, 20, 37]] = [0.9, 0.3, 0.8]
+    for strategy in ("uncertainty", "uncertainty-distance"):
+        picks = suggest([8, 30], 40, score, n=1, strategy=strategy, ends_labeled=True)
+        assert [p.index for p in picks] == [20], strategy
+        assert suggest([8, 30], 40, score, n=1, strategy=strategy)[0].index in (2, 37)
