@@ -178,17 +178,9 @@ def benchmark(args) -> None:
                 save(path, entry)
                 for method in [] if args.zero_only else args.methods:
                     name = method + (f"+{args.tag}" if args.tag else "")
-                    result = trained(
-                        method,
-                        image,
-                        labels,
-                        axis,
-                        labeled,
-                        args.budgets,
-                        args.seed,
-                        overrides,
-                        args.separate,
-                    )
+                    data = (image, labels, axis, labeled)
+                    budgets = (args.budgets, args.seed, overrides, args.separate)
+                    result = trained(method, *data, *budgets)
                     result["threads"] = torch.get_num_threads()
                     result["overrides"] = overrides
                     entry["methods"][name] = result
