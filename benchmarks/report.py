@@ -345,20 +345,24 @@ def correction_section(lines: list[str]) -> None:
         "suggest a slice -> correct it from the ground truth (the whole slice, or only where "
         "the prediction is wrong or unsure) -> continue training 1 minute; whole-volume Dice "
         "of the fused output after each round, voxels painted so far, and the zero-training "
-        "results on the same slices (labeled whole). One run each, one torch thread, two "
-        "runs side by side: a first look on one volume, not the issue's 3 + 3 volumes.",
+        "results on the same slices (labeled whole). A first look on one volume, not the "
+        "issue's 3 + 3 volumes: the rows without `--ends-labeled` ran one torch thread each, "
+        "two runs side by side (previous stop, cut short); the `ends, --ends-labeled` rows "
+        "(the simulated user says the outer labeled slices are the structure's ends, so "
+        "nothing beyond them is suggested or propagated) one run at a time on 2 threads.",
         "",
         "| volume | protocol | strategy / correction | Dice by round | painted voxels | "
         "propagation by round |",
         "|---|---|---|---|---:|---|",
     ]
     for e in entries:
+        protocol = e["protocol"] + (", --ends-labeled" if e.get("ends_labeled") else "")
         for name, result in e["loops"].items():
             rounds = result["rounds"]
             dice = " → ".join(f"{r['dice']:.3f}" for r in rounds)
             prop = " → ".join(f"{z['propagation']:.3f}" for z in result.get("zero_training", []))
             lines.append(
-                f"| {e['dataset']}/{e['case']} | {e['protocol']} | {name} | {dice} | "
+                f"| {e['dataset']}/{e['case']} | {protocol} | {name} | {dice} | "
                 f"{rounds[-1]['painted_voxels']} | {prop} |"
             )
     lines.append("")
