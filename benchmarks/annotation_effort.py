@@ -38,7 +38,7 @@ from _protocol import PROTOCOLS, load_case, protocol_slices, scored_dice, sparse
 from src_models.inference import predict_volume
 from src_models.interpolation import interpolate_volume
 from src_models.postprocess import largest_component_3d
-from src_models.propagation import propagate_volume, propagation_prior, walk_extend
+from src_models.propagation import propagate_volume, propagation_prior
 from src_models.recipe import RunRecipe, build_run
 from src_models.training import train
 
@@ -58,7 +58,7 @@ def zero_training(image, labels, axis, labeled) -> dict:
         "propagation": lambda: propagate_volume(image, given, labeled, axis, k),
         # the user said the outer labeled slices are the structure's ends (--ends-labeled)
         "propagation_ends": lambda: propagate_volume(
-            image, given, labeled, axis, k, extend=walk_extend(True)
+            image, given, labeled, axis, k, ends_labeled=True
         ),
     }
     rows = {}

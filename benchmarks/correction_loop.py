@@ -36,7 +36,7 @@ from _protocol import PROTOCOLS, load_case, protocol_slices, scored_dice, sparse
 from src_models.data.label_values import IGNORE
 from src_models.inference import predict_volume
 from src_models.interpolation import interpolate_volume
-from src_models.propagation import propagate_volume, propagation_prior, walk_extend
+from src_models.propagation import propagate_volume, propagation_prior
 from src_models.recipe import RunRecipe, build_run
 from src_models.suggest import STRATEGIES, suggest
 from src_models.training import train
@@ -117,7 +117,7 @@ def zero_training_rows(image, truth, axis, slices_per_round, ends) -> list[dict]
     for done in slices_per_round:
         given = sparse(truth, axis, done)
         interp = interpolate_volume(given, done, axis)
-        prop = propagate_volume(image, given, done, axis, extend=walk_extend(ends))
+        prop = propagate_volume(image, given, done, axis, ends_labeled=ends)
         rows.append(
             {"interpolation": whole_dice(interp, truth), "propagation": whole_dice(prop, truth)}
         )

@@ -28,7 +28,7 @@ from src_models.data.label_values import LabelValues, interpret_labels
 from src_models.data.volumes import check_axis, check_labels
 from src_models.errors import SemisegError
 from src_models.interpolation import interpolate_volume
-from src_models.propagation import affordable, propagate_volume, walk_extend
+from src_models.propagation import affordable, propagate_volume
 
 
 def interpolate_labels(
@@ -97,7 +97,7 @@ def propagate_labels(
             used,
             axis,
             values.num_classes,
-            extend=walk_extend(ends_labeled),
+            ends_labeled=ends_labeled,
         )
     except MemoryError as exc:
         raise _friendly(exc) from None

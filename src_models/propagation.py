@@ -100,11 +100,13 @@ def propagate(
     num_classes: int | None = None,
     *,
     beta: float = DEFAULT_BETA,
-    extend: int = DEFAULT_EXTEND,
+    extend: int | None = None,
+    ends_labeled: bool = False,
     tol: float = 1e-3,
 ) -> Propagation:
     """Random-walker propagation of ``labels`` (N, H, W) from its ``labeled`` slices over the
-    image ``slices`` (N, C, H, W), within the labeled range widened by ``extend`` slices."""
+    image ``slices`` (N, C, H, W), within the labeled range widened by ``extend`` slices
+    (None: :func:`walk_extend` of ``ends_labeled``)."""
     import warnings
 
     from skimage.segmentation import random_walker
@@ -118,7 +120,7 @@ def propagate(
     covered = np.zeros(n, bool)
     if not done:
         return Propagation(np.zeros(labels.shape, np.int64), probs, covered)
-    lo, hi = _walk_range(done, n, extend)
+    lo, hi = _walk_range(done, n, walk_extend(ends_labeled) if extend is None else extend)
     covered[lo : hi + 1] = True
     window = slice(lo, hi + 1)
     markers = np.zeros((hi + 1 - lo,) + labels.shape[1:], np.int64)
@@ -186,6 +188,5 @@ def propagation_prior(
     (:func:`src_models.inference.predict_volume`; with the prior's weight 0.5 the fused
     mask is background wherever the walk did not reach, beyond its range)."""
     slices, lbl = _slices_first(image, labels_zyx, axis)
-    extend = walk_extend(ends_labeled)
-    probs = propagate(slices, lbl, labeled, num_classes, extend=extend).probabilities
+    probs = propagate(slices, lbl, labeled, num_classes, ends_labeled=ends_labeled).probabilities
     return np.ascontiguousarray(np.moveaxis(probs, 1, axis + 1))

@@ -55,7 +55,7 @@ def _zero_training(args: argparse.Namespace, volumes, label_metas, values) -> in
     from napari_semiseg.io import map_path, write_volumes
     from src_models.data.volumes import from_slices
     from src_models.interpolation import interpolate_slices
-    from src_models.propagation import propagate, walk_extend
+    from src_models.propagation import propagate
 
     suffix = ZERO_TRAINING[args.method][0]
     out = Path(args.out)
@@ -78,9 +78,12 @@ def _zero_training(args: argparse.Namespace, volumes, label_metas, values) -> in
         t0 = time.perf_counter()
         labels = vol.labels.clip(min=0)
         if args.method == PROPAGATE:
-            extend = walk_extend(args.ends_labeled)
             result = propagate(
-                vol.slices, vol.labels, vol.labeled, values.num_classes, extend=extend
+                vol.slices,
+                vol.labels,
+                vol.labeled,
+                values.num_classes,
+                ends_labeled=args.ends_labeled,
             )
         else:
             result = interpolate_slices(labels, vol.labeled, values.num_classes)

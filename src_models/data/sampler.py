@@ -34,7 +34,7 @@ from src_models.data.lazy import LazySlices, UnlabeledWindow
 from src_models.data.volumes import Volume
 from src_models.errors import SemisegError
 from src_models.interpolation import interpolate_slices, prior_weights
-from src_models.propagation import affordable, propagate, walk_extend
+from src_models.propagation import affordable, propagate
 
 #: fewer labeled slices than this are all needed for training: none is held out and a method
 #: that selects on held-out slices (SDCL) keeps its last state instead (with the 3-5 labeled
@@ -55,8 +55,9 @@ def propagation_targets(
     ``volume``'s ``labeled`` slices: its class ids, weighted by how sure the walk is (0 below
     :data:`PROPAGATION_UNSURE`, 1 from :data:`PROPAGATION_SURE`), 0 on the labeled slices
     (they train as labeled) and on slices the propagation does not reach."""
-    extend = walk_extend(ends_labeled)
-    result = propagate(volume.slices, volume.labels, labeled, num_classes, extend=extend)
+    result = propagate(
+        volume.slices, volume.labels, labeled, num_classes, ends_labeled=ends_labeled
+    )
     sure = result.probabilities.max(axis=0)
     span = PROPAGATION_SURE - PROPAGATION_UNSURE
     weights = np.clip((sure - PROPAGATION_UNSURE) / span, 0.0, 1.0).astype(np.float32)
