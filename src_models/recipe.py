@@ -20,13 +20,12 @@ import torch
 from src_models.data import SliceSampler, Volume, make_volumes
 from src_models.data.sampler import PRIORS
 from src_models.errors import SemisegError
+from src_models.method_choice import AUTO, resolve_method
 from src_models.methods.base import get_method, make_config
 from src_models.training.checkpoint import ModelBundle, create_model
 from src_models.training.trainer import TrainConfig
 
-#: the default method: supervised with the propagation prior measured best at the budgets
-#: users give on a CPU (docs/benchmarks.md, "annotation effort")
-DEFAULT_METHOD = "supervised"
+DEFAULT_METHOD = AUTO
 #: iteration budget when neither iterations nor minutes are given
 DEFAULT_ITERATIONS = 1000
 #: share of the labeled crops placed over the labeled structure
@@ -77,6 +76,9 @@ class RunRecipe:
     checkpoint_seconds: float = 0.0
     #: fit torch's threads to the cores other programs leave free (on the CPU)
     adapt_threads: bool = True
+
+    def __post_init__(self) -> None:
+        self.method = resolve_method(self.method, self.minutes)
 
     def check(self, names: dict[str, str] | None = None) -> Any:
         """Refuse values no run can use (one rule for the CLI and the plugin), before any

@@ -108,6 +108,7 @@ from napari_semiseg._session import Change, ContinueTraining, SessionEvent, sess
 from napari_semiseg._train_process import ChildError, format_bytes, resident_memory
 from src_models.device import select_device
 from src_models.errors import SemisegError
+from src_models.method_choice import AUTO, resolve_method
 from src_models.methods.base import config_to_dict
 from src_models.training.checkpoint import ModelBundle, load_model, save_model
 from src_models.training.control import TrainingControl
@@ -421,9 +422,10 @@ class TrainingDock(QWidget):
     def request(self) -> TrainRequest:
         """The training request described by the dock's controls."""
         minutes = self.minutes.value() if self.budget_unit.currentIndex() == 1 else None
+        chosen = self.method_combo.currentText()
         return TrainRequest(
-            method=self.method_combo.currentText(),
-            params=self.params.values(),
+            method=resolve_method(chosen, minutes),
+            params={} if chosen == AUTO else self.params.values(),
             iterations=self.iterations.value(),
             minutes=minutes,
             batch_size=self.batch_size.value(),
@@ -903,9 +905,10 @@ class TrainingDock(QWidget):
         if bundle is None:
             return
         index = self.method_combo.findText(bundle.method.name)
-        if index >= 0 and index != self.method_combo.currentIndex():
-            self.method_combo.setCurrentIndex(index)
-        self.params.set_values(config_to_dict(bundle.method.config))
+        if self.method_combo.currentText() != AUTO:  # auto stays: it picks at each new run
+            if index >= 0 and index != self.method_combo.currentIndex():
+                self.method_combo.setCurrentIndex(index)
+            self.params.set_values(config_to_dict(bundle.method.config))
         if self.axis_combo.currentIndex() != bundle.axis:
             self.axis_combo.setCurrentIndex(bundle.axis)
             self._axis_manual = True

@@ -36,6 +36,7 @@ from napari_semiseg._qt.param_form import ParamForm
 from napari_semiseg._qt.widgets import wrapping_label
 from src_models.device import DEVICE_CHOICES, select_device
 from src_models.errors import SemisegError
+from src_models.method_choice import AUTO, AUTO_HELP
 from src_models.methods.base import get_method, method_names
 
 
@@ -112,10 +113,11 @@ class MethodTab(FormTab):
         super().__init__(parent)
         form = self.form
         self.method_combo = QComboBox()
-        self.method_combo.addItems(method_names())
+        self.method_combo.addItems([AUTO, *method_names()])
         self.method_combo.setToolTip(
-            "The training method: supervised (the default, with the propagation prior) or "
-            "one of the four semi-supervised methods; when each pays off is said below it"
+            "The training method: auto (the default: the method measured best at the "
+            "budget), supervised (with the propagation prior) or one of the four "
+            "semi-supervised methods; when each pays off is said below it"
         )
         self.method_description = wrapping_label()
         self.params = ParamForm()
@@ -130,6 +132,12 @@ class MethodTab(FormTab):
     def _on_method(self, _index: int) -> None:
         name = self.method_combo.currentText()
         if not name:
+            return
+        self.advanced.setVisible(name != AUTO)
+        if name == AUTO:  # no parameters of its own: pick a method to set them
+            self.method_description.setText(
+                f"{AUTO_HELP[0].upper()}{AUTO_HELP[1:]}. Pick a method to set its parameters."
+            )
             return
         cls = get_method(name)
         note = f"\n⏱ {cls.budget_note}" if cls.budget_note else ""

@@ -6,11 +6,13 @@ from __future__ import annotations
 import argparse
 
 from napari_semiseg.cli.train import ZERO_TRAINING
+from src_models.method_choice import AUTO_HELP
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
     from src_models.methods.base import METHODS, config_params, method_names, param_words
 
+    print(f"{AUTO_HELP}\n")
     for name, (_, text) in ZERO_TRAINING.items():
         print(f"{name}: {text}\n")
     for name in method_names():

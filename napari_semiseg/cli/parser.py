@@ -13,6 +13,7 @@ from napari_semiseg.cli.methods import cmd_methods
 from napari_semiseg.cli.predict import cmd_predict
 from napari_semiseg.cli.suggest import STRATEGY_CHOICES, cmd_suggest
 from napari_semiseg.cli.train import cmd_train
+from src_models.method_choice import AUTO, AUTO_HELP
 
 
 def _launched_rank() -> int:
@@ -47,7 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--unlabeled", nargs="*", default=[], help="extra volumes without labels")
     t.add_argument("--labeled-slices", help="e.g. 3,17,30 (default: slices with any label)")
     t.add_argument("--axis", type=int, default=0, help="slicing axis 0, 1 or 2 (default 0)")
-    t.add_argument("--method", default="supervised", help="see 'semiseg methods'")
+    t.add_argument(
+        "--method",
+        default=AUTO,
+        help=f"{AUTO_HELP}; interpolate and propagate train nothing; see 'semiseg methods'",
+    )
     t.add_argument("--out", required=True, help="run directory (model, log, config)")
     budget = t.add_mutually_exclusive_group()
     budget.add_argument("--iterations", type=int, help="iteration budget (default 1000)")

@@ -226,11 +226,29 @@ def _move_aside(out: Path, existing: list[str]) -> Path:
     return aside
 
 
+def _chosen_method(args: argparse.Namespace) -> str:
+    """``--method``, or what ``auto`` trains: the method of the run ``--resume`` continues,
+    else the one measured best at the budget (said on the terminal)."""
+    from src_models.method_choice import AUTO, method_for_budget
+    from src_models.training.checkpoint import read_metadata
+
+    if args.method != AUTO:
+        return args.method
+    model = Path(args.out).expanduser() / "model.json"
+    if args.resume and model.exists():
+        return str(read_metadata(model)["method"])
+    method = method_for_budget(args.minutes)
+    budget = "an iteration budget" if args.minutes is None else f"{args.minutes:g} minutes"
+    print(f"method auto: {method} for {budget} (semiseg methods says when each pays off)")
+    return method
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """``semiseg train``: a trained method holds the run folder's lock for the whole run
     (rank 0 under torchrun), so a second training into it is refused."""
     from src_models.files import folder_lock
 
+    args.method = _chosen_method(args)
     _check_train_args(args)
     if args.method in ZERO_TRAINING or os.environ.get("RANK", "0") != "0":
         return _train(args)

@@ -121,6 +121,29 @@ def test_methods_lists_every_registered_method(capsys):
     out = capsys.readouterr().out
     for name in method_names():
         assert f"{name}:" in out
+    assert out.startswith("auto (the default): supervised")
+
+
+def test_the_default_method_follows_the_budget_and_a_resumed_run_keeps_its_own(
+    files, tmp_path, capsys
+):
+    from napari_semiseg.cli.parser import build_parser
+    from napari_semiseg.cli.train import _chosen_method
+
+    run_dir = tmp_path / "auto"
+    assert train_tiny(files, run_dir) == 0  # no --method: auto, an iteration budget
+    assert "method auto: supervised for an iteration budget" in capsys.readouterr().out
+    assert json.loads((run_dir / "model.json").read_text())["method"] == "supervised"
+
+    def chosen(*extra):
+        base = ["train", "--image", "i.nii", "--labels", "l.nii", "--out", str(run_dir)]
+        return _chosen_method(build_parser().parse_args([*base, *extra]))
+
+    assert chosen("--minutes", "2") == "supervised"
+    assert chosen("--minutes", "5") == "sdcl"
+    assert chosen("--minutes", "5", "--method", "dfcps") == "dfcps"
+    # continuing a run trains its method, whatever auto would pick at the budget
+    assert chosen("--minutes", "5", "--resume") == "supervised"
 
 
 def test_npy_and_zarr_outputs(files, tmp_path):

@@ -33,7 +33,7 @@ from src_models.methods.base import (  # noqa: E402
     method_names,
 )
 from src_models.propagation import propagate_volume  # noqa: E402
-from src_models.training.checkpoint import load_model  # noqa: E402
+from src_models.training.checkpoint import create_model, load_model  # noqa: E402
 
 LABELED = (2, 6, 9)
 TINY = (4, 8, 16, 32, 64)
@@ -158,6 +158,7 @@ def check_dock_builds_for_every_registered_method(docks):
         assert not button.isEnabled(), button.text()
     assert train.train_button.isEnabled() and train.load_button.isEnabled()
     assert "No model yet" in review.model_info.text()
+    check_auto_follows_the_budget(train)
     for name in method_names():
         train.method_combo.setCurrentText(name)
         cls = get_method(name)
@@ -168,6 +169,27 @@ def check_dock_builds_for_every_registered_method(docks):
         assert train.params.names == [p.name for p in config_params(cls.Config)]
         # the untouched form gives the method's defaults
         assert make_config(cls.Config, train.params.values()) == cls.Config()
+
+
+def check_auto_follows_the_budget(train):
+    """The default entry trains the method measured best at the budget set, with its
+    defaults, and stays the choice after a model of either method is shown."""
+    assert train.method_combo.currentText() == "auto" == train.method_combo.itemText(0)
+    assert train.method_description.text().startswith("Auto (the default): supervised")
+    assert not train.method_tab.advanced.isVisibleTo(train.method_tab)  # no parameters
+    train.budget_unit.setCurrentIndex(0)
+    assert (train.request().method, train.request().params) == ("supervised", {})
+    train.budget_unit.setCurrentIndex(1)
+    train.minutes.setValue(2.0)
+    assert train.request().method == "supervised"
+    train.minutes.setValue(5.0)
+    assert (train.request().method, train.request().params) == ("sdcl", {})
+    train._show_model(create_model("supervised", {"channels": TINY}, 1, 2))
+    assert train.method_combo.currentText() == "auto" and train.request().method == "sdcl"
+    train.budget_unit.setCurrentIndex(0)
+    train.method_combo.setCurrentText("dfcps")
+    assert train.method_tab.advanced.isVisibleTo(train.method_tab)
+    assert train.request().method == "dfcps"
 
 
 def check_parameters_round_trip_to_the_trainer_config(docks):
