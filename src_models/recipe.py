@@ -78,7 +78,7 @@ class RunRecipe:
     adapt_threads: bool = True
 
     def __post_init__(self) -> None:
-        self.method = resolve_method(self.method, self.minutes)
+        self.method = resolve_method(self.method, self.minutes, self.ends_labeled)
 
     def check(self, names: dict[str, str] | None = None) -> Any:
         """Refuse values no run can use (one rule for the CLI and the plugin), before any

@@ -424,7 +424,7 @@ class TrainingDock(QWidget):
         minutes = self.minutes.value() if self.budget_unit.currentIndex() == 1 else None
         chosen = self.method_combo.currentText()
         return TrainRequest(
-            method=resolve_method(chosen, minutes),
+            method=resolve_method(chosen, minutes, self.session.ends_labeled),
             params={} if chosen == AUTO else self.params.values(),
             iterations=self.iterations.value(),
             minutes=minutes,

@@ -237,9 +237,10 @@ def _chosen_method(args: argparse.Namespace) -> str:
     model = Path(args.out).expanduser() / "model.json"
     if args.resume and model.exists():
         return str(read_metadata(model)["method"])
-    method = method_for_budget(args.minutes)
+    method = method_for_budget(args.minutes, args.ends_labeled)
     budget = "an iteration budget" if args.minutes is None else f"{args.minutes:g} minutes"
-    print(f"method auto: {method} for {budget} (semiseg methods says when each pays off)")
+    ends = ", the labeled ends" if args.ends_labeled else ""
+    print(f"method auto: {method} for {budget}{ends} (semiseg methods says when each pays off)")
     return method
 
 

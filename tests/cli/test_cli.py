@@ -139,11 +139,12 @@ def test_the_default_method_follows_the_budget_and_a_resumed_run_keeps_its_own(
         base = ["train", "--image", "i.nii", "--labels", "l.nii", "--out", str(run_dir)]
         return _chosen_method(build_parser().parse_args([*base, *extra]))
 
-    assert chosen("--minutes", "2") == "supervised"
-    assert chosen("--minutes", "5") == "sdcl"
-    assert chosen("--minutes", "5", "--method", "dfcps") == "dfcps"
+    assert chosen("--minutes", "2", "--ends-labeled") == "supervised"
+    assert chosen("--minutes", "5") == "supervised"
+    assert chosen("--minutes", "5", "--ends-labeled") == "sdcl"
+    assert chosen("--minutes", "5", "--ends-labeled", "--method", "dfcps") == "dfcps"
     # continuing a run trains its method, whatever auto would pick at the budget
-    assert chosen("--minutes", "5", "--resume") == "supervised"
+    assert chosen("--minutes", "5", "--ends-labeled", "--resume") == "supervised"
 
 
 def test_npy_and_zarr_outputs(files, tmp_path):

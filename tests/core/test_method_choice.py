@@ -1,4 +1,5 @@
-"""The default method follows the budget: supervised below 5 minutes, SDCL from 5."""
+"""The default method follows the measurement: supervised, and from 5 minutes SDCL when the
+labeled slices include the structure's ends."""
 
 import pytest
 
@@ -20,20 +21,23 @@ def test_both_methods_are_registered_and_differ():
 
 
 @pytest.mark.parametrize(
-    ("minutes", "method"),
+    ("minutes", "ends", "method"),
     [
-        (None, SHORT_BUDGET_METHOD),  # an iteration budget
-        (0.5, SHORT_BUDGET_METHOD),
-        (2.0, SHORT_BUDGET_METHOD),
-        (SEMI_SUPERVISED_FROM_MINUTES - 0.01, SHORT_BUDGET_METHOD),
-        (SEMI_SUPERVISED_FROM_MINUTES, LONG_BUDGET_METHOD),
-        (30.0, LONG_BUDGET_METHOD),
+        (None, True, SHORT_BUDGET_METHOD),  # an iteration budget
+        (0.5, True, SHORT_BUDGET_METHOD),
+        (2.0, True, SHORT_BUDGET_METHOD),
+        (SEMI_SUPERVISED_FROM_MINUTES - 0.01, True, SHORT_BUDGET_METHOD),
+        (SEMI_SUPERVISED_FROM_MINUTES, True, LONG_BUDGET_METHOD),
+        (30.0, True, LONG_BUDGET_METHOD),
+        # labeled slices strictly inside: SDCL measured no better there
+        (SEMI_SUPERVISED_FROM_MINUTES, False, SHORT_BUDGET_METHOD),
+        (30.0, False, SHORT_BUDGET_METHOD),
     ],
 )
-def test_auto_picks_by_the_budget(minutes, method):
-    assert method_for_budget(minutes) == method
-    assert resolve_method(AUTO, minutes) == method
-    recipe = RunRecipe(minutes=minutes)
+def test_auto_picks_by_the_budget_and_the_labeled_ends(minutes, ends, method):
+    assert method_for_budget(minutes, ends) == method
+    assert resolve_method(AUTO, minutes, ends) == method
+    recipe = RunRecipe(minutes=minutes, ends_labeled=ends)
     assert DEFAULT_METHOD == AUTO and recipe.method == method
     # the recipe checks the parameters of the method it resolved to
     assert type(recipe.check()).__name__.lower().startswith(method)

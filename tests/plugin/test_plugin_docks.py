@@ -178,14 +178,19 @@ def check_auto_follows_the_budget(train):
     assert train.method_description.text().startswith("Auto (the default): supervised")
     assert not train.method_tab.advanced.isVisibleTo(train.method_tab)  # no parameters
     train.budget_unit.setCurrentIndex(0)
+    train.ends_labeled.setChecked(True)
     assert (train.request().method, train.request().params) == ("supervised", {})
     train.budget_unit.setCurrentIndex(1)
     train.minutes.setValue(2.0)
     assert train.request().method == "supervised"
     train.minutes.setValue(5.0)
     assert (train.request().method, train.request().params) == ("sdcl", {})
+    train.ends_labeled.setChecked(False)  # slices strictly inside: supervised measured better
+    assert train.request().method == "supervised"
+    train.ends_labeled.setChecked(True)
     train._show_model(create_model("supervised", {"channels": TINY}, 1, 2))
     assert train.method_combo.currentText() == "auto" and train.request().method == "sdcl"
+    train.ends_labeled.setChecked(False)
     train.budget_unit.setCurrentIndex(0)
     train.method_combo.setCurrentText("dfcps")
     assert train.method_tab.advanced.isVisibleTo(train.method_tab)
