@@ -293,7 +293,7 @@ def goal_lines(s: dict) -> list[str]:
         wins = sum(a >= b for a, b in rounds[1:])
         out.append(
             f"{arm} ≥ strided/slice at {wins} of {len(rounds) - 1} rounds "
-            f"(after round 5: {row['dice'][-1]:.3f} vs {strided['dice'][-1]:.3f})"
+            f"(after round {len(rounds) - 1}: {row['dice'][-1]:.3f} vs {strided['dice'][-1]:.3f})"
         )
     for strategy in sorted({arm.split("/")[0] for arm in arms}):
         whole, region = arms.get(f"{strategy}/slice"), arms.get(f"{strategy}/region")
@@ -309,7 +309,8 @@ def goal_lines(s: dict) -> list[str]:
     if strided is not None:
         final = strided["dice"][-1]
         out.append(
-            f"strided/slice after 5 rounds {final:.3f} vs interpolation with {REFERENCE_K} "
+            f"strided/slice after {len(strided['dice']) - 1} rounds {final:.3f} vs "
+            f"interpolation with {REFERENCE_K} "
             f"slices {s['interpolation_10']:.3f} (goal ≥)"
         )
     return out
