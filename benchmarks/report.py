@@ -350,7 +350,8 @@ def correction_section(lines: list[str]) -> None:
         "(mean over the volumes), voxels painted by the end (mean), the zero-training results "
         "given the `strided/slice` arm's slices, the 10-slice references of the protocol, and "
         "a run trained from scratch on the `strided/slice` arm's final 8 slices for as long "
-        "as the loop trained (6 minutes, the default method at that budget). Each arm trains "
+        "as the loop trained (6 minutes of the default: SDCL when the ends are labeled, "
+        "supervised otherwise). Each arm trains "
         "on one torch thread, two arms side by side on the 2 cores. On `ends` the simulated "
         "user ticks *Labeled slices include the first and last* (`--ends-labeled`).",
         "",
@@ -386,8 +387,8 @@ def correction_section(lines: list[str]) -> None:
     earlier = [e for e in entries if "reference" not in e]
     if earlier:
         lines += [
-            "Earlier single-volume runs (before the arms shared round 0; 2 threads, one run "
-            "at a time):",
+            "Earlier single-volume runs, cut short (before the arms shared round 0, without "
+            "`--ends-labeled`; one torch thread each, two side by side):",
             "",
             "| volume | protocol | strategy / correction | Dice by round | painted voxels |",
             "|---|---|---|---|---:|",
