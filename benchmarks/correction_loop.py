@@ -88,20 +88,22 @@ def predict(bundle, image, labels, done, axis, k, ends):
     return predict_volume(bundle, image, maps=maps, prior=prior)
 
 
-def correct(labels, truth, pred, axis, pick, kind) -> int:
+def correct(labels, truth, pred, axis, pick, kind) -> tuple[int, int]:
     """The simulated user corrects slice ``pick`` of ``labels`` in place; returns the
-    voxels painted."""
+    voxels painted and the voxels the prediction had wrong there (what a user repaints who
+    *accepts* the predicted slice first, then fixes it: the whole slice's truth for that)."""
     index = [slice(None)] * 3
     index[axis] = pick
     index = tuple(index)
+    wrong = int((pred.labels[index] != truth[index]).sum())
     if kind == "slice":
         labels[index] = truth[index]
-        return int(truth[index].size)
+        return int(truth[index].size), wrong
     unsure = uncertainty_map(pred)
     threshold = 0.5 if "discrepancy" in pred.maps else 0.2
     region = (pred.labels[index] != truth[index]) | (unsure[index] > threshold)
     labels[index] = np.where(region, truth[index].astype(np.int64), IGNORE)
-    return int(region.sum())
+    return int(region.sum()), wrong
 
 
 def loop(task: dict) -> dict:
@@ -113,7 +115,7 @@ def loop(task: dict) -> dict:
     done = list(task["labeled"])
     recipe = RunRecipe(axis=axis, minutes=task["minutes"], seed=task["seed"], ends_labeled=ends)
     bundle = load_model(task["start"])
-    rows, painted, t0 = [], 0, time.perf_counter()
+    rows, painted, wrong, t0 = [], 0, 0, time.perf_counter()
     for r in range(rounds + 1):
         if r:
             bundle = train_for(recipe, image, labels, done, bundle, k)
@@ -125,6 +127,7 @@ def loop(task: dict) -> dict:
                 "labeled": list(done),
                 "dice": whole_dice(pred.labels, truth),
                 "painted_voxels": painted,
+                "wrong_voxels": wrong,
                 "minutes": minutes,
                 "iteration": bundle.iteration,
             }
@@ -138,7 +141,8 @@ def loop(task: dict) -> dict:
         picks = suggest(done, truth.shape[axis], score, structure, 1, task["strategy"], ends)
         if not picks:  # every slice between the ends is labeled
             break
-        painted += correct(labels, truth, pred, axis, picks[0].index, task["kind"])
+        voxels, errors = correct(labels, truth, pred, axis, picks[0].index, task["kind"])
+        painted, wrong = painted + voxels, wrong + errors
         done = sorted(set(done) | {picks[0].index})
     return {"rounds": rows, "threads": task["threads"]}
 
@@ -268,6 +272,8 @@ def summary(group: list[dict]) -> dict:
         out["arms"][arm] = {
             "dice": mean_rounds([[r["dice"] for r in e["loops"][arm]["rounds"]] for e in group]),
             "painted": float(np.mean([row["painted_voxels"] for row in last])),
+            # accept the predicted slice, then fix it (recorded from this stop's runs on)
+            "wrong": float(np.mean([row.get("wrong_voxels", np.nan) for row in last])),
             "minutes": float(np.mean([row["minutes"] for row in last])),
         }
     if REFERENCE_ARM in out["arms"]:
@@ -324,7 +330,8 @@ def report_lines() -> list[str]:
         lines.append(f"{dataset}, {protocol}{ends}: {s['volumes']} volumes")
         for arm, row in s["arms"].items():
             dice = " → ".join(f"{d:.3f}" for d in row["dice"])
-            lines.append(f"  {arm:32s} {dice}  painted {row['painted']:.0f}")
+            wrong = "" if np.isnan(row["wrong"]) else f" (wrong before: {row['wrong']:.0f})"
+            lines.append(f"  {arm:32s} {dice}  painted {row['painted']:.0f}{wrong}")
         for name in ("interpolation", "propagation"):
             if name in s:
                 lines.append(
