@@ -48,9 +48,10 @@ def test_sample_data_and_docks_from_the_plugins_menu(make_napari_viewer):
     _, review = viewer.window.add_plugin_dock_widget("napari-semiseg", "Review and correct")
     assert isinstance(train, TrainingDock) and isinstance(review, ReviewDock)
     assert train.session is review.session
-    assert [train.method_combo.itemText(i) for i in range(train.method_combo.count())] == (
-        method_names()
-    )
+    assert [train.method_combo.itemText(i) for i in range(train.method_combo.count())] == [
+        "auto",  # the default: the method measured best at the budget
+        *method_names(),
+    ]
     # the docks pick the sample's image and its sparse labels, and see the 3 slices
     assert train.image_combo.layer().name == "hippocampus_003"
     train.labels_combo.set_layer("labels")
