@@ -137,7 +137,7 @@ def _fusion_prior(bundle: ModelBundle, image: np.ndarray, labels: Any, labeled: 
         labels = label_values(labels, model=bundle).encode(labels)
     except SemisegError:  # values the model does not know: no fusion
         return None
-    ends = bool(bundle.info.get("ends_labeled", False))  # as the model was trained
+    ends = bundle.ends_labeled  # as the model was trained
     if not affordable(np.moveaxis(labels, bundle.axis, 0).shape, labeled, ends):
         return None
     return propagation_prior(image, labels, labeled, bundle.axis, bundle.num_classes, ends)

@@ -113,8 +113,9 @@ def _fused_prior(args, bundle, img) -> np.ndarray:
     _refuse_overlap("--out", args.out, [args.labels])
     ids, labeled = _model_labels(args, bundle, img)
     t0 = time.perf_counter()
-    ends = bool(bundle.info.get("ends_labeled", False))  # as the model was trained
-    prior = propagation_prior(np.asarray(img), ids, labeled, bundle.axis, bundle.num_classes, ends)
+    prior = propagation_prior(
+        np.asarray(img), ids, labeled, bundle.axis, bundle.num_classes, bundle.ends_labeled
+    )
     print(
         f"fused with the propagation of {len(labeled)} labeled slice(s) of {args.labels} "
         f"({time.perf_counter() - t0:.1f} s)"

@@ -46,8 +46,9 @@ def cmd_suggest(args: argparse.Namespace) -> int:
         score = np.asarray(pred.maps[name], np.float64).mean(axis=others)
         uncertainty = score if name == "discrepancy" else 1.0 - score
     n_slices = int(img.shape[1 + axis])
-    ends = bool(bundle.info.get("ends_labeled", False))  # nothing beyond the labeled ends
-    picks = suggest(labeled, n_slices, uncertainty, structure, args.n, args.strategy, ends)
+    picks = suggest(
+        labeled, n_slices, uncertainty, structure, args.n, args.strategy, bundle.ends_labeled
+    )
     if args.json:
         rows = [{"slice": p.index, "score": p.score, "why": p.why} for p in picks]
         print(json.dumps({"axis": axis, "labeled": labeled, "strategy": args.strategy,

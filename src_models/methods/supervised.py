@@ -52,7 +52,8 @@ def make_sgd(params, config, lr: float | None = None) -> torch.optim.Optimizer:
 class Supervised(Method):
     name = "supervised"
     description = (
-        "What the default (auto) trains below 5 minutes: one U-Net trained on the labeled "
+        "What the default (auto) trains, except from 5 minutes with the labeled ends: one "
+        "U-Net trained on the labeled "
         "slices (CE + Dice) and on the "
         "confident voxels of their propagation along the image; its prediction is fused with "
         "the propagation."

@@ -62,6 +62,12 @@ class ModelBundle:
     def num_classes(self) -> int:
         return self.method.num_classes
 
+    @property
+    def ends_labeled(self) -> bool:
+        """Whether the run was told its outer labeled slices are the structure's ends: its
+        fused predictions and suggestions stop there as its training did."""
+        return bool(self.info.get("ends_labeled", False))
+
     def metadata(self) -> dict[str, Any]:
         m = self.method
         return {
