@@ -309,9 +309,17 @@ def goal_lines(s: dict) -> list[str]:
         share = (region["dice"][-1] - region["dice"][0]) / gain if gain > 0 else float("nan")
         painted = region["painted"] / whole["painted"] if whole["painted"] else float("nan")
         out.append(
-            f"{strategy}: region corrections reach {share:.0%} of the whole-slice gain "
-            f"painting {painted:.0%} of its voxels (goal ≥ 80 % at ≤ 30 %)"
+            f"{strategy}: region corrections, the rest ignored, reach {share:.0%} of the "
+            f"whole-slice gain painting {painted:.0%} of its voxels (goal ≥ 80 % at ≤ 30 %)"
         )
+        if not np.isnan(whole["wrong"]) and whole["painted"]:
+            # the dock's default Accept slice: repaint what is wrong, the rest is accepted as
+            # predicted; the labels are then the whole slice's truth, so is the Dice
+            out.append(
+                f"{strategy}: region corrections, the rest accepted as predicted, reach 100 % "
+                f"of the whole-slice gain (the same labels) painting "
+                f"{whole['wrong'] / whole['painted']:.0%} of its voxels"
+            )
     if strided is not None:
         final = strided["dice"][-1]
         out.append(

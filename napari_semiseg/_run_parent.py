@@ -100,9 +100,9 @@ def prepare_run(job: TrainingJob) -> ChildJob:
                 f"the model was trained on slices along axis {bundle.axis}, the labels are "
                 f"set to axis {job.axis}: set the axis back to {bundle.axis} or train anew"
             )
-        if bundle.method.in_channels != image.shape[0]:
+        if bundle.image_channels != image.shape[0]:
             raise SemisegError(
-                f"the model expects {bundle.method.in_channels} channel(s), the image has "
+                f"the model expects {bundle.image_channels} channel(s), the image has "
                 f"{image.shape[0]}: pick the image it was trained on or train anew"
             )
     run_dir = Path(job.run_dir)

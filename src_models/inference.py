@@ -18,6 +18,12 @@ import torch
 import torch.nn.functional as F
 
 from src_models.class_ids import class_ids
+from src_models.data.context import (
+    context_channels,
+    context_of,
+    slice_with_context,
+    stack_context,
+)
 from src_models.data.lazy import ChannelsFirst
 from src_models.data.normalization import fit_normalization
 from src_models.data.volumes import MIN_SLICE_SIZE, as_channels_first, from_slices, to_slices
@@ -133,7 +139,9 @@ def predict_training_slice(method: Method, volume, index: int) -> np.ndarray:
     rng = torch.get_rng_state()
     method.eval()
     try:
-        x = torch.from_numpy(np.asarray(volume.slices[index])[None]).to(method.device)
+        context = context_of(method.in_channels, volume.slices.shape[1])
+        x = slice_with_context(volume.slices, index, context)
+        x = torch.from_numpy(np.ascontiguousarray(x)[None]).to(method.device)
         with torch.no_grad(), method.autocast():
             probs, _ = predict_slices(method, x, volume.background, ())
         return probs[0].argmax(dim=0).to(torch.uint8).cpu().numpy()
@@ -189,9 +197,10 @@ def predict_volume(
         img = as_channels_first(image)
     else:  # larger than memory (zarr, memmap): read slab by slab below
         img = image if isinstance(image, ChannelsFirst) else ChannelsFirst(image, image.ndim == 4)
-    if img.shape[0] != method.in_channels:
+    context = bundle.context_slices
+    if img.shape[0] != bundle.image_channels:
         raise SemisegError(
-            f"the model expects {method.in_channels} channel(s), the image has {img.shape[0]}"
+            f"the model expects {bundle.image_channels} channel(s), the image has {img.shape[0]}"
         )
     axis = bundle.axis
     in_plane = [s for k, s in enumerate(img.shape[1:]) if k != axis]
@@ -236,7 +245,7 @@ def predict_volume(
     # a slab's float32 slices, probabilities and maps stay within SLAB_BYTES whatever the
     # volume (they exist twice while a slab is assembled)
     plane = int(np.prod([n for a, n in enumerate(spatial) if a != axis]))
-    per_slice = 4 * plane * (img.shape[0] + k + len(maps))
+    per_slice = 4 * plane * (context_channels(img.shape[0], context) + k + len(maps))
     slab_size = max(1, min(slab_size, SLAB_BYTES // per_slice))
     # and a forward pass's activations grow with the pixels of its batch: large slices go a
     # few at a time (16 slices of 512 x 512 took 3 GB in a UNet of 32 base channels)
@@ -245,8 +254,12 @@ def predict_volume(
     for s0 in range(0, n_slices, slab_size):
         s1 = min(n_slices, s0 + slab_size)
         index = [slice(None)] * 4
-        index[axis + 1] = slice(s0, s1)
+        # with context, a halo of neighbouring slices is read around the slab
+        h0, h1 = max(0, s0 - context), min(n_slices, s1 + context)
+        index[axis + 1] = slice(h0, h1)
         slab = np.ascontiguousarray(to_slices(norm.apply(img[tuple(index)]), axis))
+        slab = stack_context(slab, context, s0 - h0, h1 - s1)
+        index[axis + 1] = slice(s0, s1)
         if prior is not None:  # (K, Z, Y, X) -> the slab's (n, K, H, W)
             prior_slab = torch.from_numpy(to_slices(np.asarray(prior[tuple(index)]), axis).copy())
         slab_probs, slab_ids, slab_maps = [], [], {m: [] for m in maps}

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from src_models.data import SliceSampler, Volume, make_volumes
+from src_models.data.context import check_context, context_channels
 from src_models.data.sampler import PRIORS
 from src_models.errors import SemisegError
 from src_models.method_choice import AUTO, resolve_method
@@ -48,6 +49,7 @@ _CHECKED = (
     "prior_final",
     "prior_fraction",
     "foreground_crops",
+    "context_slices",
 )
 
 
@@ -69,6 +71,9 @@ class RunRecipe:
     #: the outer labeled slices are the structure's first and last (what Slicer / ITK-SNAP
     #: users label): the propagation, as target and in the fused prediction, stops there
     ends_labeled: bool = False
+    #: neighbouring slices on each side the network takes as channels ("2.5D",
+    #: :mod:`src_models.data.context`); a continued run keeps its model's
+    context_slices: int = 0
     warmup: float = 0.4
     warmup_plateau: float = 0.0
     prior_final: float = 0.5
@@ -118,6 +123,7 @@ class RunRecipe:
         fraction("foreground_crops")
         if self.prior not in PRIORS:
             raise SemisegError(f"prior must be one of {', '.join(PRIORS)}, not {self.prior!r}")
+        check_context(self.context_slices, name["context_slices"])
         return config
 
     def train_config(self, device: torch.device | str = "cpu") -> TrainConfig:
@@ -177,11 +183,13 @@ def build_run(
     # the model first: what it cannot train with fails before the prior is computed
     if resume is not None:
         bundle = resume
+        context = bundle.context_slices
     else:
+        context = check_context(recipe.context_slices)
         bundle = create_model(
             recipe.method,
             recipe.params,
-            volumes[0].slices.shape[1],
+            context_channels(volumes[0].slices.shape[1], context),
             num_classes,
             device,
             seed=recipe.seed,
@@ -191,6 +199,7 @@ def build_run(
         )
         bundle.method.check_new_run()
         bundle.info.setdefault("prior", recipe.prior if recipe.prior_fraction > 0 else None)
+        bundle.info["context_slices"] = context
     # predictions fuse with the propagation as the run trained with it (also when continued)
     bundle.info["ends_labeled"] = bool(recipe.ends_labeled)
     sampler = SliceSampler(
@@ -204,6 +213,7 @@ def build_run(
         prior_fraction=recipe.prior_fraction,
         prior=recipe.prior,
         ends_labeled=recipe.ends_labeled,
+        context=context,
     )
     if len(volumes) == 1:  # what `semiseg suggest` starts from without --labels
         bundle.info["labeled_slices"] = list(volumes[0].labeled)

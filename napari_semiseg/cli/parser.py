@@ -131,6 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
         "beyond them, for labeled slices strictly inside the structure)",
     )
     t.add_argument(
+        "--context-slices",
+        type=int,
+        default=0,
+        help="neighbouring slices on each side the network takes as extra channels ('2.5D': "
+        "1 feeds slices s-1, s, s+1 to segment slice s); default 0, a plain 2D network; "
+        "--resume keeps the model's",
+    )
+    t.add_argument(
         "--prior-final",
         type=float,
         default=0.5,

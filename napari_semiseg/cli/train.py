@@ -114,6 +114,7 @@ RECIPE_FLAGS = {
     "prior_final": "--prior-final",
     "prior_fraction": "--prior-fraction",
     "foreground_crops": "--foreground-crops",
+    "context_slices": "--context-slices",
 }
 
 
@@ -142,6 +143,7 @@ def _recipe(args: argparse.Namespace, params: dict[str, str]):
         prior_final=args.prior_final,
         checkpoint_every=args.checkpoint_every,
         ends_labeled=args.ends_labeled,
+        context_slices=args.context_slices,
     )
 
 
@@ -310,9 +312,13 @@ def _train(args: argparse.Namespace) -> int:
     )
     num_classes = values.num_classes
     channels = volumes[0].slices.shape[1]
-    if run_meta is not None and run_meta["in_channels"] != channels:
+    trained_on = None
+    if run_meta is not None:  # its input channels hold each slice's neighbours too
+        context = int(run_meta.get("info", {}).get("context_slices", 0))
+        trained_on = run_meta["in_channels"] // (2 * context + 1)
+    if trained_on is not None and trained_on != channels:
         raise SemisegError(
-            f"--resume: the model in {args.out} was trained on {run_meta['in_channels']}-channel "
+            f"--resume: the model in {args.out} was trained on {trained_on}-channel "
             f"images, this image has {channels}: use the same kind of image or train a new run"
         )
     if values.remapped and not args.resume:

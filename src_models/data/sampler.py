@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from src_models.augment import weak_geometric
+from src_models.data.context import check_context, context_channels, slice_with_context
 from src_models.data.lazy import LazySlices, UnlabeledWindow
 from src_models.data.volumes import Volume
 from src_models.errors import SemisegError
@@ -106,6 +107,8 @@ class SliceSampler:
             :func:`propagation_targets`; the interpolation for a volume too large for it).
         ends_labeled: the outer labeled slices are the structure's first and last: the
             propagation stops at them (:func:`src_models.propagation.walk_extend`).
+        context: neighbouring slices on each side fed as channels
+            (:mod:`src_models.data.context`); targets stay the middle slice's.
     """
 
     def __init__(
@@ -122,6 +125,7 @@ class SliceSampler:
         prior_band: float = 1.0,
         prior: str = "propagation",
         ends_labeled: bool = False,
+        context: int = 0,
     ) -> None:
         if prior not in PRIORS:
             raise SemisegError(f"prior must be one of {', '.join(PRIORS)}, not {prior!r}")
@@ -160,7 +164,9 @@ class SliceSampler:
         #: window of slabs (in memory: from every unlabeled slice)
         lazy = any(isinstance(v.slices, LazySlices) for v in volumes)
         self.window = UnlabeledWindow(volumes, self.unlabeled_index, seed) if lazy else None
-        self.in_channels = volumes[0].slices.shape[1]
+        self.context = check_context(context)
+        #: the network's inputs: each slice's channels, times its neighbours with context
+        self.in_channels = context_channels(volumes[0].slices.shape[1], self.context)
         #: value for pixels rotated in from outside a crop: the volumes' mean background
         self.fill = float(np.mean([v.background for v in volumes]))
         self.foreground_crops = float(foreground_crops)
@@ -260,7 +266,7 @@ class SliceSampler:
         for i, (pick, (oy, ox, u_fg, u_px, u_in)) in enumerate(zip(picks, offsets, strict=True)):
             v, s = pairs[pick]
             vol = self.volumes[v]
-            sl = vol.slices[s]
+            sl = slice_with_context(vol.slices, s, self.context)
             h, w = sl.shape[-2:]
             cy = cx = None
             if with_labels and u_fg < self.foreground_crops:

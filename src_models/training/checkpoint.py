@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from src_models import __version__
+from src_models.data.context import MAX_CONTEXT
 from src_models.errors import SemisegError
 from src_models.files import commit, discard, stage_file
 from src_models.methods.base import Method, config_to_dict, get_method, make_config
@@ -67,6 +68,17 @@ class ModelBundle:
         """Whether the run was told its outer labeled slices are the structure's ends: its
         fused predictions and suggestions stop there as its training did."""
         return bool(self.info.get("ends_labeled", False))
+
+    @property
+    def context_slices(self) -> int:
+        """Neighbouring slices on each side the network takes as channels
+        (:mod:`src_models.data.context`; 0 for models saved before there was a choice)."""
+        return int(self.info.get("context_slices", 0))
+
+    @property
+    def image_channels(self) -> int:
+        """Channels of the images the model predicts (its input channels without context)."""
+        return self.method.in_channels // (2 * self.context_slices + 1)
 
     def metadata(self) -> dict[str, Any]:
         m = self.method
@@ -225,6 +237,14 @@ def _invalid_fields(meta: dict) -> list[str]:
         bad.append(f"normalization percentiles {pct!r} (two numbers, 0 <= low < high <= 100)")
     if not isinstance(meta.get("info", {}), dict):
         bad.append("info is not a mapping")
+    else:
+        context = meta.get("info", {}).get("context_slices", 0)
+        spans = 2 * context + 1 if _whole(context, 0, MAX_CONTEXT) else 0
+        if not spans or (_whole(meta["in_channels"], 1) and meta["in_channels"] % spans):
+            bad.append(
+                f"info.context_slices {context!r} (a whole number from 0 to {MAX_CONTEXT} "
+                "that divides the input channels into 2 c + 1 slices)"
+            )
     if not isinstance(meta.get("class_names", []), list):
         bad.append("class_names is not a list")
     return bad
