@@ -37,7 +37,7 @@ import json
 import multiprocessing
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
 import numpy as np
 import torch
@@ -180,10 +180,35 @@ def save(entry: dict, path) -> None:
     tmp.replace(path)
 
 
+def run_arms(pool, workers: int, tasks: dict, scratch_task) -> tuple[dict, dict | None]:
+    """The arms ``tasks``, ``workers`` at a time; the run from scratch (``scratch_task``
+    on the reference arm's final slices, or None) takes the first free worker once the reference
+    arm has ended, ahead of the arms still waiting, so no core idles while it runs alone."""
+    waiting, running, results, scratch = list(tasks), {}, {}, None
+    while waiting or running:
+        while waiting and len(running) < workers:
+            name = waiting.pop(0)
+            running[pool.submit(loop, tasks[name])] = name
+        done, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in done:
+            name = running.pop(future)
+            if name == "from scratch":
+                scratch = future.result()
+                continue
+            results[name] = future.result()
+            if name == REFERENCE_ARM and scratch_task is not None:
+                final = results[name]["rounds"][-1]["labeled"]
+                task = {**scratch_task, "labeled": final}
+                running[pool.submit(from_scratch, task)] = "from scratch"
+    return results, scratch
+
+
 def benchmark(args) -> None:
     FOLDER.mkdir(parents=True, exist_ok=True)
     context = multiprocessing.get_context("spawn")
     arms = [(s, kind) for s in args.strategies for kind in args.kinds]
+    if args.arms:
+        arms = [tuple(arm.split("/")) for arm in args.arms]
     for index in args.cases:
         case, image, truth, axis = load_case(args.dataset, index)
         k = int(truth.max()) + 1
@@ -215,24 +240,18 @@ def benchmark(args) -> None:
                     "rounds": args.rounds, "minutes": args.minutes, "seed": args.seed,
                     "start": folder, "start_minutes": start_minutes, "threads": args.threads,
                 }  # fmt: skip
+                tasks = {
+                    f"{s}/{kind}": {**common, "strategy": s, "kind": kind, "arm": f"{s}/{kind}"}
+                    for s, kind in arms
+                }
+                scratch_task = None
+                if not args.no_scratch:  # on the final slices, as long as the loop trained
+                    scratch_task = {**common, "minutes": args.minutes * (args.rounds + 1)}
                 with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
-                    futures = {
-                        f"{s}/{kind}": pool.submit(
-                            loop, {**common, "strategy": s, "kind": kind, "arm": f"{s}/{kind}"}
-                        )
-                        for s, kind in arms
-                    }
-                    scratch = None
-                    if REFERENCE_ARM in futures and not args.no_scratch:
-                        final = futures[REFERENCE_ARM].result()["rounds"][-1]["labeled"]
-                        scratch_minutes = args.minutes * (args.rounds + 1)
-                        scratch = pool.submit(
-                            from_scratch, {**common, "labeled": final, "minutes": scratch_minutes}
-                        )
-                    for name, future in futures.items():
-                        entry["loops"][name] = future.result()
-                    if scratch is not None:
-                        entry["from_scratch"] = scratch.result()
+                    loops, scratch = run_arms(pool, args.workers, tasks, scratch_task)
+                entry["loops"] = {name: loops[name] for name in tasks}
+                if scratch is not None:
+                    entry["from_scratch"] = scratch
             for result in entry["loops"].values():
                 slices = [row["labeled"] for row in result["rounds"]]
                 result["zero_training"] = [
@@ -406,6 +425,12 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=1.0)
     parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
+    parser.add_argument(
+        "--arms",
+        nargs="+",
+        choices=[f"{s}/{kind}" for s in STRATEGIES for kind in KINDS],
+        help="these arms instead of every --strategies x --kinds pair",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2, help="arms run side by side")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per arm")
