@@ -365,22 +365,24 @@ def correction_section(lines: list[str]) -> None:
             f"**{dataset}, {protocol}** ({s['volumes']} volumes: {cases})",
             "",
             "| arm (strategy / correction) | Dice by round 0 → 5 | voxels painted | of them "
-            "wrong before (accept the slice, fix those) |",
-            "|---|---|---:|---:|",
+            "wrong before (accept the slice, fix those) | minutes at the end (wall clock) |",
+            "|---|---|---:|---:|---:|",
         ]
         for arm, row in s["arms"].items():
             dice = " → ".join(f"{d:.3f}" for d in row["dice"])
             wrong = _f(row["wrong"], "{:.0f}")
-            lines.append(f"| {arm} | {dice} | {row['painted']:.0f} | {wrong} |")
+            lines.append(
+                f"| {arm} | {dice} | {row['painted']:.0f} | {wrong} | {row['minutes']:.1f} |"
+            )
         for name in ("interpolation", "propagation"):
             if name in s:
                 dice = " → ".join(f"{d:.3f}" for d in s[name])
-                lines.append(f"| {name}, same slices as strided/slice | {dice} | | |")
+                lines.append(f"| {name}, same slices as strided/slice | {dice} | | | |")
         lines += [
             f"| interpolation / propagation with {cl.REFERENCE_K} slices of the protocol | "
-            f"{s['interpolation_10']:.3f} / {s['propagation_10']:.3f} | | |",
+            f"{s['interpolation_10']:.3f} / {s['propagation_10']:.3f} | | | |",
             f"| from scratch on strided/slice's final slices, 6 min | "
-            f"{_f(s.get('from_scratch'), '{:.3f}')} | | |",
+            f"{_f(s.get('from_scratch'), '{:.3f}')} | | | 6.0 |",
             "",
         ]
         for goal in cl.goal_lines(s):
