@@ -407,6 +407,7 @@ def test_evaluate_can_exclude_the_labeled_slices(files, capsys):
         ("--warmup-plateau", "nan"),
         ("--prior-fraction", "-0.1"),
         ("--minutes", "nan"),
+        ("--context-slices", "4"),
     ],
 )
 def test_anytime_options_are_validated(files, tmp_path, capsys, option, value):
@@ -464,3 +465,18 @@ def test_suggest_ranks_the_next_slices_with_reasons(files, tmp_path, capsys):
     assert (
         json.loads(capsys.readouterr().out)["labeled"] == np.flatnonzero(truth.any((1, 2))).tolist()
     )
+
+
+def test_a_context_model_predicts_and_resumes_with_its_neighbours(files, tmp_path, capsys):
+    run_dir, out = tmp_path / "run", tmp_path / "mask.nii.gz"
+    assert train_tiny(files, run_dir, "--method", "supervised", "--context-slices", "1") == 0
+    meta = json.loads((run_dir / "model.json").read_text())
+    assert meta["in_channels"] == 3 and meta["info"]["context_slices"] == 1
+    assert run("predict", "--model", run_dir, "--image", files["image"], "--out", out) == 0
+    assert nib.load(out).shape == nib.load(files["image"]).shape
+    # resumed without the option: the model's context is kept, not a 2D network's inputs
+    code = train_tiny(files, run_dir, "--method", "supervised", "--resume", "--iterations", 4)
+    assert code == 0, capsys.readouterr().err
+    meta = json.loads((run_dir / "model.json").read_text())
+    assert meta["in_channels"] == 3 and meta["info"]["context_slices"] == 1
+    assert meta["iteration"] == 4
