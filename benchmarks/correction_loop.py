@@ -386,8 +386,12 @@ def plot() -> None:
     for ax, ((dataset, protocol), group) in zip(axes[0], panels, strict=True):
         s = summary(group)
         for arm, row in s["arms"].items():
-            style = "-" if arm.endswith("/slice") else ":"
-            ax.plot(range(len(row["dice"])), row["dice"], style, marker="o", ms=3, label=arm)
+            style = "-" if arm.endswith("/slice") else ":"  # one colour per strategy
+            color = f"C{STRATEGIES.index(arm.split('/')[0]) + 1}"
+            ax.plot(
+                range(len(row["dice"])), row["dice"], style, color=color, marker="o", ms=3,
+                label=arm,
+            )  # fmt: skip
         for name in ("interpolation", "propagation"):
             if name in s:
                 ax.plot(
