@@ -19,8 +19,11 @@ prediction holds the structure:
 Each pick counts as labeled for the next one, so ``n`` suggestions spread over the volume.
 With ``ends_labeled`` (the user labeled the structure's first and last slices) nothing
 beyond the outer labeled slices is suggested: those slices are known background.
-The default is ``strided`` until ``benchmarks/correction_loop.py`` measures a score that
-beats it at every round.
+The default is ``strided``: in ``benchmarks/correction_loop.py`` (3 volumes each of the
+hippocampus with the ends labeled and strictly inside, and of the left atrium with the
+ends) no score was at or above it at every round; ``uncertainty-distance`` ended higher
+with the ends labeled (+0.4, +1.3 points after 5 rounds) and lower strictly inside (-0.7),
+where nothing keeps it from the volume's far ends.
 """
 
 from __future__ import annotations
