@@ -18,12 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from src_models.class_ids import class_ids
-from src_models.data.context import (
-    context_channels,
-    context_of,
-    slice_with_context,
-    stack_context,
-)
+from src_models.data.context import context_of, slice_with_context, stack_context
 from src_models.data.lazy import ChannelsFirst
 from src_models.data.normalization import fit_normalization
 from src_models.data.volumes import MIN_SLICE_SIZE, as_channels_first, from_slices, to_slices
@@ -245,7 +240,7 @@ def predict_volume(
     # a slab's float32 slices, probabilities and maps stay within SLAB_BYTES whatever the
     # volume (they exist twice while a slab is assembled)
     plane = int(np.prod([n for a, n in enumerate(spatial) if a != axis]))
-    per_slice = 4 * plane * (context_channels(img.shape[0], context) + k + len(maps))
+    per_slice = 4 * plane * (method.in_channels + k + len(maps))  # neighbours included
     slab_size = max(1, min(slab_size, SLAB_BYTES // per_slice))
     # and a forward pass's activations grow with the pixels of its batch: large slices go a
     # few at a time (16 slices of 512 x 512 took 3 GB in a UNet of 32 base channels)

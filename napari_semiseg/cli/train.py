@@ -312,10 +312,12 @@ def _train(args: argparse.Namespace) -> int:
     )
     num_classes = values.num_classes
     channels = volumes[0].slices.shape[1]
-    trained_on = None
-    if run_meta is not None:  # its input channels hold each slice's neighbours too
+    trained_on = None  # its input channels hold each slice's neighbours too
+    if run_meta is not None:
+        from src_models.data.context import slice_channels
+
         context = int(run_meta.get("info", {}).get("context_slices", 0))
-        trained_on = run_meta["in_channels"] // (2 * context + 1)
+        trained_on = slice_channels(run_meta["in_channels"], context)
     if trained_on is not None and trained_on != channels:
         raise SemisegError(
             f"--resume: the model in {args.out} was trained on {trained_on}-channel "

@@ -40,6 +40,12 @@ def context_channels(channels: int, context: int) -> int:
     return channels * (2 * context + 1)
 
 
+def slice_channels(in_channels: int, context: int) -> int:
+    """Channels of the images a network of ``in_channels`` inputs with ``context`` takes
+    (the inverse of :func:`context_channels`)."""
+    return in_channels // (2 * context + 1)
+
+
 def context_of(in_channels: int, channels: int) -> int:
     """The context a network of ``in_channels`` inputs uses on ``channels``-channel slices."""
     if in_channels % channels or (in_channels // channels) % 2 == 0:

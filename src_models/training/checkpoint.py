@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from src_models import __version__
-from src_models.data.context import MAX_CONTEXT
+from src_models.data.context import MAX_CONTEXT, context_channels, slice_channels
 from src_models.errors import SemisegError
 from src_models.files import commit, discard, stage_file
 from src_models.methods.base import Method, config_to_dict, get_method, make_config
@@ -78,7 +78,7 @@ class ModelBundle:
     @property
     def image_channels(self) -> int:
         """Channels of the images the model predicts (its input channels without context)."""
-        return self.method.in_channels // (2 * self.context_slices + 1)
+        return slice_channels(self.method.in_channels, self.context_slices)
 
     def metadata(self) -> dict[str, Any]:
         m = self.method
@@ -239,7 +239,7 @@ def _invalid_fields(meta: dict) -> list[str]:
         bad.append("info is not a mapping")
     else:
         context = meta.get("info", {}).get("context_slices", 0)
-        spans = 2 * context + 1 if _whole(context, 0, MAX_CONTEXT) else 0
+        spans = context_channels(1, context) if _whole(context, 0, MAX_CONTEXT) else 0
         if not spans or (_whole(meta["in_channels"], 1) and meta["in_channels"] % spans):
             bad.append(
                 f"info.context_slices {context!r} (a whole number from 0 to {MAX_CONTEXT} "
