@@ -29,6 +29,7 @@ import argparse
 import copy
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -73,22 +74,26 @@ def zero_training(image, labels, axis, labeled) -> dict:
     return rows
 
 
-def trained(method, image, labels, axis, labeled, budgets, seed, overrides, separate) -> dict:
+def trained(
+    method, image, labels, axis, labeled, budgets, seed, overrides, separate, keep=None
+) -> dict:
     """``method`` with the product's defaults; Dice at each budget: one run per budget
     (``separate``: what a user who sets that budget gets, its learning rate decayed to the
-    end) or the weights of one run of the largest budget copied as the clock passes each."""
+    end) or the weights of one run of the largest budget copied as the clock passes each.
+    ``keep``: a file name prefix to save the network's and the prior's probabilities at each
+    budget under (``--keep-probabilities``), to score other fusions later without training."""
     if not separate:
-        return trained_run(method, image, labels, axis, labeled, budgets, seed, overrides)
+        return trained_run(method, image, labels, axis, labeled, budgets, seed, overrides, keep)
     result: dict = {"budgets": {}, "setup_seconds": [], "prior_seconds": [], "separate": True}
     for minutes in sorted(budgets):
-        one = trained_run(method, image, labels, axis, labeled, [minutes], seed, overrides)
+        one = trained_run(method, image, labels, axis, labeled, [minutes], seed, overrides, keep)
         result["budgets"].update(one["budgets"])
         result["setup_seconds"].append(one["setup_seconds"])
         result["prior_seconds"].append(one["prior_seconds"])
     return result
 
 
-def trained_run(method, image, labels, axis, labeled, budgets, seed, overrides) -> dict:
+def trained_run(method, image, labels, axis, labeled, budgets, seed, overrides, keep=None):
     """One run of ``method`` for ``max(budgets)`` minutes; Dice at each budget."""
     k = int(labels.max()) + 1
     recipe = RunRecipe(
@@ -124,6 +129,14 @@ def trained_run(method, image, labels, axis, labeled, budgets, seed, overrides) 
         flipped = predict_volume(
             bundle, image, maps=(), return_probabilities=True, flips=True
         ).probabilities
+        if keep is not None:
+            np.savez_compressed(
+                f"{keep}__{minutes:g}min.npz",
+                model=model.astype(np.float16),
+                prior=prior.astype(np.float16),
+                labeled=np.asarray(labeled),
+                axis=axis,
+            )
         alone, fused = model.argmax(0), (0.5 * model + 0.5 * prior).argmax(0)
         rows[str(minutes)] = {
             "iteration": iteration,
@@ -181,7 +194,12 @@ def benchmark(args) -> None:
                     name = method + (f"+{args.tag}" if args.tag else "")
                     data = (image, labels, axis, labeled)
                     budgets = (args.budgets, args.seed, overrides, args.separate)
-                    result = trained(method, *data, *budgets)
+                    keep = None
+                    if args.keep_probabilities:
+                        args.keep_probabilities.mkdir(parents=True, exist_ok=True)
+                        stem = f"{args.dataset}__{case}__{protocol}__k{k}__{name}"
+                        keep = args.keep_probabilities / stem
+                    result = trained(method, *data, *budgets, keep)
                     result["threads"] = torch.get_num_threads()
                     result["overrides"] = overrides
                     entry["methods"][name] = result
@@ -414,6 +432,11 @@ def main() -> None:
     parser.add_argument("--overrides", help="JSON of RunRecipe fields, e.g. a lever to test")
     parser.add_argument("--tag", default="", help="suffix of the method's row (a variant)")
     parser.add_argument("--report", action="store_true", help="only print the saved results")
+    parser.add_argument(
+        "--keep-probabilities",
+        type=Path,
+        help="folder to save each run's network and prior probabilities in (npz per budget)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
