@@ -24,6 +24,12 @@ from src_models.data.normalization import fit_normalization
 from src_models.data.volumes import MIN_SLICE_SIZE, as_channels_first, from_slices, to_slices
 from src_models.errors import SemisegError
 from src_models.methods.base import Method
+from src_models.slice_smoothing import (
+    DEFAULT_SMOOTHING,
+    check_smoothing,
+    smooth_across_slices,
+    smoothing_halo,
+)
 from src_models.training.checkpoint import ModelBundle
 from src_models.training.fit import MIN_FIT
 
@@ -159,6 +165,7 @@ def predict_volume(
     prior: np.ndarray | None = None,
     prior_weight: float = DEFAULT_PRIOR_WEIGHT,
     flips: bool = False,
+    smoothing: float = DEFAULT_SMOOTHING,
 ) -> VolumePrediction:
     """Predict a whole volume.
 
@@ -178,6 +185,8 @@ def predict_volume(
             ``(1 - prior_weight) * model + prior_weight * prior``; maps stay the model's.
         flips: test-time augmentation (three forward passes per slice, see
             :func:`predict_slices`).
+        smoothing: sigma in slices of a Gaussian across slices on the final probabilities
+            (:mod:`src_models.slice_smoothing`; 0: off); maps stay per slice.
     Returns:
         VolumePrediction whose arrays are the ``out`` arrays when given.
     """
@@ -210,6 +219,8 @@ def predict_volume(
             f"{(method.num_classes, *img.shape[1:])} (classes, Z, Y, X): compute it from "
             "labels of this image with the model's classes"
         )
+    smoothing = check_smoothing(smoothing)
+    halo = smoothing_halo(smoothing)
     note = ""
     fit = bundle.info.get("labeled_fit")
     if prior is not None and isinstance(fit, (int, float)) and fit < MIN_FIT:
@@ -248,16 +259,18 @@ def predict_volume(
     batch_size = max(1, min(batch_size, BATCH_PIXELS // tile_plane))
     for s0 in range(0, n_slices, slab_size):
         s1 = min(n_slices, s0 + slab_size)
+        # the slab is predicted with ``halo`` more slices each side for the smoothing across
+        # slices (their values only inform the slab's), and read with ``context`` more
+        e0, e1 = max(0, s0 - halo), min(n_slices, s1 + halo)
         index = [slice(None)] * 4
-        # with context, a halo of neighbouring slices is read around the slab
-        h0, h1 = max(0, s0 - context), min(n_slices, s1 + context)
+        h0, h1 = max(0, e0 - context), min(n_slices, e1 + context)
         index[axis + 1] = slice(h0, h1)
         slab = np.ascontiguousarray(to_slices(norm.apply(img[tuple(index)]), axis))
-        slab = stack_context(slab, context, s0 - h0, h1 - s1)
-        index[axis + 1] = slice(s0, s1)
+        slab = stack_context(slab, context, e0 - h0, h1 - e1)
+        index[axis + 1] = slice(e0, e1)
         if prior is not None:  # (K, Z, Y, X) -> the slab's (n, K, H, W)
             prior_slab = torch.from_numpy(to_slices(np.asarray(prior[tuple(index)]), axis).copy())
-        slab_probs, slab_ids, slab_maps = [], [], {m: [] for m in maps}
+        slab_probs, slab_maps = [], {m: [] for m in maps}
         for b0 in range(0, slab.shape[0], batch_size):
             x = torch.from_numpy(slab[b0 : b0 + batch_size]).to(device)
             with torch.no_grad(), method.autocast():
@@ -265,18 +278,19 @@ def predict_volume(
             if prior is not None:
                 q = prior_slab[b0 : b0 + x.shape[0]].to(p.device)
                 p = (1.0 - prior_weight) * p.float() + prior_weight * q
-            slab_ids.append(class_ids(p).cpu().numpy().astype(label_dtype))
-            if probs_out is not None:
-                slab_probs.append(p.float().cpu().numpy())
+            slab_probs.append(p.float().cpu().numpy())
             for m in maps:
                 slab_maps[m].append(mp[m].float().cpu().numpy())
+        keep = slice(s0 - e0, s1 - e0)
+        probs = smooth_across_slices(np.concatenate(slab_probs), 0, smoothing)[keep]
         index3 = [slice(None)] * 3
         index3[axis] = slice(s0, s1)
-        labels[tuple(index3)] = from_slices(np.concatenate(slab_ids), axis)
+        ids = class_ids(torch.from_numpy(np.ascontiguousarray(probs))).numpy()
+        labels[tuple(index3)] = from_slices(ids.astype(label_dtype), axis)
         if probs_out is not None:  # (n, K, H, W) -> (K, Z, Y, X)
-            probs_out[(slice(None), *index3)] = from_slices(np.concatenate(slab_probs), axis)
+            probs_out[(slice(None), *index3)] = from_slices(probs, axis)
         for m in maps:
-            maps_out[m][tuple(index3)] = from_slices(np.concatenate(slab_maps[m]), axis)
+            maps_out[m][tuple(index3)] = from_slices(np.concatenate(slab_maps[m])[keep], axis)
         if progress is not None:
             progress(s1, n_slices)
     return VolumePrediction(labels, probs_out, maps_out, note)
