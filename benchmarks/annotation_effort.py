@@ -12,8 +12,11 @@ between, what Slicer / ITK-SNAP users do; ``inside``: k slices strictly inside, 
 - each trained method, one run of ``max(--budgets)`` wall-clock minutes with the product's
   defaults (the recipe the CLI and the plugin use); the weights are copied when the clock
   passes each budget and scored after the run: ``model`` (the network alone), ``output``
-  (what the product hands back: the network fused with the propagation,
-  :func:`predict_volume` ``prior=``) and ``output_lcc`` (its largest 3D component per class).
+  (what the product hands back: the network fused with the propagation and smoothed
+  across slices, :func:`predict_volume` ``prior=``; results before stop 28 have no
+  ``smoothing`` key and were not smoothed) and ``output_lcc`` (its largest 3D component per
+  class); ``--keep-probabilities DIR`` saves the network's and the prior's probabilities
+  for ``fusion_variants.py``.
 
     python benchmarks/annotation_effort.py --dataset la --cases 0 1 2 3 4 --protocol ends --k 4
     python benchmarks/annotation_effort.py --zero-only --k 3 4 5 6 8   # baselines only

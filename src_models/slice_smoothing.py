@@ -9,13 +9,15 @@ changes. :func:`src_models.inference.predict_volume` applies it to its final pro
 :func:`smoothing_halo` extra slices around each slab, so the result equals smoothing the
 whole volume at once.
 
-Measured (``benchmarks/annotation_effort.py --keep-probabilities``, the same weights scored
-with and without, ``docs/benchmarks.md``): 4 labeled slices with the ends, 2 minutes of the
-default, 5 volumes per dataset: hippocampus 0.855 -> 0.860 (every volume up, +0.1 to
-+0.8 points), left atrium 0.900 -> 0.901 (4 of 5 up, one -0.1); sigma 1.5 gave the same
-within 0.1 point, 2 slices less on the hippocampus. Both datasets have roughly isotropic
-voxels: on volumes whose slices are much thicker than their pixels a slice is a long way,
-and ``sigma=0`` (``semiseg predict --smooth-slices 0``) turns it off.
+Measured on the same weights with and without (``benchmarks/annotation_effort.py
+--keep-probabilities``, docs/benchmarks.md, "Smoothing across slices"), 4 labeled slices,
+2 minutes of the default, 5 volumes each: hippocampus with the ends 0.855 -> 0.860 (every
+volume up), strictly inside 0.890 -> 0.899 (every volume up, +0.6 to +1.2 points), left
+atrium with the ends 0.900 -> 0.901 (4 of 5 up, one -0.1); 5 and 6 hippocampus slices, 5
+minutes of SDCL, 3 volumes: 0.891 -> 0.899 and 0.907 -> 0.916. A sigma of 1.5 slices
+measured the same within 0.2 points, 2 slices less. Both datasets have roughly isotropic
+voxels: where slices are much thicker than their pixels a slice is a long way, and
+``sigma=0`` (``semiseg predict --smooth-slices 0``) turns it off.
 """
 
 from __future__ import annotations
