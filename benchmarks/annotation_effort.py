@@ -233,8 +233,8 @@ def _rows(group: list[dict], method: str):
     """(row label, method name suffix, propagation entry) of a (dataset, protocol, k)
     group: the default, and on the ``ends`` protocol also the runs with --ends-labeled."""
     yield group[0]["protocol"], "", "propagation"
-    tagged = f"{method}+{ENDS_TAG}"
-    if group[0]["protocol"] == "ends" and any(tagged in r["methods"] for r in group):
+    tagged = {f"{name}+{ENDS_TAG}" for name in (method, LONG_BUDGET_METHOD)}
+    if group[0]["protocol"] == "ends" and any(tagged & set(r["methods"]) for r in group):
         yield "ends, --ends-labeled", f"+{ENDS_TAG}", "propagation_ends"
 
 
