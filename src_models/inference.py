@@ -257,17 +257,21 @@ def predict_volume(
     # few at a time (16 slices of 512 x 512 took 3 GB in a UNet of 32 base channels)
     tile_plane = min(plane, tile_size * tile_size)
     batch_size = max(1, min(batch_size, BATCH_PIXELS // tile_plane))
+    # the smoothing across slices needs ``halo`` slices of raw probabilities on each side of
+    # a slice: each slab's are kept (``raw``, from slice ``r0``) until the next slab has
+    # come, and slices are written once their right-hand neighbours are known
+    raw: np.ndarray | None = None  # (n, K, H, W) raw probabilities of slices r0 ... s1 - 1
+    raw_maps: dict[str, np.ndarray] = {}  # the maps of slices written ... s1 - 1
+    r0 = written = 0
     for s0 in range(0, n_slices, slab_size):
         s1 = min(n_slices, s0 + slab_size)
-        # the slab is predicted with ``halo`` more slices each side for the smoothing across
-        # slices (their values only inform the slab's), and read with ``context`` more
-        e0, e1 = max(0, s0 - halo), min(n_slices, s1 + halo)
         index = [slice(None)] * 4
-        h0, h1 = max(0, e0 - context), min(n_slices, e1 + context)
+        # with context, a halo of neighbouring slices is read around the slab
+        h0, h1 = max(0, s0 - context), min(n_slices, s1 + context)
         index[axis + 1] = slice(h0, h1)
         slab = np.ascontiguousarray(to_slices(norm.apply(img[tuple(index)]), axis))
-        slab = stack_context(slab, context, e0 - h0, h1 - e1)
-        index[axis + 1] = slice(e0, e1)
+        slab = stack_context(slab, context, s0 - h0, h1 - s1)
+        index[axis + 1] = slice(s0, s1)
         if prior is not None:  # (K, Z, Y, X) -> the slab's (n, K, H, W)
             prior_slab = torch.from_numpy(to_slices(np.asarray(prior[tuple(index)]), axis).copy())
         slab_probs, slab_maps = [], {m: [] for m in maps}
@@ -281,16 +285,25 @@ def predict_volume(
             slab_probs.append(p.float().cpu().numpy())
             for m in maps:
                 slab_maps[m].append(mp[m].float().cpu().numpy())
-        keep = slice(s0 - e0, s1 - e0)
-        probs = smooth_across_slices(np.concatenate(slab_probs), 0, smoothing)[keep]
-        index3 = [slice(None)] * 3
-        index3[axis] = slice(s0, s1)
-        ids = class_ids(torch.from_numpy(np.ascontiguousarray(probs))).numpy()
-        labels[tuple(index3)] = from_slices(ids.astype(label_dtype), axis)
-        if probs_out is not None:  # (n, K, H, W) -> (K, Z, Y, X)
-            probs_out[(slice(None), *index3)] = from_slices(probs, axis)
+        new = np.concatenate(slab_probs)
+        raw = new if raw is None else np.concatenate([raw, new])
         for m in maps:
-            maps_out[m][tuple(index3)] = from_slices(np.concatenate(slab_maps[m])[keep], axis)
-        if progress is not None:
-            progress(s1, n_slices)
+            new_map = np.concatenate(slab_maps[m])
+            raw_maps[m] = new_map if m not in raw_maps else np.concatenate([raw_maps[m], new_map])
+        end = s1 if s1 == n_slices else max(written, s1 - halo)  # slices final now
+        if end > written:
+            probs = smooth_across_slices(raw, 0, smoothing)[written - r0 : end - r0]
+            index3 = [slice(None)] * 3
+            index3[axis] = slice(written, end)
+            ids = class_ids(torch.from_numpy(np.ascontiguousarray(probs))).numpy()
+            labels[tuple(index3)] = from_slices(ids.astype(label_dtype), axis)
+            if probs_out is not None:  # (n, K, H, W) -> (K, Z, Y, X)
+                probs_out[(slice(None), *index3)] = from_slices(probs, axis)
+            for m in maps:
+                maps_out[m][tuple(index3)] = from_slices(raw_maps[m][: end - written], axis)
+                raw_maps[m] = raw_maps[m][end - written :]
+            keep_from = max(0, end - halo)  # the left-hand neighbours of the next slices
+            raw, r0, written = raw[keep_from - r0 :], keep_from, end
+            if progress is not None:
+                progress(written, n_slices)
     return VolumePrediction(labels, probs_out, maps_out, note)

@@ -5,9 +5,10 @@ next where the image alone does not decide (a faint edge, the boundary between t
 classes). A Gaussian of ``sigma`` slices along the slicing axis, on the class probabilities
 before their argmax, lets each slice's decision lean on its neighbours'; in-plane nothing
 changes. :func:`src_models.inference.predict_volume` applies it to its final probabilities
-(the network's, fused with the propagation when a prior is given) slab by slab, reading
-:func:`smoothing_halo` extra slices around each slab, so the result equals smoothing the
-whole volume at once.
+(the network's, fused with the propagation when a prior is given) slab by slab, keeping
+the :func:`smoothing_halo` last slices of each slab's probabilities until the next slab has
+come (no slice is predicted twice), so the result equals smoothing the whole volume at
+once.
 
 Measured on the same weights with and without (``benchmarks/annotation_effort.py
 --keep-probabilities``, docs/benchmarks.md, "Smoothing across slices"), 4 labeled slices,
@@ -50,7 +51,8 @@ def check_smoothing(sigma: float) -> float:
 
 
 def smoothing_halo(sigma: float) -> int:
-    """Slices on each side that take part in one slice's smoothed value."""
+    """Slices on each side that take part in one slice's smoothed value (scipy's kernel
+    radius for ``TRUNCATE``)."""
     return int(TRUNCATE * sigma + 0.5) if sigma > 0 else 0
 
 

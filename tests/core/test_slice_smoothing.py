@@ -49,10 +49,11 @@ def test_halo_covers_the_kernel_and_values_are_checked():
             check_smoothing(bad)
 
 
-@pytest.mark.parametrize("axis", [0, 2])
-def test_prediction_smooths_its_final_probabilities_across_slices(tiny_volume, axis):
-    """Slab by slab (with halos) as the whole volume at once; the prior fused first; the
-    maps stay per slice; the mask is the smoothed probabilities' argmax."""
+@pytest.mark.parametrize("axis, slab_size", [(0, 3), (2, 1), (0, 2)])
+def test_prediction_smooths_its_final_probabilities_across_slices(tiny_volume, axis, slab_size):
+    """Slab by slab (slabs smaller than the Gaussian's reach too) as the whole volume at
+    once; the prior fused first; the maps stay per slice; the mask is the smoothed
+    probabilities' argmax; progress reaches every slice."""
     image, labels = tiny_volume
     _, k = make_volumes([image], [labels], axis=axis)
     bundle = create_model("supervised", TINY, 1, k, seed=3, axis=axis)
@@ -60,11 +61,17 @@ def test_prediction_smooths_its_final_probabilities_across_slices(tiny_volume, a
     prior = _probabilities((k, *image.shape), seed=1)
     common = dict(maps=["confidence"], return_probabilities=True, prior=prior)
     raw = predict_volume(bundle, image, smoothing=0, slab_size=1000, **common)
-    smooth = predict_volume(bundle, image, smoothing=1.0, slab_size=3, batch_size=2, **common)
+    smooth = predict_volume(
+        bundle, image, smoothing=1.0, slab_size=slab_size, batch_size=2, **common
+    )
     expected = gaussian_filter1d(raw.probabilities, 1.0, axis=axis + 1, mode="nearest", truncate=2)
     np.testing.assert_allclose(smooth.probabilities, expected, atol=1e-5)
     assert not np.allclose(smooth.probabilities, raw.probabilities, atol=1e-3)
     np.testing.assert_array_equal(smooth.labels, expected.argmax(0))
     np.testing.assert_allclose(smooth.maps["confidence"], raw.maps["confidence"], atol=1e-6)
+    seen = []
+    predict_volume(bundle, image, slab_size=slab_size, progress=lambda d, n: seen.append((d, n)))
+    n = image.shape[axis]
+    assert seen[-1] == (n, n) and [d for d, _ in seen] == sorted({d for d, _ in seen})
     with pytest.raises(SemisegError, match="number of slices"):
         predict_volume(bundle, image, smoothing=-1)
