@@ -12,8 +12,11 @@ between, what Slicer / ITK-SNAP users do; ``inside``: k slices strictly inside, 
 - each trained method, one run of ``max(--budgets)`` wall-clock minutes with the product's
   defaults (the recipe the CLI and the plugin use); the weights are copied when the clock
   passes each budget and scored after the run: ``model`` (the network alone), ``output``
-  (what the product hands back: the network fused with the propagation,
-  :func:`predict_volume` ``prior=``) and ``output_lcc`` (its largest 3D component per class).
+  (what the product hands back: the network fused with the propagation and smoothed
+  across slices, :func:`predict_volume` ``prior=``; results before stop 28 have no
+  ``smoothing`` key and were not smoothed) and ``output_lcc`` (its largest 3D component per
+  class); ``--keep-probabilities DIR`` saves the network's and the prior's probabilities
+  for ``fusion_variants.py``.
 
     python benchmarks/annotation_effort.py --dataset la --cases 0 1 2 3 4 --protocol ends --k 4
     python benchmarks/annotation_effort.py --zero-only --k 3 4 5 6 8   # baselines only
@@ -36,12 +39,13 @@ import torch
 from _common import RESULTS, ROOT, machine
 from _protocol import PROTOCOLS, load_case, protocol_slices, scored_dice, sparse
 
-from src_models.inference import predict_volume
+from src_models.inference import DEFAULT_PRIOR_WEIGHT, predict_volume
 from src_models.interpolation import interpolate_volume
 from src_models.method_choice import LONG_BUDGET_METHOD, SHORT_BUDGET_METHOD
 from src_models.postprocess import largest_component_3d
 from src_models.propagation import propagate_volume, propagation_prior
 from src_models.recipe import RunRecipe, build_run
+from src_models.slice_smoothing import DEFAULT_SMOOTHING, smooth_across_slices
 from src_models.training import train
 
 FOLDER = RESULTS / "annotation_effort"
@@ -125,10 +129,10 @@ def trained_run(method, image, labels, axis, labeled, budgets, seed, overrides, 
     rows = {}
     for minutes, (iteration, elapsed, state) in sorted(snapshots.items()):
         bundle.method.load_state_dict(state, with_optimizers=False)
-        model = predict_volume(bundle, image, maps=(), return_probabilities=True).probabilities
-        flipped = predict_volume(
-            bundle, image, maps=(), return_probabilities=True, flips=True
-        ).probabilities
+        # the network's own probabilities, then fused and smoothed as the product does
+        net = dict(maps=(), return_probabilities=True, smoothing=0)
+        model = predict_volume(bundle, image, **net).probabilities
+        flipped = predict_volume(bundle, image, flips=True, **net).probabilities
         if keep is not None:
             np.savez_compressed(
                 f"{keep}__{minutes:g}min.npz",
@@ -137,27 +141,30 @@ def trained_run(method, image, labels, axis, labeled, budgets, seed, overrides, 
                 labeled=np.asarray(labeled),
                 axis=axis,
             )
-        alone, fused = model.argmax(0), (0.5 * model + 0.5 * prior).argmax(0)
+
+        def output(network, weight=DEFAULT_PRIOR_WEIGHT, walk=prior, sigma=DEFAULT_SMOOTHING):
+            fused = (1 - weight) * network + weight * walk
+            mask = smooth_across_slices(fused, axis + 1, sigma).argmax(0)
+            return scored_dice(mask, labels, axis, labeled)
+
+        fused = smooth_across_slices(0.5 * model + 0.5 * prior, axis + 1, DEFAULT_SMOOTHING)
         rows[str(minutes)] = {
             "iteration": iteration,
             "elapsed": elapsed,
-            "model": scored_dice(alone, labels, axis, labeled),
-            "output": scored_dice(fused, labels, axis, labeled),
-            "output_lcc": scored_dice(largest_component_3d(fused, k), labels, axis, labeled),
-            # variants of the output measured alongside (weight of the prior; mirrored slices)
-            "output_w0.3": scored_dice(
-                (0.7 * model + 0.3 * prior).argmax(0), labels, axis, labeled
+            "model": scored_dice(model.argmax(0), labels, axis, labeled),
+            "output": output(model),
+            "output_lcc": scored_dice(
+                largest_component_3d(fused.argmax(0), k), labels, axis, labeled
             ),
-            "output_w0.7": scored_dice(
-                (0.3 * model + 0.7 * prior).argmax(0), labels, axis, labeled
-            ),
+            # variants of the output measured alongside (no smoothing across slices; weight
+            # of the prior; mirrored slices; the other propagation)
+            "output_unsmoothed": output(model, sigma=0),
+            "output_w0.3": output(model, 0.3),
+            "output_w0.7": output(model, 0.7),
             "model_flips": scored_dice(flipped.argmax(0), labels, axis, labeled),
-            "output_flips": scored_dice(
-                (0.5 * flipped + 0.5 * prior).argmax(0), labels, axis, labeled
-            ),
-            "output_" + ("extended" if recipe.ends_labeled else "ends"): scored_dice(
-                (0.5 * model + 0.5 * other).argmax(0), labels, axis, labeled
-            ),
+            "output_flips": output(flipped),
+            "output_" + ("extended" if recipe.ends_labeled else "ends"): output(model, walk=other),
+            "smoothing": DEFAULT_SMOOTHING,
         }
     return {"budgets": rows, "setup_seconds": setup, "prior_seconds": prior_seconds}
 
@@ -226,8 +233,8 @@ def _rows(group: list[dict], method: str):
     """(row label, method name suffix, propagation entry) of a (dataset, protocol, k)
     group: the default, and on the ``ends`` protocol also the runs with --ends-labeled."""
     yield group[0]["protocol"], "", "propagation"
-    tagged = f"{method}+{ENDS_TAG}"
-    if group[0]["protocol"] == "ends" and any(tagged in r["methods"] for r in group):
+    tagged = {f"{name}+{ENDS_TAG}" for name in (method, LONG_BUDGET_METHOD)}
+    if group[0]["protocol"] == "ends" and any(tagged & set(r["methods"]) for r in group):
         yield "ends, --ends-labeled", f"+{ENDS_TAG}", "propagation_ends"
 
 

@@ -263,7 +263,9 @@ def annotation_section(lines: list[str]) -> None:
         "(`output_w0.3`, `output_w0.7`: the prior's weight in the fusion; `output_flips`: "
         "test-time mirrored slices) are in the JSON files: the flips add 0.1-0.4 points to the "
         "means, a prior weight of 0.7 -0.4 to +0.2, 0.3 loses 0.3-1.6; none closes the gap "
-        "to the goals.",
+        "to the goals. Since stop 28 the product smooths its output across slices "
+        "(below); the runs before it recorded `output` without (their results have no "
+        "`smoothing` key), later ones `output` smoothed and `output_unsmoothed`.",
         "",
         "![Dice against labeled slices](images/annotation_effort.png)",
         "",
@@ -273,6 +275,34 @@ def annotation_section(lines: list[str]) -> None:
     notes = ROOT / "benchmarks" / "annotation_notes.md"
     if notes.exists():
         lines += [notes.read_text().strip(), ""]
+    fusion_section(lines)
+
+
+def fusion_section(lines: list[str]) -> None:
+    """Ways to combine the network with the propagation, on the same weights."""
+    from fusion_variants import report_lines
+
+    table = report_lines()
+    if not table:
+        return
+    lines += [
+        "### Smoothing across slices and other fusions, on the same weights",
+        "",
+        "`benchmarks/fusion_variants.py` on the probabilities `annotation_effort.py "
+        "--keep-probabilities` saved (no training of its own): each row one (dataset, "
+        "protocol, k, method and budget), the mean Dice over its volumes of the network "
+        "alone, the propagation alone, the 0.5 blend of the two (the product's fusion "
+        "until stop 27), that blend smoothed across slices by a Gaussian of 1, 1.5 or 2 "
+        "slices (`smooth 1`: the product's output since stop 28, "
+        "`src_models/slice_smoothing.py`), the prior weighted 0.7, both, and the network "
+        "smoothed before the blend; the last column counts the volumes where `smooth 1` "
+        "beats the plain blend. Rows with 2-minute supervised runs were one run per "
+        "volume on 2 threads (`--separate`); the SDCL rows are the 5-minute runs of goal 3 "
+        "(k = 5, 6), scored at 2 and 5 minutes.",
+        "",
+        *table,
+        "",
+    ]
 
 
 def load_section(lines: list[str]) -> None:

@@ -24,6 +24,12 @@ from src_models.data.normalization import fit_normalization
 from src_models.data.volumes import MIN_SLICE_SIZE, as_channels_first, from_slices, to_slices
 from src_models.errors import SemisegError
 from src_models.methods.base import Method
+from src_models.slice_smoothing import (
+    DEFAULT_SMOOTHING,
+    check_smoothing,
+    smooth_across_slices,
+    smoothing_halo,
+)
 from src_models.training.checkpoint import ModelBundle
 from src_models.training.fit import MIN_FIT
 
@@ -159,6 +165,7 @@ def predict_volume(
     prior: np.ndarray | None = None,
     prior_weight: float = DEFAULT_PRIOR_WEIGHT,
     flips: bool = False,
+    smoothing: float = DEFAULT_SMOOTHING,
 ) -> VolumePrediction:
     """Predict a whole volume.
 
@@ -178,6 +185,8 @@ def predict_volume(
             ``(1 - prior_weight) * model + prior_weight * prior``; maps stay the model's.
         flips: test-time augmentation (three forward passes per slice, see
             :func:`predict_slices`).
+        smoothing: sigma in slices of a Gaussian across slices on the final probabilities
+            (:mod:`src_models.slice_smoothing`; 0: off); maps stay per slice.
     Returns:
         VolumePrediction whose arrays are the ``out`` arrays when given.
     """
@@ -210,6 +219,8 @@ def predict_volume(
             f"{(method.num_classes, *img.shape[1:])} (classes, Z, Y, X): compute it from "
             "labels of this image with the model's classes"
         )
+    smoothing = check_smoothing(smoothing)
+    halo = smoothing_halo(smoothing)
     note = ""
     fit = bundle.info.get("labeled_fit")
     if prior is not None and isinstance(fit, (int, float)) and fit < MIN_FIT:
@@ -246,6 +257,12 @@ def predict_volume(
     # few at a time (16 slices of 512 x 512 took 3 GB in a UNet of 32 base channels)
     tile_plane = min(plane, tile_size * tile_size)
     batch_size = max(1, min(batch_size, BATCH_PIXELS // tile_plane))
+    # the smoothing across slices needs ``halo`` slices of raw probabilities on each side of
+    # a slice: each slab's are kept (``raw``, from slice ``r0``) until the next slab has
+    # come, and slices are written once their right-hand neighbours are known
+    raw: np.ndarray | None = None  # (n, K, H, W) raw probabilities of slices r0 ... s1 - 1
+    raw_maps: dict[str, np.ndarray] = {}  # the maps of slices written ... s1 - 1
+    r0 = written = 0
     for s0 in range(0, n_slices, slab_size):
         s1 = min(n_slices, s0 + slab_size)
         index = [slice(None)] * 4
@@ -257,7 +274,7 @@ def predict_volume(
         index[axis + 1] = slice(s0, s1)
         if prior is not None:  # (K, Z, Y, X) -> the slab's (n, K, H, W)
             prior_slab = torch.from_numpy(to_slices(np.asarray(prior[tuple(index)]), axis).copy())
-        slab_probs, slab_ids, slab_maps = [], [], {m: [] for m in maps}
+        slab_probs, slab_maps = [], {m: [] for m in maps}
         for b0 in range(0, slab.shape[0], batch_size):
             x = torch.from_numpy(slab[b0 : b0 + batch_size]).to(device)
             with torch.no_grad(), method.autocast():
@@ -265,18 +282,28 @@ def predict_volume(
             if prior is not None:
                 q = prior_slab[b0 : b0 + x.shape[0]].to(p.device)
                 p = (1.0 - prior_weight) * p.float() + prior_weight * q
-            slab_ids.append(class_ids(p).cpu().numpy().astype(label_dtype))
-            if probs_out is not None:
-                slab_probs.append(p.float().cpu().numpy())
+            slab_probs.append(p.float().cpu().numpy())
             for m in maps:
                 slab_maps[m].append(mp[m].float().cpu().numpy())
-        index3 = [slice(None)] * 3
-        index3[axis] = slice(s0, s1)
-        labels[tuple(index3)] = from_slices(np.concatenate(slab_ids), axis)
-        if probs_out is not None:  # (n, K, H, W) -> (K, Z, Y, X)
-            probs_out[(slice(None), *index3)] = from_slices(np.concatenate(slab_probs), axis)
+        new = np.concatenate(slab_probs)
+        raw = new if raw is None else np.concatenate([raw, new])
         for m in maps:
-            maps_out[m][tuple(index3)] = from_slices(np.concatenate(slab_maps[m]), axis)
-        if progress is not None:
-            progress(s1, n_slices)
+            new_map = np.concatenate(slab_maps[m])
+            raw_maps[m] = new_map if m not in raw_maps else np.concatenate([raw_maps[m], new_map])
+        end = s1 if s1 == n_slices else max(written, s1 - halo)  # slices final now
+        if end > written:
+            probs = smooth_across_slices(raw, 0, smoothing)[written - r0 : end - r0]
+            index3 = [slice(None)] * 3
+            index3[axis] = slice(written, end)
+            ids = class_ids(torch.from_numpy(np.ascontiguousarray(probs))).numpy()
+            labels[tuple(index3)] = from_slices(ids.astype(label_dtype), axis)
+            if probs_out is not None:  # (n, K, H, W) -> (K, Z, Y, X)
+                probs_out[(slice(None), *index3)] = from_slices(probs, axis)
+            for m in maps:
+                maps_out[m][tuple(index3)] = from_slices(raw_maps[m][: end - written], axis)
+                raw_maps[m] = raw_maps[m][end - written :]
+            keep_from = max(0, end - halo)  # the left-hand neighbours of the next slices
+            raw, r0, written = raw[keep_from - r0 :], keep_from, end
+            if progress is not None:
+                progress(written, n_slices)
     return VolumePrediction(labels, probs_out, maps_out, note)

@@ -177,6 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep only the largest 3D connected component of each class (for one "
         "structure per class, e.g. an organ; not for many objects such as cells)",
     )
+    p.add_argument(
+        "--smooth-slices",
+        type=float,
+        default=None,
+        metavar="SIGMA",
+        help="Gaussian across slices, in slices, on the class probabilities before the mask "
+        "(default 1; 0: off, e.g. for slices much thicker than their pixels)",
+    )
     p.set_defaults(func=cmd_predict)
 
     g = sub.add_parser("suggest", help="the next slices to annotate, ranked, with reasons")

@@ -25,6 +25,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     volume_format(args.out)  # fail early on an unsupported extension
     _check_at_least("--batch-size", args.batch_size, 1)
+    args.smoothing = _smoothing(args)
     maps = [m.strip() for m in (args.maps or "").split(",") if m.strip()]
     not_names = [m for m in maps if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", m)]
     if not_names:  # a map's name becomes part of a file name: never a path
@@ -106,6 +107,18 @@ def _model_labels(args, bundle, img) -> tuple[np.ndarray, list[int]]:
     return ids, labeled
 
 
+def _smoothing(args) -> float:
+    """``--smooth-slices`` checked (the core's default when not given)."""
+    from src_models.slice_smoothing import DEFAULT_SMOOTHING, check_smoothing
+
+    if args.smooth_slices is None:
+        return DEFAULT_SMOOTHING
+    try:
+        return check_smoothing(args.smooth_slices)
+    except SemisegError as exc:
+        raise SemisegError(f"--smooth-slices: {exc}") from None
+
+
 def _fused_prior(args, bundle, img) -> np.ndarray:
     """The propagation of the labeled slices of ``--labels`` over ``img`` (K, Z, Y, X)."""
     from src_models.propagation import propagation_prior
@@ -128,7 +141,9 @@ def _predict_in_memory(args, bundle, img, meta, maps, targets, values, prior=Non
     from napari_semiseg.io import write_volumes
     from src_models.inference import predict_volume
 
-    pred = predict_volume(bundle, img, maps, batch_size=args.batch_size, prior=prior)
+    pred = predict_volume(
+        bundle, img, maps, batch_size=args.batch_size, prior=prior, smoothing=args.smoothing
+    )
     if pred.note:
         print(pred.note)
     if args.largest_component:
@@ -164,7 +179,9 @@ def _predict_streaming(args, bundle, img, meta, maps, targets, values) -> np.nda
                 )
                 staged.append(st)
                 outs[key] = arr
-            predict_volume(bundle, img, maps, batch_size=args.batch_size, out=outs)
+            predict_volume(
+                bundle, img, maps, batch_size=args.batch_size, out=outs, smoothing=args.smoothing
+            )
             counts = np.zeros(bundle.num_classes, np.int64)
             labels = outs["labels"]
             for z0 in range(0, spatial[0], 16):  # class counts, and the user's values back

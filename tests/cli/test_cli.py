@@ -268,6 +268,11 @@ def test_predict_errors_leave_no_partial_output(files, tmp_path, capsys):
         == 2
     )
     assert not out.exists() and not list(tmp_path.glob("pred*"))
+    base = ("predict", "--model", run_dir, "--image", files["image"], "--out", out)
+    for sigma in ("-1", "nan"):
+        assert run(*base, "--smooth-slices", sigma) == 2
+        assert "--smooth-slices: the smoothing across slices" in capsys.readouterr().err
+        assert not list(tmp_path.glob("pred*"))
     assert (
         run("predict", "--model", tmp_path / "missing", "--image", files["image"], "--out", out)
         == 2

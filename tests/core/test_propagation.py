@@ -143,12 +143,14 @@ def test_fused_prediction_blends_the_model_with_the_prior():
         "supervised", {"channels": "4,8,16,32,64"}, 1, 2, seed=0, axis=0, patch_size=32
     )
     prior = np.stack([1.0 - truth, truth]).astype(np.float32)  # a certain, right prior
-    alone = predict_volume(bundle, vol, maps=(), return_probabilities=True)
-    fused = predict_volume(bundle, vol, maps=(), prior=prior, return_probabilities=True)
+    # the blend itself (the smoothing across slices after it: tests/core/test_slice_smoothing)
+    plain = dict(maps=(), return_probabilities=True, smoothing=0)
+    alone = predict_volume(bundle, vol, **plain)
+    fused = predict_volume(bundle, vol, prior=prior, **plain)
     np.testing.assert_allclose(
         fused.probabilities, 0.5 * alone.probabilities + 0.5 * prior, atol=1e-5
     )
-    only_prior = predict_volume(bundle, vol, maps=(), prior=prior, prior_weight=1.0)
+    only_prior = predict_volume(bundle, vol, prior=prior, prior_weight=1.0, **plain)
     np.testing.assert_array_equal(only_prior.labels, truth)
     with pytest.raises(Exception, match="the prior has shape"):
         predict_volume(bundle, vol, maps=(), prior=prior[:, :3])
