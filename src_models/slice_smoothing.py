@@ -13,7 +13,7 @@ once.
 Measured on the same weights with and without (``benchmarks/annotation_effort.py
 --keep-probabilities``, docs/benchmarks.md, "Smoothing across slices"), 4 labeled slices,
 2 minutes of the default, 5 volumes each: hippocampus with the ends 0.855 -> 0.860 (every
-volume up), strictly inside 0.890 -> 0.899 (every volume up, +0.6 to +1.2 points), left
+volume up), strictly inside 0.890 -> 0.898 (every volume up, +0.5 to +1.1 points), left
 atrium with the ends 0.900 -> 0.901 (4 of 5 up, one -0.1); 5 and 6 hippocampus slices, 5
 minutes of SDCL, 3 volumes: 0.891 -> 0.899 and 0.907 -> 0.916. A sigma of 1.5 slices
 measured the same within 0.2 points, 2 slices less. Both datasets have roughly isotropic
