@@ -142,25 +142,25 @@ def trained_run(method, image, labels, axis, labeled, budgets, seed, overrides, 
                 axis=axis,
             )
 
-        def output(network, weight=DEFAULT_PRIOR_WEIGHT, walk=prior, sigma=DEFAULT_SMOOTHING):
-            fused = (1 - weight) * network + weight * walk
-            mask = smooth_across_slices(fused, axis + 1, sigma).argmax(0)
-            return scored_dice(mask, labels, axis, labeled)
+        def fused(network, weight=DEFAULT_PRIOR_WEIGHT, walk=prior, sigma=DEFAULT_SMOOTHING):
+            blend = (1 - weight) * network + weight * walk
+            return smooth_across_slices(blend, axis + 1, sigma).argmax(0)
 
-        fused = smooth_across_slices(0.5 * model + 0.5 * prior, axis + 1, DEFAULT_SMOOTHING)
+        def output(network, **variant):
+            return scored_dice(fused(network, **variant), labels, axis, labeled)
+
+        product = fused(model)
         rows[str(minutes)] = {
             "iteration": iteration,
             "elapsed": elapsed,
             "model": scored_dice(model.argmax(0), labels, axis, labeled),
-            "output": output(model),
-            "output_lcc": scored_dice(
-                largest_component_3d(fused.argmax(0), k), labels, axis, labeled
-            ),
+            "output": scored_dice(product, labels, axis, labeled),
+            "output_lcc": scored_dice(largest_component_3d(product, k), labels, axis, labeled),
             # variants of the output measured alongside (no smoothing across slices; weight
             # of the prior; mirrored slices; the other propagation)
             "output_unsmoothed": output(model, sigma=0),
-            "output_w0.3": output(model, 0.3),
-            "output_w0.7": output(model, 0.7),
+            "output_w0.3": output(model, weight=0.3),
+            "output_w0.7": output(model, weight=0.7),
             "model_flips": scored_dice(flipped.argmax(0), labels, axis, labeled),
             "output_flips": output(flipped),
             "output_" + ("extended" if recipe.ends_labeled else "ends"): output(model, walk=other),

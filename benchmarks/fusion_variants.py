@@ -46,8 +46,9 @@ def variants(model: np.ndarray, prior: np.ndarray, axis: int) -> dict[str, np.nd
     masks = {"network": model.argmax(0), "propagation": prior.argmax(0)}
     for weight in (0.3, 0.5, 0.6, 0.7, 0.8):
         masks[f"prior w{weight}"] = blend(weight).argmax(0)
+    half = blend(0.5)
     for sigma in (0.7, 1.0, 1.5, 2.0):
-        masks[f"smooth {sigma:g}"] = smooth(blend(0.5), sigma).argmax(0)
+        masks[f"smooth {sigma:g}"] = smooth(half, sigma).argmax(0)
     masks["smooth 1, prior w0.7"] = smooth(blend(0.7), 1.0).argmax(0)
     masks["network smoothed 1"] = blend(0.5, smooth(model, 1.0)).argmax(0)
     return masks
