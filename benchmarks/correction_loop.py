@@ -28,6 +28,8 @@ The arms run side by side, one per worker process with ``--threads`` torch threa
 
 Results: one JSON per (dataset, case, protocol) in ``benchmarks/results/correction_loop/``;
 ``--report`` prints the means over volumes and draws ``docs/images/correction_loop.png``.
+``--tag NAME --note TEXT`` keeps a variant's runs apart (in ``correction_loop/NAME/``, e.g.
+after a change of the product, on fewer arms), reported after the main table.
 """
 
 from __future__ import annotations
@@ -204,7 +206,8 @@ def run_arms(pool, workers: int, tasks: dict, scratch_task) -> tuple[dict, dict 
 
 
 def benchmark(args) -> None:
-    FOLDER.mkdir(parents=True, exist_ok=True)
+    folder_out = FOLDER / args.tag if args.tag else FOLDER
+    folder_out.mkdir(parents=True, exist_ok=True)
     context = multiprocessing.get_context("spawn")
     arms = [(s, kind) for s in args.strategies for kind in args.kinds]
     if args.arms:
@@ -215,7 +218,7 @@ def benchmark(args) -> None:
         for protocol in args.protocol:
             labeled = protocol_slices(truth, axis, args.k0, protocol)
             ends = protocol == "ends" and not args.no_ends_labeled
-            path = FOLDER / f"{args.dataset}__{case}__{protocol}.json"
+            path = folder_out / f"{args.dataset}__{case}__{protocol}.json"
             entry = {
                 "dataset": args.dataset,
                 "case": case,
@@ -226,6 +229,8 @@ def benchmark(args) -> None:
                 "machine": machine(),
                 "loops": {},
             }
+            if args.tag:
+                entry.update(tag=args.tag, note=args.note)
             print(f"{args.dataset}/{case}/{protocol}: round 0 on {labeled}", flush=True)
             torch.set_num_threads(args.threads)
             recipe = RunRecipe(axis=axis, minutes=args.minutes, seed=args.seed, ends_labeled=ends)
@@ -263,8 +268,14 @@ def benchmark(args) -> None:
 
 
 # -- report ----------------------------------------------------------------------------------
-def load_entries() -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(FOLDER.glob("*.json"))]
+def load_entries(tag: str | None = None) -> list[dict]:
+    """The runs of the main table, or of the variant ``tag``."""
+    folder = FOLDER / tag if tag else FOLDER
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+
+
+def variant_tags() -> list[str]:
+    return sorted(p.name for p in FOLDER.iterdir() if p.is_dir()) if FOLDER.is_dir() else []
 
 
 def groups(entries: list[dict]) -> dict[tuple[str, str], list[dict]]:
@@ -351,25 +362,32 @@ def goal_lines(s: dict) -> list[str]:
 
 def report_lines() -> list[str]:
     lines = []
-    for (dataset, protocol), group in sorted(groups(load_entries()).items()):
-        s = summary(group)
-        ends = ", --ends-labeled" if group[0].get("ends_labeled") else ""
-        lines.append(f"{dataset}, {protocol}{ends}: {s['volumes']} volumes")
-        for arm, row in s["arms"].items():
-            dice = " → ".join(f"{d:.3f}" for d in row["dice"])
-            wrong = "" if np.isnan(row["wrong"]) else f" (wrong before: {row['wrong']:.0f})"
-            lines.append(f"  {arm:32s} {dice}  painted {row['painted']:.0f}{wrong}")
-        for name in ("interpolation", "propagation"):
-            if name in s:
-                lines.append(
-                    f"  {name + ' (same slices)':32s} " + " → ".join(f"{d:.3f}" for d in s[name])
-                )
-        lines += [f"  {goal}" for goal in goal_lines(s)]
-        lines.append(
-            f"  10 slices: interpolation {s['interpolation_10']:.3f}, propagation "
-            f"{s['propagation_10']:.3f}; from scratch on the final slices "
-            f"{s.get('from_scratch', float('nan')):.3f}"
-        )  # fmt: skip
+    for tag in [None, *variant_tags()]:
+        for (dataset, protocol), group in sorted(groups(load_entries(tag)).items()):
+            lines += group_lines(dataset, protocol, group)
+    return lines
+
+
+def group_lines(dataset: str, protocol: str, group: list[dict]) -> list[str]:
+    s, lines = summary(group), []
+    ends = ", --ends-labeled" if group[0].get("ends_labeled") else ""
+    variant = f" [{group[0]['tag']}]" if group[0].get("tag") else ""
+    lines.append(f"{dataset}, {protocol}{ends}{variant}: {s['volumes']} volumes")
+    for arm, row in s["arms"].items():
+        dice = " → ".join(f"{d:.3f}" for d in row["dice"])
+        wrong = "" if np.isnan(row["wrong"]) else f" (wrong before: {row['wrong']:.0f})"
+        lines.append(f"  {arm:32s} {dice}  painted {row['painted']:.0f}{wrong}")
+    for name in ("interpolation", "propagation"):
+        if name in s:
+            lines.append(
+                f"  {name + ' (same slices)':32s} " + " → ".join(f"{d:.3f}" for d in s[name])
+            )
+    lines += [f"  {goal}" for goal in goal_lines(s)]
+    lines.append(
+        f"  10 slices: interpolation {s['interpolation_10']:.3f}, propagation "
+        f"{s['propagation_10']:.3f}; from scratch on the final slices "
+        f"{s.get('from_scratch', float('nan')):.3f}"
+    )  # fmt: skip
     return lines
 
 
@@ -439,6 +457,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="arms run side by side")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per arm")
     parser.add_argument("--no-scratch", action="store_true", help="skip the from-scratch run")
+    parser.add_argument("--tag", help="a variant: its runs saved apart, in correction_loop/TAG/")
+    parser.add_argument("--note", default="", help="what the variant changes (with --tag)")
     parser.add_argument("--report", action="store_true")
     args = parser.parse_args()
     if not args.report:

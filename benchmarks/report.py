@@ -362,6 +362,38 @@ def predict_memory_section(lines: list[str]) -> None:
     lines.append("")
 
 
+def _correction_table(lines: list[str], cl, dataset: str, protocol: str, group: list[dict]):
+    """One (dataset, protocol) of the correction loop: the arms by round, the references and
+    the goal lines."""
+    s = cl.summary(group)
+    cases = ", ".join(e["case"] for e in group)
+    lines += [
+        f"**{dataset}, {protocol}** ({s['volumes']} volumes: {cases})",
+        "",
+        "| arm (strategy / correction) | Dice by round 0 → 5 | voxels painted | of them "
+        "wrong before (accept the slice, fix those) | minutes at the end (wall clock) |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for arm, row in s["arms"].items():
+        dice = " → ".join(f"{d:.3f}" for d in row["dice"])
+        wrong = _f(row["wrong"], "{:.0f}")
+        lines.append(f"| {arm} | {dice} | {row['painted']:.0f} | {wrong} | {row['minutes']:.1f} |")
+    for name in ("interpolation", "propagation"):
+        if name in s:
+            dice = " → ".join(f"{d:.3f}" for d in s[name])
+            lines.append(f"| {name}, same slices as strided/slice | {dice} | | | |")
+    lines += [
+        f"| interpolation / propagation with {cl.REFERENCE_K} slices of the protocol | "
+        f"{s['interpolation_10']:.3f} / {s['propagation_10']:.3f} | | | |",
+        f"| from scratch on strided/slice's final slices, 6 min | "
+        f"{_f(s.get('from_scratch'), '{:.3f}')} | | | 6.0 |",
+        "",
+    ]
+    for goal in cl.goal_lines(s):
+        lines.append(f"- {goal}")
+    lines.append("")
+
+
 def correction_section(lines: list[str]) -> None:
     """The simulated user of the correction loop (correction_loop.py), when it was run."""
     import correction_loop as cl
@@ -389,35 +421,11 @@ def correction_section(lines: list[str]) -> None:
         "",
     ]
     for (dataset, protocol), group in sorted(cl.groups(entries).items()):
-        s = cl.summary(group)
-        cases = ", ".join(e["case"] for e in group)
-        lines += [
-            f"**{dataset}, {protocol}** ({s['volumes']} volumes: {cases})",
-            "",
-            "| arm (strategy / correction) | Dice by round 0 → 5 | voxels painted | of them "
-            "wrong before (accept the slice, fix those) | minutes at the end (wall clock) |",
-            "|---|---|---:|---:|---:|",
-        ]
-        for arm, row in s["arms"].items():
-            dice = " → ".join(f"{d:.3f}" for d in row["dice"])
-            wrong = _f(row["wrong"], "{:.0f}")
-            lines.append(
-                f"| {arm} | {dice} | {row['painted']:.0f} | {wrong} | {row['minutes']:.1f} |"
-            )
-        for name in ("interpolation", "propagation"):
-            if name in s:
-                dice = " → ".join(f"{d:.3f}" for d in s[name])
-                lines.append(f"| {name}, same slices as strided/slice | {dice} | | | |")
-        lines += [
-            f"| interpolation / propagation with {cl.REFERENCE_K} slices of the protocol | "
-            f"{s['interpolation_10']:.3f} / {s['propagation_10']:.3f} | | | |",
-            f"| from scratch on strided/slice's final slices, 6 min | "
-            f"{_f(s.get('from_scratch'), '{:.3f}')} | | | 6.0 |",
-            "",
-        ]
-        for goal in cl.goal_lines(s):
-            lines.append(f"- {goal}")
-        lines.append("")
+        _correction_table(lines, cl, dataset, protocol, group)
+    for tag in cl.variant_tags():
+        for (dataset, protocol), group in sorted(cl.groups(cl.load_entries(tag)).items()):
+            lines += [f"Variant `{tag}`: {group[0].get('note', '')}", ""]
+            _correction_table(lines, cl, dataset, protocol, group)
     earlier = [e for e in entries if "reference" not in e]
     if earlier:
         lines += [

@@ -14,7 +14,10 @@ prediction holds the structure:
   *Next slice*).
 - ``uncertainty-distance``: uncertainty times the distance to the nearest labeled (or already
   suggested) slice, so suggestions spread out instead of piling up next to each other (the
-  diversity idea behind ClaSP PE).
+  diversity idea behind ClaSP PE); within the extent ``strided`` spreads over (the predicted
+  structure and the labeled slices) while it has an unlabeled slice: far from every labeled
+  slice, the distance outweighed a tiny uncertainty, and it picked the volume's first slice,
+  empty, on the hippocampus strictly inside.
 
 Each pick counts as labeled for the next one, so ``n`` suggestions spread over the volume.
 With ``ends_labeled`` (the user labeled the structure's first and last slices) nothing
@@ -137,9 +140,12 @@ def suggest(
                 score = score * dist
                 why = "mean uncertainty {:.3f} x {:.0f} slices from the nearest labeled one"
             score[done] = -np.inf
-            if bounded:
-                score[:first] = -np.inf
-                score[last + 1 :] = -np.inf
+            if bounded or strategy == "uncertainty-distance":
+                within = score.copy()
+                within[:first] = -np.inf
+                within[last + 1 :] = -np.inf
+                if bounded or np.isfinite(within).any():
+                    score = within
             i = int(np.argmax(score))
             if not np.isfinite(score[i]):
                 break

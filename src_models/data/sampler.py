@@ -54,8 +54,16 @@ def propagation_targets(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Targets (N, H, W) and per-pixel weights (N, H, W) of the random-walker propagation of
     ``volume``'s ``labeled`` slices: its class ids, weighted by how sure the walk is (0 below
-    :data:`PROPAGATION_UNSURE`, 1 from :data:`PROPAGATION_SURE`), 0 on the labeled slices
-    (they train as labeled) and on slices the propagation does not reach."""
+    :data:`PROPAGATION_UNSURE`, 1 from :data:`PROPAGATION_SURE`), 0 on the annotated voxels
+    of the labeled slices (they train as labeled) and on slices the propagation does not
+    reach.
+
+    The unannotated voxels (:data:`IGNORE`) of a partly labeled slice, a region correction,
+    get the walk's targets as an unlabeled slice does: the walk is seeded by the painted
+    voxels themselves, so it is surest next to them. Without them the network saw only the
+    painted region of such a slice (often a sliver of one class along a wrong boundary) and
+    the region corrections of the simulated user (``benchmarks/correction_loop.py``) added
+    next to nothing on the hippocampus."""
     result = propagate(
         volume.slices, volume.labels, labeled, num_classes, ends_labeled=ends_labeled
     )
@@ -63,7 +71,8 @@ def propagation_targets(
     span = PROPAGATION_SURE - PROPAGATION_UNSURE
     weights = np.clip((sure - PROPAGATION_UNSURE) / span, 0.0, 1.0).astype(np.float32)
     weights[~result.covered] = 0.0
-    weights[list(labeled)] = 0.0
+    for s in labeled:
+        weights[s][np.asarray(volume.labels[s]) >= 0] = 0.0
     return result.labels, weights
 
 
@@ -199,8 +208,10 @@ class SliceSampler:
                     interp = interpolate_slices(vol.labels, used, self.num_classes)
                     targets = interp.labels
                     weights = prior_weights(interp, band_per_slice=prior_band)
+                    weights[list(vol.labeled)] = 0.0
+                weights[[s for s in vol.labeled if (v, s) in held]] = 0.0  # never trained on
+                # unlabeled slices the prior reaches, and partly labeled ones (propagation)
                 slices = [int(s) for s in np.flatnonzero(weights.reshape(len(weights), -1).max(1))]
-                slices = [s for s in slices if s not in vol.labeled]
                 if slices:
                     self.prior_targets[v] = (targets, weights)
                     self.prior_index += [(v, s) for s in slices]

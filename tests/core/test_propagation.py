@@ -136,6 +136,39 @@ def test_sampler_trains_on_the_propagation_where_it_is_sure():
         SliceSampler(volumes, patch_size=48, prior_fraction=0.5, prior="magic")
 
 
+def test_the_unpainted_voxels_of_a_region_correction_train_on_the_propagation():
+    image, truth = wobbly_blob()
+    labeled = [0, 4, 7, 14]
+    sparse = np.where(np.isin(np.arange(15), labeled)[:, None, None], truth, 0)
+    # slice 4 is a region correction: a band across the blob's edge painted, the rest not
+    painted = np.zeros(truth.shape[1:], bool)
+    painted[:, 18:30] = True
+    sparse[4][~painted] = IGNORE
+    volumes, _ = make_volumes([image[:, 0]], [sparse], 0, [labeled])
+    sampler = SliceSampler(volumes, patch_size=48, batch_size=8, prior_fraction=0.5)
+    targets, weights = sampler.prior_targets[0]
+    assert (0, 4) in sampler.prior_index and not {(0, 0), (0, 7), (0, 14)} & set(
+        sampler.prior_index
+    )
+    assert not weights[4][painted].any()  # painted voxels train as labeled, once
+    assert not weights[[0, 7, 14]].any()
+    sure = weights[4] > 0.5
+    assert sure.sum() > 0.5 * (~painted).sum()  # most of the unpainted rest is a target
+    assert (targets[4][sure] == truth[4][sure]).mean() > 0.97
+    # a held-out slice (12 labeled slices are enough for a hold-out) is never a target,
+    # painted or not
+    many = list(range(12))
+    sparse_many = np.where(np.isin(np.arange(15), many)[:, None, None], truth, 0)
+    sparse_many[5][~painted] = IGNORE
+    vols, _ = make_volumes([image[:, 0]], [sparse_many], 0, [many])
+    held = SliceSampler(vols, patch_size=48, prior_fraction=0.5, holdout_fraction=0.2)
+    assert held.holdout
+    _, held_weights = held.prior_targets[0]
+    for _, s in held.holdout:
+        assert not held_weights[s].any()
+        assert (0, s) not in held.prior_index
+
+
 def test_fused_prediction_blends_the_model_with_the_prior():
     image, truth = wobbly_blob(n=6, size=32)
     vol = image[:, 0]

@@ -30,6 +30,14 @@ def test_uncertainty_and_its_distance_weighted_form():
     spread = suggest([2, 10], 20, uncertainty=score, n=2, strategy="uncertainty-distance")
     assert [p.index for p in spread] == [15, 4]
     assert all(p.index not in (2, 10) for p in spread)
+    # within the predicted structure's extent (2..12 with the labeled slices) while it has
+    # an unlabeled slice: 15 lies beyond it; once the extent is labeled, anywhere
+    structure = np.zeros(20, bool)
+    structure[4:13] = True
+    near = suggest([2, 10], 20, score, structure, n=1, strategy="uncertainty-distance")
+    assert [p.index for p in near] == [4]  # 0.8 x 2; unbounded, 15 won (0.5 x 5)
+    covered = suggest(list(range(2, 13)), 20, score, structure, strategy="uncertainty-distance")
+    assert covered[0].index == 15
 
 
 def test_never_labeled_slices_and_clear_errors():
