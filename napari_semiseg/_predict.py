@@ -28,6 +28,7 @@ from src_models.errors import SemisegError
 from src_models.files import commit, stage_dir
 from src_models.inference import VolumePrediction, predict_volume
 from src_models.propagation import affordable, propagation_prior
+from src_models.slice_smoothing import DEFAULT_SMOOTHING
 from src_models.training.checkpoint import ModelBundle
 
 #: a lazy prediction goes to ``<run folder>/PREDICTIONS/<image>-<time>.zarr``
@@ -68,6 +69,7 @@ def predict_layers(
     labels: np.ndarray | None = None,
     labeled: list[int] | None = None,
     maps: Sequence[str] | None = None,
+    smoothing: float = DEFAULT_SMOOTHING,
 ) -> VolumePrediction:
     """Labels and the ``maps`` (default: every map of the method) of a whole volume (worker
     side).
@@ -80,7 +82,9 @@ def predict_layers(
 
     With the sparse ``labels`` (Z, Y, X) and their ``labeled`` slices along the model's axis,
     an in-memory prediction is fused with their propagation, as ``semiseg predict --labels``
-    (:func:`src_models.inference.predict_volume` ``prior=``)."""
+    (:func:`src_models.inference.predict_volume` ``prior=``). ``smoothing``: across slices,
+    in slices (the dock's default: :func:`~src_models.slice_smoothing.smoothing_for_spacing`
+    of the layer's scale)."""
     maps = tuple(bundle.method.map_names if maps is None else maps)
     try:
         view = lazy_image(image, rgb)
@@ -90,7 +94,7 @@ def predict_layers(
             prior = None
             if view is None and labels is not None and labeled:
                 prior = _fusion_prior(bundle, source, labels, labeled)
-            pred = predict_volume(bundle, source, maps=maps, prior=prior)
+            pred = predict_volume(bundle, source, maps=maps, prior=prior, smoothing=smoothing)
             pred.labels = values.decode(pred.labels)  # the painted values back
             return pred
         import zarr
@@ -111,7 +115,7 @@ def predict_layers(
                 "iteration": int(bundle.iteration),
                 "maps": list(maps),
             }
-            predict_volume(bundle, view, maps=maps, out=out)
+            predict_volume(bundle, view, maps=maps, out=out, smoothing=smoothing)
 
         # staged and renamed when complete (src_models.files, as every output): a crash or a
         # full disk never leaves a half-written store that looks like a prediction

@@ -91,6 +91,7 @@ from napari_semiseg._session import Change, SessionEvent, session_for
 from src_models.data.lazy import is_lazy
 from src_models.errors import SemisegError
 from src_models.inference import VolumePrediction
+from src_models.slice_smoothing import smoothing_for_spacing
 from src_models.suggest import suggest
 
 #: unlabeled slices whose mean scores differ by no more than this all tie
@@ -448,6 +449,7 @@ class ReviewDock(QWidget):
             store=store,
             labels=sparse,
             labeled=labeled,
+            smoothing=smoothing_for_spacing(image.scale[-3:], bundle.axis),
             _start_thread=False,
             _connect={
                 "returned": lambda pred: self._show_prediction(image, pred, stamp),

@@ -183,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="SIGMA",
         help="Gaussian across slices, in slices, on the class probabilities before the mask "
-        "(default 1; 0: off, e.g. for slices much thicker than their pixels)",
+        "(default 1 for isotropic voxels, less for slices thicker than their pixels, the "
+        "same physical width; 0: off)",
     )
     p.set_defaults(func=cmd_predict)
 

@@ -53,6 +53,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     bundle = load_model(args.model, device=select_device(args.device))
     img, meta = open_image(args.image)
     lazy = is_lazy(img)
+    if args.smoothing is None:
+        args.smoothing = _default_smoothing(meta, bundle.axis)
     if lazy and args.largest_component:
         raise SemisegError(
             "--largest-component needs the whole mask in memory: this volume is larger; drop it"
@@ -107,16 +109,30 @@ def _model_labels(args, bundle, img) -> tuple[np.ndarray, list[int]]:
     return ids, labeled
 
 
-def _smoothing(args) -> float:
-    """``--smooth-slices`` checked (the core's default when not given)."""
-    from src_models.slice_smoothing import DEFAULT_SMOOTHING, check_smoothing
+def _smoothing(args) -> float | None:
+    """``--smooth-slices`` checked (None when not given: :func:`_default_smoothing`)."""
+    from src_models.slice_smoothing import check_smoothing
 
     if args.smooth_slices is None:
-        return DEFAULT_SMOOTHING
+        return None
     try:
         return check_smoothing(args.smooth_slices)
     except SemisegError as exc:
         raise SemisegError(f"--smooth-slices: {exc}") from None
+
+
+def _default_smoothing(meta, axis: int) -> float:
+    """The core's default smoothing across slices for the image's voxel spacing, said when
+    thick slices make it less than the default."""
+    from src_models.slice_smoothing import DEFAULT_SMOOTHING, smoothing_for_spacing
+
+    sigma = smoothing_for_spacing(getattr(meta, "spacing", None), axis)
+    if sigma < DEFAULT_SMOOTHING:
+        print(
+            f"smoothing across slices: {sigma:.2g} slices (the slices are thicker than their "
+            "pixels; --smooth-slices SIGMA to choose)"
+        )
+    return sigma
 
 
 def _fused_prior(args, bundle, img) -> np.ndarray:

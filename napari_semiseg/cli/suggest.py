@@ -20,12 +20,13 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     from napari_semiseg.io import open_image
     from src_models.device import select_device
     from src_models.inference import predict_volume
+    from src_models.slice_smoothing import smoothing_for_spacing
     from src_models.suggest import suggest
     from src_models.training.checkpoint import load_model
 
     _check_at_least("-n", args.n, 1)
     bundle = load_model(args.model, device=select_device(args.device))
-    img, _ = open_image(args.image)
+    img, meta = open_image(args.image)
     axis = bundle.axis
     if args.labels:
         _, labeled = _model_labels(args, bundle, img)
@@ -38,7 +39,12 @@ def cmd_suggest(args: argparse.Namespace) -> int:
             )
     method = bundle.method
     name = "discrepancy" if "discrepancy" in method.map_names else "confidence"
-    pred = predict_volume(bundle, img, maps=[name] if args.strategy != "strided" else [])
+    pred = predict_volume(
+        bundle,
+        img,
+        maps=[name] if args.strategy != "strided" else [],
+        smoothing=smoothing_for_spacing(meta.spacing, axis),  # as predict, the dock
+    )
     others = tuple(a for a in range(3) if a != axis)
     structure = np.asarray(pred.labels).astype(bool).any(axis=others)
     uncertainty = None

@@ -286,6 +286,24 @@ def test_predict_errors_leave_no_partial_output(files, tmp_path, capsys):
     assert "Traceback" not in capsys.readouterr().err
 
 
+def test_thick_slices_get_the_same_physical_smoothing_across_slices(files, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert train_tiny(files, run_dir) == 0  # slices along axis 0
+    thick = tmp_path / "thick.nii.gz"  # slices 3x as thick as their pixels along axis 0
+    image = np.asarray(nib.load(files["image"]).dataobj)
+    nib.save(nib.Nifti1Image(image, np.diag([3.0, 1.0, 1.0, 1.0])), thick)
+    capsys.readouterr()
+    base = ("predict", "--model", run_dir, "--image", thick)
+    assert run(*base, "--out", tmp_path / "default.nii.gz") == 0
+    assert "smoothing across slices: 0.33 slices" in capsys.readouterr().out
+    assert run(*base, "--out", tmp_path / "third.nii.gz", "--smooth-slices", 1 / 3) == 0
+    assert "smoothing across slices" not in capsys.readouterr().out  # chosen: not said
+    default, third = (
+        np.asarray(nib.load(tmp_path / f"{name}.nii.gz").dataobj) for name in ("default", "third")
+    )
+    np.testing.assert_array_equal(default, third)
+
+
 def test_interpolate_method_writes_the_fill_between_slices(files, tmp_path, capsys, tiny_volume):
     from src_models.interpolation import interpolate_volume
 

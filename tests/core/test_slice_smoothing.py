@@ -12,6 +12,7 @@ from src_models.slice_smoothing import (
     TRUNCATE,
     check_smoothing,
     smooth_across_slices,
+    smoothing_for_spacing,
     smoothing_halo,
 )
 from src_models.training.checkpoint import create_model
@@ -75,3 +76,14 @@ def test_prediction_smooths_its_final_probabilities_across_slices(tiny_volume, a
     assert seen[-1] == (n, n) and [d for d, _ in seen] == sorted({d for d, _ in seen})
     with pytest.raises(SemisegError, match="number of slices"):
         predict_volume(bundle, image, smoothing=-1)
+
+
+def test_the_default_keeps_its_physical_width_for_slices_thicker_than_their_pixels():
+    assert smoothing_for_spacing((1.0, 1.0, 1.0), 0) == DEFAULT_SMOOTHING
+    assert smoothing_for_spacing((5.0, 1.0, 1.0), 0) == pytest.approx(0.2 * DEFAULT_SMOOTHING)
+    assert smoothing_for_spacing((0.8, 0.8, 2.0), 2) == pytest.approx(0.4)  # the finest pixel
+    assert smoothing_for_spacing((0.8, 0.8, 2.0), 0) == DEFAULT_SMOOTHING  # never more
+    assert smoothing_for_spacing((1.0, 0.5, 0.5), 0, sigma=2.0) == pytest.approx(1.0)
+    assert smoothing_for_spacing((9.0, 4.0, 1.0, 1.0), 0) == pytest.approx(0.25)  # C, Z, Y, X
+    for unknown in (None, (1.0, 1.0), (0.0, 1.0, 1.0), (float("nan"), 1.0, 1.0)):
+        assert smoothing_for_spacing(unknown, 0) == DEFAULT_SMOOTHING

@@ -490,6 +490,28 @@ def test_a_new_models_prediction_removes_the_old_models_maps(docks, qtbot):
     assert source == "1 - confidence"
 
 
+def test_predict_volume_smooths_across_slices_by_the_layers_scale(docks, qtbot, monkeypatch):
+    """Slices 3x as thick as their pixels: a third of a slice, as ``semiseg predict``."""
+    import napari_semiseg._qt.review_dock as review_dock
+
+    viewer, train, review, _ = docks
+    train_now(qtbot, train, iterations=2, preview_seconds=0)
+    seen = []
+
+    def recording(*args, **options):
+        seen.append(options["smoothing"])
+        return original(*args, **options)
+
+    original = review_dock.predict_for_display
+    monkeypatch.setattr(review_dock, "predict_for_display", recording)
+    for scale, sigma in (((1.0, 1.0, 1.0), 1.0), ((3.0, 1.0, 1.0), 1 / 3)):
+        viewer.layers["vol"].scale = scale
+        assert review.predict()
+        wait_idle(qtbot, review)
+        assert seen[-1] == pytest.approx(sigma)
+    assert "vol prediction" in viewer.layers
+
+
 def test_region_correction_labels_only_the_painted_voxels_and_trains_on_them(docks, qtbot, errors):
     """Issue 20: with 'only what I painted', Accept slice copies the repainted voxels and
     leaves the rest of the slice unannotated (255, the ignore label the training reads)."""
