@@ -208,8 +208,9 @@ class ReviewDock(QWidget):
         self.region_check.setToolTip(
             "Region correction: Accept slice takes only the voxels you repainted on the "
             "prediction (where it differs from the model's); the rest of the slice stays "
-            f"unannotated (value {REGION_IGNORE} in the labels, not trained on), so a partly "
-            "corrected slice never teaches background where you did not look"
+            f"unannotated (value {REGION_IGNORE} in the labels, not taken as yours: the "
+            "propagation of your labels guesses it where sure, as on unlabeled slices), so a "
+            "partly corrected slice never teaches background where you did not look"
         )
         grid.addWidget(self.region_check, 1, 1)
         self.format_combo = QComboBox()

@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--ignore-label",
         type=int,
         help="label value of unannotated voxels (nnU-Net's 'ignore label', e.g. 255): not "
-        "trained on; slices holding only this value are unlabeled",
+        "taken as labels (the propagation guesses them where sure, as on unlabeled slices); "
+        "slices holding only this value are unlabeled",
     )
     t.add_argument(
         "--binary",
