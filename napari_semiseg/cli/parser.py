@@ -203,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="strided: ends of the predicted structure, then the middles of the largest gaps "
         "(default: evenly spaced choices are the baseline active learning rarely beats); "
         "uncertainty: the method's discrepancy (or 1 - confidence); uncertainty-distance: "
-        "that times the distance to the nearest labeled slice",
+        "that times the distance to the nearest labeled slice, within the predicted "
+        "structure while it has an unlabeled slice",
     )
     g.add_argument("--device", default="auto")
     g.add_argument("--json", action="store_true", help="machine-readable output")
