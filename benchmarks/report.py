@@ -385,8 +385,13 @@ def _correction_table(lines: list[str], cl, dataset: str, protocol: str, group: 
     lines += [
         f"| interpolation / propagation with {cl.REFERENCE_K} slices of the protocol | "
         f"{s['interpolation_10']:.3f} / {s['propagation_10']:.3f} | | | |",
-        f"| from scratch on strided/slice's final slices, 6 min | "
-        f"{_f(s.get('from_scratch'), '{:.3f}')} | | | 6.0 |",
+    ]
+    if "from_scratch" in s:
+        lines.append(
+            f"| from scratch on strided/slice's final slices, 6 min | {s['from_scratch']:.3f} "
+            "| | | 6.0 |"
+        )
+    lines += [
         "",
     ]
     for goal in cl.goal_lines(s):
@@ -415,17 +420,16 @@ def correction_section(lines: list[str]) -> None:
         "as the loop trained (6 minutes of the default: SDCL when the ends are labeled, "
         "supervised otherwise). Each arm trains "
         "on one torch thread, two arms side by side on the 2 cores. On `ends` the simulated "
-        "user ticks *Labeled slices include the first and last* (`--ends-labeled`).",
+        "user ticks *Labeled slices include the first and last* (`--ends-labeled`). The tables "
+        "right below predate stop 29's smoothing across slices and its region fill (the "
+        "unpainted voxels of a region-corrected slice train on the propagation's sure "
+        "targets); the variant `stop29` at the end re-runs the `strided` arms with both.",
         "",
         "![Dice per round](images/correction_loop.png)",
         "",
     ]
     for (dataset, protocol), group in sorted(cl.groups(entries).items()):
         _correction_table(lines, cl, dataset, protocol, group)
-    for tag in cl.variant_tags():
-        for (dataset, protocol), group in sorted(cl.groups(cl.load_entries(tag)).items()):
-            lines += [f"Variant `{tag}`: {group[0].get('note', '')}", ""]
-            _correction_table(lines, cl, dataset, protocol, group)
     earlier = [e for e in entries if "reference" not in e]
     if earlier:
         lines += [
@@ -445,6 +449,13 @@ def correction_section(lines: list[str]) -> None:
                     f"{rounds[-1]['painted_voxels']} |"
                 )
         lines.append("")
+    for tag in cl.variant_tags():
+        variant = sorted(cl.groups(cl.load_entries(tag)).items())
+        if variant:
+            note = variant[0][1][0].get("note", "")
+            lines += [f"### Variant `{tag}`", "", f"{note[:1].upper()}{note[1:]}.", ""]
+        for (dataset, protocol), group in variant:
+            _correction_table(lines, cl, dataset, protocol, group)
 
 
 def main() -> None:
