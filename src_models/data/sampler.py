@@ -61,9 +61,11 @@ def propagation_targets(
     The unannotated voxels (:data:`IGNORE`) of a partly labeled slice, a region correction,
     get the walk's targets as an unlabeled slice does: the walk is seeded by the painted
     voxels themselves, so it is surest next to them. Without them the network saw only the
-    painted region of such a slice (often a sliver of one class along a wrong boundary) and
-    the region corrections of the simulated user (``benchmarks/correction_loop.py``) added
-    next to nothing on the hippocampus."""
+    painted region of such a slice (often a sliver of one class along a wrong boundary): the
+    region corrections of the simulated user (``benchmarks/correction_loop.py``, 3 volumes
+    each) gave 45 % and 1 % of the whole-slice gain on the hippocampus with the ends and
+    strictly inside, 88 % and 83 % on the left atrium; with the walk's targets 81 %, 52 %,
+    92 % and 91 %."""
     result = propagate(
         volume.slices, volume.labels, labeled, num_classes, ends_labeled=ends_labeled
     )
