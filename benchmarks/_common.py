@@ -50,6 +50,16 @@ def write_result(name: str, data: dict) -> Path:
     return path
 
 
+def write_json(path: Path, data: dict) -> Path:
+    """``data`` as JSON into ``path`` (its folder made), atomically: an interrupted benchmark
+    never leaves a half-written result (:func:`src_models.files.atomic_write`)."""
+    from src_models.files import atomic_write
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1)))
+
+
 def _default(o):
     if isinstance(o, (np.floating, np.integer)):
         return o.item()

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import RESULTS, ROOT, machine
+from _common import RESULTS, ROOT, machine, write_json
 from _protocol import PROTOCOLS, load_case, protocol_slices, scored_dice, sparse
 
 from src_models.inference import DEFAULT_PRIOR_WEIGHT, predict_volume
@@ -173,13 +173,6 @@ def result_path(dataset: str, case: str, protocol: str, k: int):
     return FOLDER / f"{dataset}__{case}__{protocol}__k{k}.json"
 
 
-def save(path, data: dict) -> None:
-    FOLDER.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
-
-
 def benchmark(args) -> None:
     overrides = json.loads(args.overrides) if args.overrides else {}
     for index in args.cases:
@@ -196,7 +189,7 @@ def benchmark(args) -> None:
                 entry["machine"] = machine()
                 zero = ", ".join(f"{n} {r['dice']:.4f}" for n, r in entry["zero_training"].items())
                 print(f"{args.dataset}/{case}/{protocol}/k={k} {labeled}: {zero}", flush=True)
-                save(path, entry)
+                write_json(path, entry)
                 for method in [] if args.zero_only else args.methods:
                     name = method + (f"+{args.tag}" if args.tag else "")
                     data = (image, labels, axis, labeled)
@@ -216,7 +209,7 @@ def benchmark(args) -> None:
                         for m, r in result["budgets"].items()
                     )
                     print(f"  {name}: {curve}", flush=True)
-                    save(path, entry)
+                    write_json(path, entry)
 
 
 def load_all() -> list[dict]:

@@ -43,7 +43,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
 import numpy as np
 import torch
-from _common import RESULTS, ROOT, machine
+from _common import RESULTS, ROOT, machine, write_json
 from _protocol import PROTOCOLS, load_case, protocol_slices, scored_dice, sparse
 
 from src_models.data.label_values import IGNORE
@@ -176,12 +176,6 @@ def zero_training(image, truth, axis, done, ends) -> dict:
     return {"interpolation": whole_dice(interp, truth), "propagation": whole_dice(prop, truth)}
 
 
-def save(entry: dict, path) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(entry, indent=1))
-    tmp.replace(path)
-
-
 def run_arms(pool, workers: int, tasks: dict, scratch_task) -> tuple[dict, dict | None]:
     """The arms ``tasks``, ``workers`` at a time; the run from scratch (``scratch_task``
     on the reference arm's final slices, or None) takes the first free worker once the reference
@@ -264,7 +258,7 @@ def benchmark(args) -> None:
                 ]
             ten = protocol_slices(truth, axis, REFERENCE_K, protocol)
             entry["reference"] = {"labeled": ten, **zero_training(image, truth, axis, ten, ends)}
-            save(entry, path)
+            write_json(path, entry)
 
 
 # -- report ----------------------------------------------------------------------------------

@@ -22,11 +22,12 @@ method and budget):
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 
 import numpy as np
-from _common import RESULTS
+from _common import RESULTS, write_json
 from _protocol import DATASETS, load_case, scored_dice
 
 from src_models.slice_smoothing import smooth_across_slices
@@ -54,9 +55,13 @@ def variants(model: np.ndarray, prior: np.ndarray, axis: int) -> dict[str, np.nd
     return masks
 
 
-def case_index(dataset: str, case: str) -> int:
+@functools.cache
+def case_labels(dataset: str, case: str) -> tuple[np.ndarray, int]:
+    """The truth and slicing axis of a volume, read once (several runs share a volume)."""
     folder, _, cases_of = DATASETS[dataset]
-    return [str(c) for c in cases_of(folder)].index(case)
+    index = [str(c) for c in cases_of(folder)].index(case)
+    _, _, labels, axis = load_case(dataset, index)
+    return labels, axis
 
 
 def main() -> None:
@@ -64,9 +69,12 @@ def main() -> None:
     parser.add_argument("folders", type=Path, nargs="+", help="--keep-probabilities folders")
     args = parser.parse_args()
     rows = []
-    for path in sorted(p for folder in args.folders for p in folder.glob("*.npz")):
+    files = sorted(p for folder in args.folders for p in folder.glob("*.npz"))
+    if not files:  # never replace the saved results with an empty table
+        parser.error(f"no --keep-probabilities .npz files in {', '.join(map(str, args.folders))}")
+    for path in files:
         dataset, case, protocol, k, method, budget = path.stem.split("__")
-        _, _, labels, axis = load_case(dataset, case_index(dataset, case))
+        labels, axis = case_labels(dataset, case)
         kept = np.load(path)
         labeled = [int(s) for s in kept["labeled"]]
         model, prior = (kept[n].astype(np.float32) for n in ("model", "prior"))
@@ -90,9 +98,7 @@ def main() -> None:
         }
         for group, rs in groups.items()
     }
-    tmp = OUT.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"means": means, "volumes": rows}, indent=1))
-    tmp.replace(OUT)
+    write_json(OUT, {"means": means, "volumes": rows})
     print("\n".join(report_lines()))
 
 

@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 import torch
-from _common import RESULTS, ROOT, machine
+from _common import RESULTS, ROOT, machine, write_json
 from _protocol import DATASETS, PROTOCOLS, load_case, protocol_slices, scored_dice, sparse
 from annotation_effort import zero_training
 
@@ -88,13 +88,6 @@ def load_results() -> dict:
     return json.loads(RESULT.read_text()) if RESULT.exists() else {"runs": {}}
 
 
-def save_results(results: dict) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    tmp = RESULT.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    tmp.replace(RESULT)
-
-
 def benchmark(args) -> None:
     results = load_results()
     results["machine"] = machine()
@@ -132,7 +125,7 @@ def benchmark(args) -> None:
                 if result["held_out"]:
                     trained += f", {result['held_out']} held out"
                 print(f"  {method} ({trained}): {curve}", flush=True)
-                save_results(results)
+                write_json(RESULT, results)
 
 
 def plot() -> None:

@@ -259,9 +259,9 @@ def predict_volume(
     batch_size = max(1, min(batch_size, BATCH_PIXELS // tile_plane))
     # the smoothing across slices needs ``halo`` slices of raw probabilities on each side of
     # a slice: each slab's are kept (``raw``, from slice ``r0``) until the next slab has
-    # come, and slices are written once their right-hand neighbours are known
+    # come, and a slice's mask is written once its right-hand neighbours are known (the
+    # maps, per slice, are written with their slab)
     raw: np.ndarray | None = None  # (n, K, H, W) raw probabilities of slices r0 ... s1 - 1
-    raw_maps: dict[str, np.ndarray] = {}  # the maps of slices written ... s1 - 1
     r0 = written = 0
     for s0 in range(0, n_slices, slab_size):
         s1 = min(n_slices, s0 + slab_size)
@@ -287,21 +287,18 @@ def predict_volume(
                 slab_maps[m].append(mp[m].float().cpu().numpy())
         new = np.concatenate(slab_probs)
         raw = new if raw is None else np.concatenate([raw, new])
+        index3 = [slice(None)] * 3
+        index3[axis] = slice(s0, s1)
         for m in maps:
-            new_map = np.concatenate(slab_maps[m])
-            raw_maps[m] = new_map if m not in raw_maps else np.concatenate([raw_maps[m], new_map])
+            maps_out[m][tuple(index3)] = from_slices(np.concatenate(slab_maps[m]), axis)
         end = s1 if s1 == n_slices else max(written, s1 - halo)  # slices final now
         if end > written:
             probs = smooth_across_slices(raw, 0, smoothing)[written - r0 : end - r0]
-            index3 = [slice(None)] * 3
             index3[axis] = slice(written, end)
             ids = class_ids(torch.from_numpy(np.ascontiguousarray(probs))).numpy()
             labels[tuple(index3)] = from_slices(ids.astype(label_dtype), axis)
             if probs_out is not None:  # (n, K, H, W) -> (K, Z, Y, X)
                 probs_out[(slice(None), *index3)] = from_slices(probs, axis)
-            for m in maps:
-                maps_out[m][tuple(index3)] = from_slices(raw_maps[m][: end - written], axis)
-                raw_maps[m] = raw_maps[m][end - written :]
             keep_from = max(0, end - halo)  # the left-hand neighbours of the next slices
             raw, r0, written = raw[keep_from - r0 :], keep_from, end
             if progress is not None:

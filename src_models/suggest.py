@@ -140,12 +140,11 @@ def suggest(
                 score = score * dist
                 why = "mean uncertainty {:.3f} x {:.0f} slices from the nearest labeled one"
             score[done] = -np.inf
-            if bounded or strategy == "uncertainty-distance":
-                within = score.copy()
-                within[:first] = -np.inf
-                within[last + 1 :] = -np.inf
-                if bounded or np.isfinite(within).any():
-                    score = within
+            outside = np.ones(n_slices, bool)
+            outside[first : last + 1] = False
+            spread = strategy == "uncertainty-distance" and np.isfinite(score[~outside]).any()
+            if bounded or spread:
+                score[outside] = -np.inf
             i = int(np.argmax(score))
             if not np.isfinite(score[i]):
                 break

@@ -126,7 +126,7 @@ def _default_smoothing(meta, axis: int) -> float:
     thick slices make it less than the default."""
     from src_models.slice_smoothing import DEFAULT_SMOOTHING, smoothing_for_spacing
 
-    sigma = smoothing_for_spacing(getattr(meta, "spacing", None), axis)
+    sigma = smoothing_for_spacing(meta.spacing, axis)
     if sigma < DEFAULT_SMOOTHING:
         print(
             f"smoothing across slices: {sigma:.2g} slices (the slices are thicker than their "

@@ -210,7 +210,6 @@ class SliceSampler:
                     interp = interpolate_slices(vol.labels, used, self.num_classes)
                     targets = interp.labels
                     weights = prior_weights(interp, band_per_slice=prior_band)
-                    weights[list(vol.labeled)] = 0.0
                 weights[[s for s in vol.labeled if (v, s) in held]] = 0.0  # never trained on
                 # unlabeled slices the prior reaches, and partly labeled ones (propagation)
                 slices = [int(s) for s in np.flatnonzero(weights.reshape(len(weights), -1).max(1))]

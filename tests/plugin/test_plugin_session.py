@@ -142,7 +142,6 @@ def test_training_events_yields_progress_previews_and_returns_bundle(tmp_path):
     last = previews[-1]
     assert (last.axis, last.index) == (0, 4)
     assert last.labels.shape == image.shape[1:] and last.labels.dtype == np.uint8
-    # the preview is the model's prediction of that slice
     # the preview is the network's look at one slice: the volume's, before its smoothing
     # across slices
     full = predict_volume(bundle, image, smoothing=0)
