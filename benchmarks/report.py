@@ -276,6 +276,37 @@ def annotation_section(lines: list[str]) -> None:
     if notes.exists():
         lines += [notes.read_text().strip(), ""]
     fusion_section(lines)
+    refresh_section(lines)
+
+
+def refresh_section(lines: list[str]) -> None:
+    """The prior refreshed mid-run with the product's output (prior_refresh.py)."""
+    from prior_refresh import report_lines
+
+    table = report_lines()
+    if not table:
+        return
+    lines += [
+        "### The prior refreshed with the product's own output",
+        "",
+        "`benchmarks/prior_refresh.py` (`src_models/training/prior_refresh.py`): at half "
+        "the budget the prior's targets (the random walk's sure voxels) become the product's "
+        "output on the training volume (the network fused with the propagation, smoothed "
+        "across slices), so the second half trains on targets that carry what neighbouring "
+        "slices say. Per row one (dataset, protocol, k, method, budget); each volume trained "
+        "twice back to back with the same recipe and seed, without (`off`) and with the "
+        "refresh at the given share, one run at a time on 2 threads; the product's output "
+        "scored as above, then the per-volume differences in points. The product refreshes "
+        "at 0.5 since stop 30 (`--prior-refresh`, 0 turns it off). Rows marked *prototype* "
+        "were measured with the same rule in a training callback before it moved into the "
+        "trainer (blended with the inference's propagation of the raw image rather than the "
+        "sampler's of the normalised slices, and without the fit check).",
+        "",
+        "| runs (volumes) | off | refresh at share: mean (per volume, points; better) |",
+        "|---|---:|---|",
+        *table,
+        "",
+    ]
 
 
 def fusion_section(lines: list[str]) -> None:

@@ -151,6 +151,32 @@ def predict_training_slice(method: Method, volume, index: int) -> np.ndarray:
         torch.set_rng_state(rng)
 
 
+def predict_training_volume(method: Method, volume, batch_size: int = 16) -> np.ndarray:
+    """Class probabilities (K, N, H, W) float32 of every slice of a normalised, in-memory
+    training :class:`~src_models.data.volumes.Volume`, in the middle of training (as
+    :func:`predict_training_slice`: training mode and the global torch RNG are restored)."""
+    rng = torch.get_rng_state()
+    method.eval()
+    try:
+        slices = volume.slices
+        n, _, h, w = slices.shape
+        context = context_of(method.in_channels, slices.shape[1])
+        batch = max(1, min(batch_size, BATCH_PIXELS // (_round_up(h) * _round_up(w))))
+        out = np.empty((method.num_classes, n, h, w), np.float32)
+        for start in range(0, n, batch):
+            stop = min(n, start + batch)
+            before, after = min(context, start), min(context, n - stop)
+            slab = np.asarray(slices[start - before : stop + after])
+            x = torch.from_numpy(stack_context(slab, context, before, after)).to(method.device)
+            with torch.no_grad(), method.autocast():
+                probs, _ = predict_slices(method, x, volume.background, ())
+            out[:, start:stop] = probs.float().permute(1, 0, 2, 3).cpu().numpy()
+        return out
+    finally:
+        method.train()
+        torch.set_rng_state(rng)
+
+
 def predict_volume(
     bundle: ModelBundle,
     image: np.ndarray,

@@ -34,6 +34,9 @@ DEFAULT_FOREGROUND_CROPS = 0.5
 #: where the prior's targets come from, and its share of each labeled batch
 DEFAULT_PRIOR = "propagation"
 DEFAULT_PRIOR_FRACTION = 0.5
+#: share of the budget after which the prior's targets become the product's own fused,
+#: smoothed output (:mod:`src_models.training.prior_refresh`; docs/benchmarks.md)
+DEFAULT_PRIOR_REFRESH = 0.5
 
 
 #: the fields :meth:`RunRecipe.check` refuses bad values of
@@ -48,6 +51,7 @@ _CHECKED = (
     "warmup_plateau",
     "prior_final",
     "prior_fraction",
+    "prior_refresh",
     "foreground_crops",
     "context_slices",
 )
@@ -77,6 +81,7 @@ class RunRecipe:
     warmup: float = 0.4
     warmup_plateau: float = 0.0
     prior_final: float = 0.5
+    prior_refresh: float = DEFAULT_PRIOR_REFRESH
     checkpoint_every: int = 250
     checkpoint_seconds: float = 0.0
     #: fit torch's threads to the cores other programs leave free (on the CPU)
@@ -120,6 +125,7 @@ class RunRecipe:
         fraction("warmup_plateau")
         fraction("prior_final")
         fraction("prior_fraction", high_open=True)
+        fraction("prior_refresh")
         fraction("foreground_crops")
         if self.prior not in PRIORS:
             raise SemisegError(f"prior must be one of {', '.join(PRIORS)}, not {self.prior!r}")
@@ -142,6 +148,7 @@ class RunRecipe:
             warmup=self.warmup,
             warmup_plateau=self.warmup_plateau,
             prior_final=self.prior_final,
+            prior_refresh=self.prior_refresh,
             adapt_threads=self.adapt_threads,
         )
 
@@ -214,6 +221,7 @@ def build_run(
         prior=recipe.prior,
         ends_labeled=recipe.ends_labeled,
         context=context,
+        keep_prior_probabilities=recipe.prior_refresh > 0,
     )
     if len(volumes) == 1:  # what `semiseg suggest` starts from without --labels
         bundle.info["labeled_slices"] = list(volumes[0].labeled)

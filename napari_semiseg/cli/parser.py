@@ -146,6 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="weight of the prior at the end of a semi-supervised run",
     )
     t.add_argument(
+        "--prior-refresh",
+        type=float,
+        default=None,
+        help="share of the budget after which the prior's targets become the model's own "
+        "output (the network fused with the propagation, smoothed across slices), once; "
+        "0 turns it off (default 0.5)",
+    )
+    t.add_argument(
         "--foreground-crops",
         type=float,
         default=None,

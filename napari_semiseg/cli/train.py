@@ -113,6 +113,7 @@ RECIPE_FLAGS = {
     "warmup_plateau": "--warmup-plateau",
     "prior_final": "--prior-final",
     "prior_fraction": "--prior-fraction",
+    "prior_refresh": "--prior-refresh",
     "foreground_crops": "--foreground-crops",
     "context_slices": "--context-slices",
 }
@@ -120,7 +121,12 @@ RECIPE_FLAGS = {
 
 def _recipe(args: argparse.Namespace, params: dict[str, str]):
     """The :class:`RunRecipe` of ``semiseg train``'s arguments."""
-    from src_models.recipe import DEFAULT_FOREGROUND_CROPS, DEFAULT_PRIOR_FRACTION, RunRecipe
+    from src_models.recipe import (
+        DEFAULT_FOREGROUND_CROPS,
+        DEFAULT_PRIOR_FRACTION,
+        DEFAULT_PRIOR_REFRESH,
+        RunRecipe,
+    )
 
     return RunRecipe(
         method=args.method,
@@ -141,6 +147,7 @@ def _recipe(args: argparse.Namespace, params: dict[str, str]):
         warmup=args.warmup,
         warmup_plateau=args.warmup_plateau,
         prior_final=args.prior_final,
+        prior_refresh=DEFAULT_PRIOR_REFRESH if args.prior_refresh is None else args.prior_refresh,
         checkpoint_every=args.checkpoint_every,
         ends_labeled=args.ends_labeled,
         context_slices=args.context_slices,

@@ -49,13 +49,21 @@ PRIORS = ("interpolation", "propagation")
 PROPAGATION_UNSURE, PROPAGATION_SURE = 0.6, 0.9
 
 
+def sure_weights(sure: np.ndarray) -> np.ndarray:
+    """Per-voxel target weights (float32) from a class probability ``sure`` (the largest of
+    the voxel's): 0 below :data:`PROPAGATION_UNSURE`, 1 from :data:`PROPAGATION_SURE`,
+    linear between."""
+    span = PROPAGATION_SURE - PROPAGATION_UNSURE
+    return np.clip((sure - PROPAGATION_UNSURE) / span, 0.0, 1.0).astype(np.float32)
+
+
 def propagation_targets(
     volume: Volume, labeled: list[int], num_classes: int, ends_labeled: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
-    """Targets (N, H, W) and per-pixel weights (N, H, W) of the random-walker propagation of
-    ``volume``'s ``labeled`` slices: its class ids, weighted by how sure the walk is (0 below
-    :data:`PROPAGATION_UNSURE`, 1 from :data:`PROPAGATION_SURE`), 0 on the annotated voxels
-    of the labeled slices (they train as labeled) and on slices the propagation does not
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Targets (N, H, W), per-pixel weights (N, H, W) and class probabilities (K, N, H, W)
+    of the random-walker propagation of ``volume``'s ``labeled`` slices: its class ids,
+    weighted by how sure the walk is (:func:`sure_weights`), 0 on the annotated voxels of
+    the labeled slices (they train as labeled) and on slices the propagation does not
     reach.
 
     The unannotated voxels (:data:`IGNORE`) of a partly labeled slice, a region correction,
@@ -69,13 +77,11 @@ def propagation_targets(
     result = propagate(
         volume.slices, volume.labels, labeled, num_classes, ends_labeled=ends_labeled
     )
-    sure = result.probabilities.max(axis=0)
-    span = PROPAGATION_SURE - PROPAGATION_UNSURE
-    weights = np.clip((sure - PROPAGATION_UNSURE) / span, 0.0, 1.0).astype(np.float32)
+    weights = sure_weights(result.probabilities.max(axis=0))
     weights[~result.covered] = 0.0
     for s in labeled:
         weights[s][np.asarray(volume.labels[s]) >= 0] = 0.0
-    return result.labels, weights
+    return result.labels, weights, result.probabilities
 
 
 def fitted_patch_size(volumes: list[Volume]) -> int:
@@ -120,6 +126,8 @@ class SliceSampler:
             propagation stops at them (:func:`src_models.propagation.walk_extend`).
         context: neighbouring slices on each side fed as channels
             (:mod:`src_models.data.context`); targets stay the middle slice's.
+        keep_prior_probabilities: keep the propagation's class probabilities (float16) for
+            the refresh of its targets mid-run (:mod:`src_models.training.prior_refresh`).
     """
 
     def __init__(
@@ -137,6 +145,7 @@ class SliceSampler:
         prior: str = "propagation",
         ends_labeled: bool = False,
         context: int = 0,
+        keep_prior_probabilities: bool = False,
     ) -> None:
         if prior not in PRIORS:
             raise SemisegError(f"prior must be one of {', '.join(PRIORS)}, not {prior!r}")
@@ -195,6 +204,10 @@ class SliceSampler:
         held = set(self.holdout)
         self.prior_targets: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.prior_index: list[tuple[int, int]] = []
+        #: per volume with the propagation as prior, its class probabilities (K, N, H, W)
+        #: float16, for the refresh of the targets (:mod:`src_models.training.prior_refresh`)
+        self.prior_probabilities: dict[int, np.ndarray] = {}
+        self._foreground: dict[tuple[str, int, int], np.ndarray] = {}
         if prior_fraction > 0:
             for v, vol in enumerate(volumes):
                 used = [s for s in vol.labeled if (v, s) not in held]
@@ -203,20 +216,31 @@ class SliceSampler:
                 in_memory = isinstance(vol.slices, np.ndarray)
                 walkable = affordable(vol.labels.shape, used, ends_labeled)
                 if prior == "propagation" and in_memory and walkable:
-                    targets, weights = propagation_targets(
+                    targets, weights, probabilities = propagation_targets(
                         vol, used, self.num_classes, ends_labeled
                     )
+                    if keep_prior_probabilities:
+                        self.prior_probabilities[v] = probabilities.astype(np.float16)
                 else:
                     interp = interpolate_slices(vol.labels, used, self.num_classes)
                     targets = interp.labels
                     weights = prior_weights(interp, band_per_slice=prior_band)
                 weights[[s for s in vol.labeled if (v, s) in held]] = 0.0  # never trained on
-                # unlabeled slices the prior reaches, and partly labeled ones (propagation)
-                slices = [int(s) for s in np.flatnonzero(weights.reshape(len(weights), -1).max(1))]
-                if slices:
-                    self.prior_targets[v] = (targets, weights)
-                    self.prior_index += [(v, s) for s in slices]
-        self._foreground: dict[tuple[str, int, int], np.ndarray] = {}
+                self.set_prior_targets(v, targets, weights)
+
+    def set_prior_targets(self, v: int, targets: np.ndarray, weights: np.ndarray) -> None:
+        """The prior's targets (N, H, W) and weights (N, H, W) of volume ``v``: its crops
+        come from the slices with a weight above 0 (unlabeled slices the prior reaches, and
+        partly labeled ones)."""
+        slices = [int(s) for s in np.flatnonzero(weights.reshape(len(weights), -1).max(1))]
+        self.prior_index = [pair for pair in self.prior_index if pair[0] != v]
+        self.prior_targets.pop(v, None)
+        self._foreground = {
+            key: px for key, px in self._foreground.items() if key[:2] != ("prior", v)
+        }
+        if slices:
+            self.prior_targets[v] = (targets, weights)
+            self.prior_index += [(v, s) for s in slices]
 
     # -- state for resumable runs -------------------------------------------------------
     def state_dict(self) -> dict:

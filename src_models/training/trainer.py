@@ -36,6 +36,7 @@ from src_models.training import distributed
 from src_models.training.checkpoint import ModelBundle, save_model
 from src_models.training.control import TrainingControl
 from src_models.training.fit import HAND_BACK_DROP, labeled_fit
+from src_models.training.prior_refresh import refresh_prior
 from src_models.training.threads import ThreadGovernor
 from src_models.training.warmup import LossPlateau
 
@@ -64,6 +65,9 @@ class TrainConfig:
     warmup_plateau: float = 0.0
     #: weight of the interpolation prior at the end of a semi-supervised run (1: no decay)
     prior_final: float = 0.5
+    #: share of the budget after which the prior's targets become the fused, smoothed
+    #: prediction, once (:mod:`src_models.training.prior_refresh`; 0: never)
+    prior_refresh: float = 0.0
     #: on the CPU, fit torch's threads (at most as many as at the start) to the cores other
     #: programs leave free, at the start and every 20 s (:mod:`src_models.training.threads`);
     #: off by default so that a library call keeps the caller's threads (the recipe turns
@@ -140,6 +144,7 @@ def train(
         ("warmup", config.warmup),
         ("warmup_plateau", config.warmup_plateau),
         ("prior_final", config.prior_final),
+        ("prior_refresh", config.prior_refresh),
     ]:
         if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
             raise SemisegError(f"{name} must be a number in [0, 1], got {value}")
@@ -150,6 +155,7 @@ def train(
     start = bundle.iteration
     it = start
     has_warmup = bool(method.warmup_networks) and config.warmup > 0
+    refresh_due = config.prior_refresh > 0 and bool(data.prior_probabilities)
     # Iteration at which the warm-up ended, None while it runs; the checkpoint keeps it
     # (-1: still warming up). A checkpoint from before warm-ups existed resumes without one.
     saved = state.get("warmup_end", 0 if "torch_rng" in state else -1)
@@ -232,9 +238,13 @@ def train(
             if control.paused:
                 paused += control.wait_while_paused()
             warm_over = False
+            elapsed = time.perf_counter() - t0 - paused
+            done = elapsed / (config.minutes * 60) if config.minutes else it / max(total, 1)
+            if refresh_due and done >= config.prior_refresh:
+                refresh_due = False  # once, whether or not the network had learned enough
+                if refresh_prior(method, data):
+                    bundle.info["prior_refreshed_at"] = it
             if warm_end is None:
-                elapsed = time.perf_counter() - t0 - paused
-                done = elapsed / (config.minutes * 60) if config.minutes else it / max(total, 1)
                 warm_over = done >= config.warmup or plateau.update(logs.get("loss", math.nan))
             # several processes agree (a no-op alone): all stop or end the warm-up together
             stop, warm_over = distributed.any_rank(control.stop_requested, warm_over)

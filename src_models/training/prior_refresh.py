@@ -1,0 +1,65 @@
+"""Self-training on the product's own output: the prior's targets refreshed mid-run.
+
+A 2D network learns from the labeled slices and from the propagation's sure voxels (the
+prior of :class:`~src_models.data.sampler.SliceSampler`). What the product hands back is
+better than either alone: the network fused with the propagation and smoothed across slices
+(:func:`src_models.inference.predict_volume` with ``prior=``). Once, at ``prior_refresh`` of
+the budget (:class:`~src_models.training.trainer.TrainConfig`), the prior's targets become
+that output on each training volume (its class ids; weights from how sure it is, as the
+propagation's; 0 on the annotated voxels of the labeled slices, which train as labeled, and
+on held-out slices), so the rest of the run learns from targets that already carry what
+the neighbouring slices say, which a network looking at one slice at a time cannot see.
+
+A network that does not fit its own labeled slices yet (:data:`~src_models.training.fit.
+MIN_FIT`) has nothing to add: the propagation's targets stay. Volumes whose prior is not the
+propagation (the interpolation, or a volume too large for the walk) are left as they are.
+A resumed or continued run refreshes again at the same share of its own budget (its sampler,
+built anew, starts from the propagation of the labels it has then).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from src_models.data.sampler import SliceSampler, sure_weights
+from src_models.methods.base import Method
+from src_models.slice_smoothing import DEFAULT_SMOOTHING, smooth_across_slices
+from src_models.training.fit import MIN_FIT, labeled_fit
+
+
+def refresh_prior(
+    method: Method,
+    data: SliceSampler,
+    prior_weight: float | None = None,
+    smoothing: float = DEFAULT_SMOOTHING,
+) -> int:
+    """Replace ``data``'s propagation targets by the fused, smoothed prediction of
+    ``method`` (``prior_weight``: the propagation's share, by default the product's
+    :data:`~src_models.inference.DEFAULT_PRIOR_WEIGHT`). Returns the number of volumes
+    refreshed (0 when the network has not learned or no volume has a propagation)."""
+    from src_models.inference import DEFAULT_PRIOR_WEIGHT, predict_training_volume
+
+    if not data.prior_probabilities:
+        return 0
+    fit = labeled_fit(method, data)
+    if not fit >= MIN_FIT:  # NaN (no foreground labeled) too: nothing to check it against
+        return 0
+    weight = DEFAULT_PRIOR_WEIGHT if prior_weight is None else prior_weight
+    held = set(data.holdout)
+    refreshed = 0
+    for v, walk in data.prior_probabilities.items():
+        volume = data.volumes[v]
+        network = predict_training_volume(method, volume)
+        fused = (1.0 - weight) * network
+        fused += weight * walk  # float16 kept by the sampler, summed in float32
+        fused = smooth_across_slices(fused, 1, smoothing)
+        targets = fused.argmax(0)
+        weights = sure_weights(fused.max(0))
+        for s in volume.labeled:
+            if (v, s) in held:
+                weights[s] = 0.0  # never trained on
+            else:
+                weights[s][np.asarray(volume.labels[s]) >= 0] = 0.0  # trains as labeled
+        data.set_prior_targets(v, targets, weights)
+        refreshed += 1
+    return refreshed
