@@ -84,13 +84,33 @@ def benchmark(args) -> None:
         write_json(path, entry)
 
 
+def goal_bars(e: dict) -> list[float] | None:
+    """Issue 18's goal 2 per volume of ``e``: the better of interpolation and the random
+    walker (``annotation_effort.py``'s zero-training rows, same slices) + 3 points up to
+    2 minutes, + 5 beyond; None when a volume has no such row."""
+    margin = 0.03 if e["minutes"] <= 2 else 0.05
+    bars = []
+    for case, row in e["cases"].items():
+        name = f"{e['dataset']}__{case}__{e['protocol']}__k{e['k']}.json"
+        path = RESULTS / "annotation_effort" / name
+        if not path.exists():
+            return None
+        saved = json.loads(path.read_text())
+        if saved.get("labeled") != row["labeled"]:
+            return None
+        zero = saved["zero_training"]
+        bars.append(max(zero["interpolation"]["dice"], zero["random_walker"]["dice"]) + margin)
+    return bars
+
+
 def report_lines() -> list[str]:
     """Per (dataset, protocol, k, method, minutes): the mean output off / with each share,
-    and on how many volumes the refresh is better."""
+    on how many volumes the refresh is better, and how many meet issue 18's goal 2."""
     lines = []
     for path in sorted(FOLDER.glob("*.json")):
         e = json.loads(path.read_text())
         rows = list(e["cases"].values())
+        bars = goal_bars(e)
         shares = sorted({s for r in rows for s in r if s not in ("0", "labeled")}, key=float)
         off = [r["0"]["dice"] for r in rows]
         ends = ", --ends-labeled" if e["ends_labeled"] else ""
@@ -105,7 +125,14 @@ def report_lines() -> list[str]:
             better = sum(a > b for a, b in zip(on, off, strict=True))
             diffs = " / ".join(f"{100 * (a - b):+.1f}" for a, b in zip(on, off, strict=True))
             cells.append(f" {share}: {np.mean(on):.3f} ({diffs}; {better}/{len(rows)} better) |")
-        lines.append(head + "".join(cells))
+        goal = "n/a"
+        if bars is not None:
+            counts = [
+                sum(r[share]["dice"] >= b for r, b in zip(rows, bars, strict=True))
+                for share in ["0", *shares]
+            ]
+            goal = f"{np.mean(bars):.3f}: " + " → ".join(f"{c}/{len(rows)}" for c in counts)
+        lines.append(head + "".join(cells) + f" {goal} |")
     return lines
 
 

@@ -406,6 +406,7 @@ def _train(args: argparse.Namespace) -> int:
     distributed.barrier()
     previous = signal.signal(signal.SIGINT, stop_gracefully)
     previous_term = signal.signal(signal.SIGTERM, stop_on_term)
+    start = bundle.iteration
     try:
         train(bundle, sampler, config, out_dir=out, callback=printer, control=control)
     except BaseException:
@@ -442,5 +443,11 @@ def _train(args: argparse.Namespace) -> int:
             "(continue with the same command and --resume)"
         )
         return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+    refreshed = bundle.info.get("prior_refreshed_at")
+    if isinstance(refreshed, int) and refreshed >= start:
+        print(
+            f"from iteration {refreshed} the prior's targets were the model's own output (the "
+            "network fused with the propagation, smoothed across slices; --prior-refresh)"
+        )
     print(f"model written to {out} (iteration {bundle.iteration})")
     return 0

@@ -49,9 +49,10 @@ def refresh_prior(
     refreshed = 0
     for v, walk in data.prior_probabilities.items():
         volume = data.volumes[v]
-        network = predict_training_volume(method, volume)
-        fused = (1.0 - weight) * network
-        fused += weight * walk  # float16 kept by the sampler, summed in float32
+        fused = predict_training_volume(method, volume)  # the network's, blended in place
+        fused *= 1.0 - weight
+        for c, walk_c in enumerate(walk):  # float16 kept by the sampler; a class at a time
+            fused[c] += weight * walk_c.astype(np.float32)
         fused = smooth_across_slices(fused, 1, smoothing)
         targets = fused.argmax(0)
         weights = sure_weights(fused.max(0))
