@@ -114,7 +114,7 @@ def report_lines() -> list[str]:
         shares = sorted({s for r in rows for s in r if s not in ("0", "labeled")}, key=float)
         off = [r["0"]["dice"] for r in rows]
         ends = ", --ends-labeled" if e["ends_labeled"] else ""
-        prototype = " (prototype)" if e.get("note", "").startswith("prototype") else ""
+        prototype = f" ({e['label']})" if e.get("label") else ""
         head = (
             f"| {e['dataset']}, {e['protocol']}{ends}, k = {e['k']}, {e['method']} "
             f"{e['minutes']:g} min ({len(rows)}){prototype} | {np.mean(off):.3f} |"

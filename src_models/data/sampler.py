@@ -35,7 +35,7 @@ from src_models.data.lazy import LazySlices, UnlabeledWindow
 from src_models.data.volumes import Volume
 from src_models.errors import SemisegError
 from src_models.interpolation import interpolate_slices, prior_weights
-from src_models.propagation import affordable, propagate
+from src_models.propagation import Propagation, affordable, propagate
 
 #: fewer labeled slices than this are all needed for training: none is held out and a method
 #: that selects on held-out slices (SDCL) keeps its last state instead (with the 3-5 labeled
@@ -59,12 +59,11 @@ def sure_weights(sure: np.ndarray) -> np.ndarray:
 
 def propagation_targets(
     volume: Volume, labeled: list[int], num_classes: int, ends_labeled: bool = False
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Targets (N, H, W), per-pixel weights (N, H, W) and class probabilities (K, N, H, W)
-    of the random-walker propagation of ``volume``'s ``labeled`` slices: its class ids,
-    weighted by how sure the walk is (:func:`sure_weights`), 0 on the annotated voxels of
-    the labeled slices (they train as labeled) and on slices the propagation does not
-    reach.
+) -> tuple[np.ndarray, np.ndarray, Propagation]:
+    """Targets (N, H, W) and per-pixel weights (N, H, W) of the random-walker propagation
+    of ``volume``'s ``labeled`` slices, and the propagation itself: its class ids, weighted
+    by how sure the walk is (:func:`sure_weights`), 0 on the annotated voxels of the labeled
+    slices (they train as labeled) and on slices the propagation does not reach.
 
     The unannotated voxels (:data:`IGNORE`) of a partly labeled slice, a region correction,
     get the walk's targets as an unlabeled slice does: the walk is seeded by the painted
@@ -81,7 +80,7 @@ def propagation_targets(
     weights[~result.covered] = 0.0
     for s in labeled:
         weights[s][np.asarray(volume.labels[s]) >= 0] = 0.0
-    return result.labels, weights, result.probabilities
+    return result.labels, weights, result
 
 
 def fitted_patch_size(volumes: list[Volume]) -> int:
@@ -207,6 +206,11 @@ class SliceSampler:
         #: per volume with the propagation as prior, its class probabilities (K, N, H, W)
         #: float16, for the refresh of the targets (:mod:`src_models.training.prior_refresh`)
         self.prior_probabilities: dict[int, np.ndarray] = {}
+        #: ... and the slices (N,) bool the refreshed targets may cover: those the walk
+        #: reaches, and with ``ends_labeled`` every slice (beyond the ends the user said
+        #: there is nothing; elsewhere the fused output is background there by construction,
+        #: not by evidence, and must not be taught)
+        self.prior_reach: dict[int, np.ndarray] = {}
         self._foreground: dict[tuple[str, int, int], np.ndarray] = {}
         if prior_fraction > 0:
             for v, vol in enumerate(volumes):
@@ -216,11 +220,12 @@ class SliceSampler:
                 in_memory = isinstance(vol.slices, np.ndarray)
                 walkable = affordable(vol.labels.shape, used, ends_labeled)
                 if prior == "propagation" and in_memory and walkable:
-                    targets, weights, probabilities = propagation_targets(
+                    targets, weights, walk = propagation_targets(
                         vol, used, self.num_classes, ends_labeled
                     )
                     if keep_prior_probabilities:
-                        self.prior_probabilities[v] = probabilities.astype(np.float16)
+                        self.prior_probabilities[v] = walk.probabilities.astype(np.float16)
+                        self.prior_reach[v] = walk.covered | ends_labeled
                 else:
                     interp = interpolate_slices(vol.labels, used, self.num_classes)
                     targets = interp.labels

@@ -12,6 +12,7 @@ from src_models.data import SliceSampler, make_volumes
 from src_models.data.label_values import IGNORE
 from src_models.inference import predict_training_slice, predict_training_volume
 from src_models.metrics import dice
+from src_models.propagation import DEFAULT_EXTEND
 from src_models.recipe import RunRecipe, build_run
 from src_models.slice_smoothing import smooth_across_slices
 from src_models.training import TrainConfig, train
@@ -99,6 +100,29 @@ def test_a_region_correction_keeps_its_painted_voxels_out_of_the_refreshed_prior
     assert weights[7, :, 24:].mean() > 0.9  # unpainted: the refreshed prior's
     assert (0, 7) in data.prior_index
     assert dice(targets[7, :, 24:] == 1, truth[7, :, 24:] == 1) > 0.95
+
+
+@pytest.mark.parametrize("ends", [False, True])
+def test_beyond_the_walks_reach_only_when_the_ends_are_labeled(monkeypatch, ends):
+    image, truth = wobbly_blob()
+    sparse = np.zeros_like(truth)
+    sparse[[5, 9]] = truth[[5, 9]]
+    vols, k = make_volumes([image[:, 0]], [sparse], labeled_slices=[[5, 9]])
+    data = SliceSampler(vols, patch_size=48, prior_fraction=0.5, ends_labeled=ends,
+                        keep_prior_probabilities=True)  # fmt: skip
+    lo, hi = 5 - DEFAULT_EXTEND, 9 + DEFAULT_EXTEND
+    reach = [lo <= s <= hi for s in range(15)] if not ends else [True] * 15
+    assert data.prior_reach[0].tolist() == reach
+    _perfect_network(truth, monkeypatch)
+    monkeypatch.setattr(refresh_module, "labeled_fit", lambda method, data: 0.9)
+    bundle = create_model("supervised", TINY, 1, k, seed=0)
+    assert refresh_module.refresh_prior(bundle.method, data) == 1
+    _, weights = data.prior_targets[0]
+    trained = weights.reshape(15, -1).max(1) > 0
+    # without the ends the walk reaches DEFAULT_EXTEND slices beyond the labeled ones: the
+    # fused output is background beyond them by construction, so nothing is taught there;
+    # with the ends the user said there is nothing beyond them: background is taught there
+    assert trained.tolist() == [r and s not in (5, 9) for s, r in enumerate(reach)]
 
 
 @pytest.mark.parametrize("context", [0, 1])
