@@ -124,7 +124,6 @@ def _recipe(args: argparse.Namespace, params: dict[str, str]):
     from src_models.recipe import (
         DEFAULT_FOREGROUND_CROPS,
         DEFAULT_PRIOR_FRACTION,
-        DEFAULT_PRIOR_REFRESH,
         RunRecipe,
     )
 
@@ -147,7 +146,7 @@ def _recipe(args: argparse.Namespace, params: dict[str, str]):
         warmup=args.warmup,
         warmup_plateau=args.warmup_plateau,
         prior_final=args.prior_final,
-        prior_refresh=DEFAULT_PRIOR_REFRESH if args.prior_refresh is None else args.prior_refresh,
+        prior_refresh=args.prior_refresh,  # None: the recipe's default (on with --ends-labeled)
         checkpoint_every=args.checkpoint_every,
         ends_labeled=args.ends_labeled,
         context_slices=args.context_slices,

@@ -155,8 +155,12 @@ def test_the_trainer_refreshes_once_at_its_share_of_the_budget(monkeypatch):
     image, truth = wobbly_blob()
     sparse = np.zeros_like(truth)
     sparse[LABELED] = truth[LABELED]
-    recipe = RunRecipe(method="supervised", params=TINY, iterations=10, checkpoint_every=0)
-    assert recipe.prior_refresh == 0.5  # the default
+    recipe = RunRecipe(
+        method="supervised", params=TINY, iterations=10, checkpoint_every=0, ends_labeled=True
+    )
+    assert recipe.prior_refresh == 0.5  # the default with the ends labeled...
+    assert RunRecipe().prior_refresh == 0.0  # ...and off with the slices strictly inside
+    assert RunRecipe(prior_refresh=0.3).prior_refresh == 0.3  # unless told
     run = build_run(recipe, [image[:, 0]], [sparse], [LABELED])
     assert run.sampler.prior_probabilities  # kept for it
     train(run.bundle, run.sampler, run.config)
