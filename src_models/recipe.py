@@ -34,18 +34,18 @@ DEFAULT_FOREGROUND_CROPS = 0.5
 #: where the prior's targets come from, and its share of each labeled batch
 DEFAULT_PRIOR = "propagation"
 DEFAULT_PRIOR_FRACTION = 0.5
-#: share of the budget after which the prior's targets become the product's own fused,
-#: smoothed output (:mod:`src_models.training.prior_refresh`; docs/benchmarks.md), when the
-#: labeled slices include the structure's ends (+0.8 and +0.4 points at 2 minutes on the
-#: hippocampus and the left atrium); with the slices strictly inside it measured -0.3 on the
-#: left atrium, so it is off there
+#: the share of the budget ``--prior-refresh`` suggests: after it the prior's targets become
+#: the product's own fused, smoothed output (:mod:`src_models.training.prior_refresh`)
 DEFAULT_PRIOR_REFRESH = 0.5
 
 
 def default_prior_refresh(ends_labeled: bool) -> float:
-    """The prior refresh a recipe gets unless told: :data:`DEFAULT_PRIOR_REFRESH` with the
-    ends labeled, 0 (off) otherwise."""
-    return DEFAULT_PRIOR_REFRESH if ends_labeled else 0.0
+    """The prior refresh a recipe gets unless told: off. A prototype measured +0.8 / +0.4
+    points at 2 minutes with the ends labeled (hippocampus / left atrium); through the
+    trainer it measured level to worse on the hippocampus with the ends, -0.2 on the left
+    atrium strictly inside and level for SDCL at 5 minutes (docs/benchmarks.md), so it is an
+    option (``--prior-refresh 0.5``), kept per protocol should a measurement change that."""
+    return 0.0  # measured level or worse through the product (docs/benchmarks.md): an option
 
 
 #: the fields :meth:`RunRecipe.check` refuses bad values of

@@ -151,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="share of the budget after which the prior's targets become the model's own "
         "output (the network fused with the propagation, smoothed across slices), once; "
-        "0 turns it off (default 0.5 with --ends-labeled, where it measured better, else 0)",
+        "off by default (0): measured level to worse through the trainer, docs/benchmarks.md; "
+        "0.5 is the share tried",
     )
     t.add_argument(
         "--foreground-crops",

@@ -1,4 +1,5 @@
-"""Self-training on the product's own output: the prior's targets refreshed mid-run.
+"""Self-training on the product's own output: the prior's targets refreshed mid-run (an
+option, ``--prior-refresh``: measured level to worse as a default, docs/benchmarks.md).
 
 A 2D network learns from the labeled slices and from the propagation's sure voxels (the
 prior of :class:`~src_models.data.sampler.SliceSampler`). What the product hands back is

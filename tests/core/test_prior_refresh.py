@@ -156,11 +156,10 @@ def test_the_trainer_refreshes_once_at_its_share_of_the_budget(monkeypatch):
     sparse = np.zeros_like(truth)
     sparse[LABELED] = truth[LABELED]
     recipe = RunRecipe(
-        method="supervised", params=TINY, iterations=10, checkpoint_every=0, ends_labeled=True
+        method="supervised", params=TINY, iterations=10, checkpoint_every=0, prior_refresh=0.5
     )
-    assert recipe.prior_refresh == 0.5  # the default with the ends labeled...
-    assert RunRecipe().prior_refresh == 0.0  # ...and off with the slices strictly inside
-    assert RunRecipe(prior_refresh=0.3).prior_refresh == 0.3  # unless told
+    assert RunRecipe().prior_refresh == RunRecipe(ends_labeled=True).prior_refresh == 0.0
+    assert RunRecipe(prior_refresh=0.3).prior_refresh == 0.3  # an option
     run = build_run(recipe, [image[:, 0]], [sparse], [LABELED])
     assert run.sampler.prior_probabilities  # kept for it
     train(run.bundle, run.sampler, run.config)
