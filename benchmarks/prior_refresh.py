@@ -34,9 +34,9 @@ from src_models.training import train
 FOLDER = RESULTS / "prior_refresh"
 
 
-def one_run(image, truth, axis, labeled, ends, method, minutes, share, seed) -> dict:
-    """The product's output after ``minutes`` of ``method`` with ``prior_refresh=share``."""
-    k = int(truth.max()) + 1
+def one_run(image, truth, axis, labeled, ends, prior, method, minutes, share, seed) -> dict:
+    """The product's output (fused with ``prior``, the propagation of the ``labeled``
+    slices) after ``minutes`` of ``method`` with ``prior_refresh=share``."""
     given = sparse(truth, axis, labeled)
     recipe = RunRecipe(
         method=method,
@@ -49,7 +49,6 @@ def one_run(image, truth, axis, labeled, ends, method, minutes, share, seed) -> 
     t0 = time.perf_counter()
     run = build_run(recipe, [image], [given], [labeled])
     train(run.bundle, run.sampler, run.config)
-    prior = propagation_prior(image, given, labeled, axis, k, ends)
     pred = predict_volume(run.bundle, image, maps=(), prior=prior)
     return {
         "dice": scored_dice(pred.labels, truth, axis, labeled),
@@ -75,9 +74,12 @@ def benchmark(args) -> None:
     for index in args.cases:
         case, image, truth, axis = load_case(args.dataset, index)
         labeled = protocol_slices(truth, axis, args.k, args.protocol)
+        ends = args.protocol == "ends"
+        k = int(truth.max()) + 1
+        prior = propagation_prior(image, sparse(truth, axis, labeled), labeled, axis, k, ends)
         row = {"labeled": labeled}
         for share in [0.0, *args.shares]:
-            data = (image, truth, axis, labeled, args.protocol == "ends")
+            data = (image, truth, axis, labeled, ends, prior)
             row[f"{share:g}"] = one_run(*data, args.method, args.minutes, share, args.seed)
             print(f"{case} refresh {share:g}: {row[f'{share:g}']}", flush=True)
         entry["cases"][case] = row

@@ -10,7 +10,8 @@ slab, so neither the probabilities nor the maps need to fit in memory at once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, MutableMapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -132,32 +133,39 @@ def predict_slices(
     return probs / count, averaged
 
 
-def predict_training_slice(method: Method, volume, index: int) -> np.ndarray:
-    """Class ids (H, W) uint8 of slice ``index`` of a normalised training
-    :class:`~src_models.data.volumes.Volume`, in the middle of training: the method is left
-    in training mode and the global torch RNG untouched, so looking never changes the run
-    (the plugin's live preview, the trainer's labeled-slice fit)."""
+@contextlib.contextmanager
+def _looking_mid_training(method: Method) -> Iterator[None]:
+    """Evaluation mode without gradients for a look in the middle of training; the method
+    goes back to training mode and the global torch RNG is restored, so looking never
+    changes the run."""
     rng = torch.get_rng_state()
     method.eval()
     try:
-        context = context_of(method.in_channels, volume.slices.shape[1])
-        x = slice_with_context(volume.slices, index, context)
-        x = torch.from_numpy(np.ascontiguousarray(x)[None]).to(method.device)
         with torch.no_grad(), method.autocast():
-            probs, _ = predict_slices(method, x, volume.background, ())
-        return probs[0].argmax(dim=0).to(torch.uint8).cpu().numpy()
+            yield
     finally:
         method.train()
         torch.set_rng_state(rng)
 
 
+def predict_training_slice(method: Method, volume, index: int) -> np.ndarray:
+    """Class ids (H, W) uint8 of slice ``index`` of a normalised training
+    :class:`~src_models.data.volumes.Volume`, in the middle of training
+    (:func:`_looking_mid_training`: the plugin's live preview, the trainer's labeled-slice
+    fit)."""
+    with _looking_mid_training(method):
+        context = context_of(method.in_channels, volume.slices.shape[1])
+        x = slice_with_context(volume.slices, index, context)
+        x = torch.from_numpy(np.ascontiguousarray(x)[None]).to(method.device)
+        probs, _ = predict_slices(method, x, volume.background, ())
+        return probs[0].argmax(dim=0).to(torch.uint8).cpu().numpy()
+
+
 def predict_training_volume(method: Method, volume, batch_size: int = 16) -> np.ndarray:
     """Class probabilities (K, N, H, W) float32 of every slice of a normalised, in-memory
     training :class:`~src_models.data.volumes.Volume`, in the middle of training (as
-    :func:`predict_training_slice`: training mode and the global torch RNG are restored)."""
-    rng = torch.get_rng_state()
-    method.eval()
-    try:
+    :func:`predict_training_slice`)."""
+    with _looking_mid_training(method):
         slices = volume.slices
         n, _, h, w = slices.shape
         context = context_of(method.in_channels, slices.shape[1])
@@ -168,13 +176,9 @@ def predict_training_volume(method: Method, volume, batch_size: int = 16) -> np.
             before, after = min(context, start), min(context, n - stop)
             slab = np.asarray(slices[start - before : stop + after])
             x = torch.from_numpy(stack_context(slab, context, before, after)).to(method.device)
-            with torch.no_grad(), method.autocast():
-                probs, _ = predict_slices(method, x, volume.background, ())
+            probs, _ = predict_slices(method, x, volume.background, ())
             out[:, start:stop] = probs.float().permute(1, 0, 2, 3).cpu().numpy()
         return out
-    finally:
-        method.train()
-        torch.set_rng_state(rng)
 
 
 def predict_volume(

@@ -35,17 +35,12 @@ DEFAULT_FOREGROUND_CROPS = 0.5
 DEFAULT_PRIOR = "propagation"
 DEFAULT_PRIOR_FRACTION = 0.5
 #: the share of the budget ``--prior-refresh`` suggests: after it the prior's targets become
-#: the product's own fused, smoothed output (:mod:`src_models.training.prior_refresh`)
+#: the product's own fused, smoothed output (:mod:`src_models.training.prior_refresh`). Off
+#: by default: a prototype measured +0.8 / +0.4 points at 2 minutes with the ends labeled
+#: (hippocampus / left atrium); through the trainer it measured level to worse on the
+#: hippocampus with the ends, -0.2 on the left atrium strictly inside and level for SDCL at
+#: 5 minutes (docs/benchmarks.md)
 DEFAULT_PRIOR_REFRESH = 0.5
-
-
-def default_prior_refresh(ends_labeled: bool) -> float:
-    """The prior refresh a recipe gets unless told: off. A prototype measured +0.8 / +0.4
-    points at 2 minutes with the ends labeled (hippocampus / left atrium); through the
-    trainer it measured level to worse on the hippocampus with the ends, -0.2 on the left
-    atrium strictly inside and level for SDCL at 5 minutes (docs/benchmarks.md), so it is an
-    option (``--prior-refresh 0.5``), kept per protocol should a measurement change that."""
-    return 0.0  # measured level or worse through the product (docs/benchmarks.md): an option
 
 
 #: the fields :meth:`RunRecipe.check` refuses bad values of
@@ -90,8 +85,8 @@ class RunRecipe:
     warmup: float = 0.4
     warmup_plateau: float = 0.0
     prior_final: float = 0.5
-    #: None: :func:`default_prior_refresh` (on with ``ends_labeled``)
-    prior_refresh: float | None = None
+    #: 0: off (an option, :data:`DEFAULT_PRIOR_REFRESH` the share tried)
+    prior_refresh: float = 0.0
     checkpoint_every: int = 250
     checkpoint_seconds: float = 0.0
     #: fit torch's threads to the cores other programs leave free (on the CPU)
@@ -99,8 +94,6 @@ class RunRecipe:
 
     def __post_init__(self) -> None:
         self.method = resolve_method(self.method, self.minutes, self.ends_labeled)
-        if self.prior_refresh is None:
-            self.prior_refresh = default_prior_refresh(self.ends_labeled)
 
     def check(self, names: dict[str, str] | None = None) -> Any:
         """Refuse values no run can use (one rule for the CLI and the plugin), before any

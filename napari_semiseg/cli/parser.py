@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--prior-refresh",
         type=float,
-        default=None,
+        default=0.0,
         help="share of the budget after which the prior's targets become the model's own "
         "output (the network fused with the propagation, smoothed across slices), once; "
         "off by default (0): measured level to worse through the trainer, docs/benchmarks.md; "

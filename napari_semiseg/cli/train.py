@@ -121,11 +121,7 @@ RECIPE_FLAGS = {
 
 def _recipe(args: argparse.Namespace, params: dict[str, str]):
     """The :class:`RunRecipe` of ``semiseg train``'s arguments."""
-    from src_models.recipe import (
-        DEFAULT_FOREGROUND_CROPS,
-        DEFAULT_PRIOR_FRACTION,
-        RunRecipe,
-    )
+    from src_models.recipe import DEFAULT_FOREGROUND_CROPS, DEFAULT_PRIOR_FRACTION, RunRecipe
 
     return RunRecipe(
         method=args.method,
@@ -146,7 +142,7 @@ def _recipe(args: argparse.Namespace, params: dict[str, str]):
         warmup=args.warmup,
         warmup_plateau=args.warmup_plateau,
         prior_final=args.prior_final,
-        prior_refresh=args.prior_refresh,  # None: the recipe's default (on with --ends-labeled)
+        prior_refresh=args.prior_refresh,
         checkpoint_every=args.checkpoint_every,
         ends_labeled=args.ends_labeled,
         context_slices=args.context_slices,

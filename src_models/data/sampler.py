@@ -62,8 +62,8 @@ def propagation_targets(
 ) -> tuple[np.ndarray, np.ndarray, Propagation]:
     """Targets (N, H, W) and per-pixel weights (N, H, W) of the random-walker propagation
     of ``volume``'s ``labeled`` slices, and the propagation itself: its class ids, weighted
-    by how sure the walk is (:func:`sure_weights`), 0 on the annotated voxels of the labeled
-    slices (they train as labeled) and on slices the propagation does not reach.
+    by how sure the walk is (:func:`sure_weights`), 0 on slices the propagation does not
+    reach (:meth:`SliceSampler.set_prior_targets` takes the annotated voxels out).
 
     The unannotated voxels (:data:`IGNORE`) of a partly labeled slice, a region correction,
     get the walk's targets as an unlabeled slice does: the walk is seeded by the painted
@@ -78,8 +78,6 @@ def propagation_targets(
     )
     weights = sure_weights(result.probabilities.max(axis=0))
     weights[~result.covered] = 0.0
-    for s in labeled:
-        weights[s][np.asarray(volume.labels[s]) >= 0] = 0.0
     return result.labels, weights, result
 
 
@@ -198,8 +196,8 @@ class SliceSampler:
         #: some labels mark unannotated voxels (decided once, not per batch: on a GPU the
         #: per-batch test would wait for the device)
         self.has_ignore = any(int(v.labels.min()) < 0 for v in volumes if v.labels is not None)
-        # The interpolation prior: per volume (labels, weights) on the slices between
-        # labeled ones that are not held out (held-out slices must not leak into it).
+        # The prior: per volume (labels, weights) from the labeled slices that are not held
+        # out (held-out slices must not leak into it).
         held = set(self.holdout)
         self.prior_targets: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.prior_index: list[tuple[int, int]] = []
@@ -230,13 +228,22 @@ class SliceSampler:
                     interp = interpolate_slices(vol.labels, used, self.num_classes)
                     targets = interp.labels
                     weights = prior_weights(interp, band_per_slice=prior_band)
-                weights[[s for s in vol.labeled if (v, s) in held]] = 0.0  # never trained on
                 self.set_prior_targets(v, targets, weights)
 
     def set_prior_targets(self, v: int, targets: np.ndarray, weights: np.ndarray) -> None:
-        """The prior's targets (N, H, W) and weights (N, H, W) of volume ``v``: its crops
-        come from the slices with a weight above 0 (unlabeled slices the prior reaches, and
-        partly labeled ones)."""
+        """The prior's targets (N, H, W) and weights (N, H, W, set to 0 in place where the
+        prior must not train: the annotated voxels of labeled slices, which train as
+        labeled; held-out slices; slices beyond :attr:`prior_reach`) of volume ``v``: its
+        crops come from the slices with a weight above 0 (unlabeled slices the prior
+        reaches, and partly labeled ones)."""
+        volume, held = self.volumes[v], set(self.holdout)
+        for s in volume.labeled:
+            if (v, s) in held:
+                weights[s] = 0.0  # never trained on
+            else:
+                weights[s][np.asarray(volume.labels[s]) >= 0] = 0.0
+        if v in self.prior_reach:
+            weights[~self.prior_reach[v]] = 0.0
         slices = [int(s) for s in np.flatnonzero(weights.reshape(len(weights), -1).max(1))]
         self.prior_index = [pair for pair in self.prior_index if pair[0] != v]
         self.prior_targets.pop(v, None)

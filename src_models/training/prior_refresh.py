@@ -50,23 +50,13 @@ def refresh_prior(
     if not fit >= MIN_FIT:  # NaN (no foreground labeled) too: nothing to check it against
         return 0
     weight = DEFAULT_PRIOR_WEIGHT if prior_weight is None else prior_weight
-    held = set(data.holdout)
-    refreshed = 0
     for v, walk in data.prior_probabilities.items():
-        volume = data.volumes[v]
-        fused = predict_training_volume(method, volume)  # the network's, blended in place
+        fused = predict_training_volume(method, data.volumes[v])  # blended in place
         fused *= 1.0 - weight
         for c, walk_c in enumerate(walk):  # float16 kept by the sampler; a class at a time
             fused[c] += weight * walk_c.astype(np.float32)
         fused = smooth_across_slices(fused, 1, smoothing)
-        targets = fused.argmax(0)
-        weights = sure_weights(fused.max(0))
-        weights[~data.prior_reach[v]] = 0.0  # beyond the walk's reach (not ends_labeled)
-        for s in volume.labeled:
-            if (v, s) in held:
-                weights[s] = 0.0  # never trained on
-            else:
-                weights[s][np.asarray(volume.labels[s]) >= 0] = 0.0  # trains as labeled
-        data.set_prior_targets(v, targets, weights)
-        refreshed += 1
-    return refreshed
+        # the sampler takes out the annotated and held-out voxels, and what the walk does
+        # not reach (SliceSampler.prior_reach)
+        data.set_prior_targets(v, fused.argmax(0), sure_weights(fused.max(0)))
+    return len(data.prior_probabilities)
