@@ -75,6 +75,7 @@ test: venv system-deps lint
 	ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest -q -p no:cacheprovider --ignore=tests/plugin tests
 
 bench: venv
+	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) benchmarks/speed.py
 	$(PY) benchmarks/accuracy.py --method supervised
 

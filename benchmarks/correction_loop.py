@@ -10,7 +10,10 @@ correction:
 - ``slice``: the whole slice becomes labeled (the truth on every voxel);
 - ``region``: only where the prediction is wrong or the model is unsure (discrepancy > 0.5,
   or confidence < 0.8 for one-network methods) gets the truth; the rest of the slice stays
-  unannotated (the ignore label), as the review dock's "only what I painted".
+  unannotated (the ignore label), as the review dock's "only what I painted". With
+  ``--brush R`` the user paints blobs, as with napari's round brush: the region closed and
+  widened by a disk of R pixels (so it also covers a margin of correct voxels on both sides
+  of each repainted edge); every voxel of the blob counts as painted.
 
 Each round records Dice, the voxels the user painted, and the minutes. Reference rows:
 interpolation and propagation given the same slices each round, interpolation and
@@ -45,6 +48,7 @@ import numpy as np
 import torch
 from _common import RESULTS, ROOT, machine, write_json
 from _protocol import PROTOCOLS, load_case, protocol_slices, scored_dice, sparse
+from scipy import ndimage
 
 from src_models.data.label_values import IGNORE
 from src_models.inference import predict_volume
@@ -90,10 +94,23 @@ def predict(bundle, image, labels, done, axis, k, ends):
     return predict_volume(bundle, image, maps=maps, prior=prior)
 
 
-def correct(labels, truth, pred, axis, pick, kind) -> tuple[int, int]:
+def brush_blobs(region: np.ndarray, radius: int) -> np.ndarray:
+    """What a round brush of ``radius`` pixels paints to cover ``region`` (2D bool): the
+    region closed (gaps narrower than the brush filled) and widened by the brush."""
+    if radius <= 0 or not region.any():
+        return region
+    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    disk = yy**2 + xx**2 <= radius**2
+    closed = ndimage.binary_closing(np.pad(region, radius), disk)[radius:-radius, radius:-radius]
+    return ndimage.binary_dilation(closed | region, disk)
+
+
+def correct(labels, truth, pred, axis, pick, kind, brush: int = 0) -> tuple[int, int]:
     """The simulated user corrects slice ``pick`` of ``labels`` in place; returns the
     voxels painted and the voxels the prediction had wrong there (what a user repaints who
-    *accepts* the predicted slice first, then fixes it: the whole slice's truth for that)."""
+    *accepts* the predicted slice first, then fixes it: the whole slice's truth for that).
+    ``brush``: the region painted as blobs of a round brush of that radius (0: voxel by
+    voxel)."""
     index = [slice(None)] * 3
     index[axis] = pick
     index = tuple(index)
@@ -104,6 +121,7 @@ def correct(labels, truth, pred, axis, pick, kind) -> tuple[int, int]:
     unsure = uncertainty_map(pred)
     threshold = 0.5 if "discrepancy" in pred.maps else 0.2
     region = (pred.labels[index] != truth[index]) | (unsure[index] > threshold)
+    region = brush_blobs(region, brush)
     labels[index] = np.where(region, truth[index].astype(np.int64), IGNORE)
     return int(region.sum()), wrong
 
@@ -143,7 +161,9 @@ def loop(task: dict) -> dict:
         picks = suggest(done, truth.shape[axis], score, structure, 1, task["strategy"], ends)
         if not picks:  # every slice between the ends is labeled
             break
-        voxels, errors = correct(labels, truth, pred, axis, picks[0].index, task["kind"])
+        voxels, errors = correct(
+            labels, truth, pred, axis, picks[0].index, task["kind"], task["brush"]
+        )
         painted, wrong = painted + voxels, wrong + errors
         done = sorted(set(done) | {picks[0].index})
     return {"rounds": rows, "threads": task["threads"]}
@@ -220,6 +240,7 @@ def benchmark(args) -> None:
                 "k0": labeled,
                 "ends_labeled": ends,
                 "minutes_per_round": args.minutes,
+                "brush": args.brush,
                 "machine": machine(),
                 "loops": {},
             }
@@ -238,6 +259,7 @@ def benchmark(args) -> None:
                     "dataset": args.dataset, "index": index, "labeled": labeled, "ends": ends,
                     "rounds": args.rounds, "minutes": args.minutes, "seed": args.seed,
                     "start": folder, "start_minutes": start_minutes, "threads": args.threads,
+                    "brush": args.brush,
                 }  # fmt: skip
                 tasks = {
                     f"{s}/{kind}": {**common, "strategy": s, "kind": kind, "arm": f"{s}/{kind}"}
@@ -448,6 +470,12 @@ def main() -> None:
         help="these arms instead of every --strategies x --kinds pair",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--brush",
+        type=int,
+        default=0,
+        help="region corrections painted as blobs of a round brush of this radius (pixels)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="arms run side by side")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per arm")
     parser.add_argument("--no-scratch", action="store_true", help="skip the from-scratch run")

@@ -1,6 +1,7 @@
 """Slice scores for review, free of Qt and napari: the mean of a map (confidence,
-discrepancy...) over each slice, read slab by slab when the map is lazy (the ranking itself
-is :func:`src_models.suggest.suggest`'s).
+discrepancy...) over each slice and the slices where a prediction holds the structure, read
+slab by slab when the layer is lazy (the ranking itself is :func:`src_models.suggest.suggest`'s,
+as ``semiseg suggest``'s).
 
 They run on the GUI thread (the review dock's "next slice to review").
 """
@@ -29,3 +30,9 @@ def slice_score(volume: np.ndarray, axis: int) -> np.ndarray:
         else:
             sums += part.sum(axis=others)
     return sums / (int(np.prod(shape)) // shape[axis])
+
+
+def structure_slices(prediction: np.ndarray, axis: int) -> np.ndarray:
+    """bool (N,): the slices along ``axis`` where the (Z, Y, X) class ids of ``prediction``
+    hold any foreground (ids are >= 0, so a slice's mean is > 0 exactly then)."""
+    return slice_score(prediction, axis) > 0

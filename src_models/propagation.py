@@ -130,6 +130,10 @@ def propagate(
     probs[:, window] = 0.0
     if len(present) < 2:  # one class seeded: the walk has nothing to decide
         probs[int(present[0]) - 1 if len(present) else 0, window] = 1.0
+    elif (markers > 0).all():  # every voxel seeded (each slice labeled): nothing to walk
+        # (skimage's random_walker returns its own layout then, not the probabilities)
+        for value in present:
+            probs[int(value) - 1, window] = markers == value
     else:
         with warnings.catch_warnings():  # "probability range outside [0, 1]" by ~tol
             warnings.simplefilter("ignore", UserWarning)

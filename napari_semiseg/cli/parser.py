@@ -11,7 +11,7 @@ from napari_semiseg.cli._common import EXIT_USER_ERROR
 from napari_semiseg.cli.evaluate import cmd_evaluate
 from napari_semiseg.cli.methods import cmd_methods
 from napari_semiseg.cli.predict import cmd_predict
-from napari_semiseg.cli.suggest import STRATEGY_CHOICES, cmd_suggest
+from napari_semiseg.cli.suggest import DEFAULT_STRATEGY_CHOICE, STRATEGY_CHOICES, cmd_suggest
 from napari_semiseg.cli.train import cmd_train
 from src_models.method_choice import AUTO, AUTO_HELP
 
@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--strategy",
         choices=STRATEGY_CHOICES,
-        default="strided",
+        default=DEFAULT_STRATEGY_CHOICE,
         help="strided: ends of the predicted structure, then the middles of the largest gaps "
         "(default: evenly spaced choices are the baseline active learning rarely beats); "
         "uncertainty: the method's discrepancy (or 1 - confidence); uncertainty-distance: "

@@ -11,15 +11,20 @@ from napari_semiseg.cli._common import _check_at_least
 from napari_semiseg.cli.predict import _model_labels
 from src_models.errors import SemisegError
 
-#: ``semiseg suggest --strategy`` (src_models.suggest.STRATEGIES, without importing torch)
+#: ``semiseg suggest --strategy`` and its default (src_models.suggest.STRATEGIES and
+#: DEFAULT_STRATEGY, without importing torch; a test keeps them equal)
 STRATEGY_CHOICES = ("strided", "uncertainty", "uncertainty-distance")
+DEFAULT_STRATEGY_CHOICE = "strided"
 
 
 def cmd_suggest(args: argparse.Namespace) -> int:
     """``semiseg suggest``: the next slices to annotate, ranked, with scores and reasons."""
+    from napari_semiseg._ranking import slice_score, structure_slices
     from napari_semiseg.io import open_image
+    from src_models.data.lazy import is_lazy
     from src_models.device import select_device
     from src_models.inference import predict_volume
+    from src_models.propagation import propagation_prior
     from src_models.slice_smoothing import smoothing_for_spacing
     from src_models.suggest import suggest
     from src_models.training.checkpoint import load_model
@@ -28,8 +33,17 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     bundle = load_model(args.model, device=select_device(args.device))
     img, meta = open_image(args.image)
     axis = bundle.axis
-    if args.labels:
-        _, labeled = _model_labels(args, bundle, img)
+    prior = None
+    if args.labels:  # the prediction fused with their propagation, as predict --labels, the dock
+        if is_lazy(img):
+            raise SemisegError(
+                "--labels needs the volume in memory (the propagation is computed on the whole "
+                "volume): this one is larger; drop --labels (the model's labeled slices are used)"
+            )
+        ids, labeled = _model_labels(args, bundle, img)
+        prior = propagation_prior(
+            np.asarray(img), ids, labeled, axis, bundle.num_classes, bundle.ends_labeled
+        )
     else:
         labeled = bundle.info.get("labeled_slices")
         if not isinstance(labeled, list) or not all(isinstance(s, int) for s in labeled):
@@ -43,13 +57,13 @@ def cmd_suggest(args: argparse.Namespace) -> int:
         bundle,
         img,
         maps=[name] if args.strategy != "strided" else [],
+        prior=prior,
         smoothing=smoothing_for_spacing(meta.spacing, axis),  # as predict, the dock
     )
-    others = tuple(a for a in range(3) if a != axis)
-    structure = np.asarray(pred.labels).astype(bool).any(axis=others)
+    structure = structure_slices(pred.labels, axis)
     uncertainty = None
     if args.strategy != "strided":
-        score = np.asarray(pred.maps[name], np.float64).mean(axis=others)
+        score = slice_score(pred.maps[name], axis)
         uncertainty = score if name == "discrepancy" else 1.0 - score
     n_slices = int(img.shape[1 + axis])
     picks = suggest(

@@ -467,7 +467,11 @@ def test_predict_force_replaces_a_zarr_store_but_never_a_folder_of_other_files(
 
 
 def test_suggest_ranks_the_next_slices_with_reasons(files, tmp_path, capsys):
-    from src_models.suggest import STRATEGIES
+    from napari_semiseg.cli.suggest import DEFAULT_STRATEGY_CHOICE, STRATEGY_CHOICES
+    from src_models.suggest import DEFAULT_STRATEGY, STRATEGIES
+
+    # the CLI's copies (it starts without importing torch) are the core's
+    assert STRATEGY_CHOICES == STRATEGIES and DEFAULT_STRATEGY_CHOICE == DEFAULT_STRATEGY
 
     run_dir = tmp_path / "run"
     assert train_tiny(files, run_dir) == 0
@@ -481,7 +485,7 @@ def test_suggest_ranks_the_next_slices_with_reasons(files, tmp_path, capsys):
         assert len(set(picks)) == 3 and not {3, 8} & set(picks) and all(0 <= p < 12 for p in picks)
         assert all(r["why"].startswith(f"slice {r['slice']}") for r in result["suggestions"])
     assert run("suggest", "--model", run_dir, "--image", files["image"]) == 0
-    assert "next to annotate (strided)" in capsys.readouterr().out
+    assert f"next to annotate ({DEFAULT_STRATEGY})" in capsys.readouterr().out
     # with the labels, the labeled slices are read from them
     assert run(*base, "--labels", files["truth"]) == 0
     truth = np.asarray(nib.load(files["truth"]).dataobj)

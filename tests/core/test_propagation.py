@@ -87,6 +87,13 @@ def test_unannotated_voxels_of_a_labeled_slice_are_decided_and_one_class_fills_a
     assert not empty.labels.any() and (empty.probabilities[0] == 1).all()
     nothing = propagate(image, truth, [], 2)
     assert not nothing.covered.any() and not nothing.labels.any()
+    # every slice labeled (``predict --labels`` with a full mask): the labels themselves,
+    # once skimage's random_walker had nothing to solve and returned another layout
+    three = np.where(truth == 1, 1 + (np.arange(48) >= 24)[None, None, :], 0)
+    full = propagate(image, three, list(range(15)), 3)
+    np.testing.assert_array_equal(full.labels, three)
+    assert full.covered.all() and full.probabilities.shape == (3,) + three.shape
+    np.testing.assert_array_equal(full.probabilities.sum(0), 1.0)
 
 
 def test_volume_helpers_put_the_slicing_axis_back():

@@ -366,6 +366,13 @@ def check_closing_the_dock_stops_the_worker(docks, qtbot):
 
 def check_review_next_accept_continue(docks, qtbot):
     viewer, train, review, _ = docks
+    assert review.strategy_combo.currentText() == "strided"  # the measured default
+    # strided: the middle of the largest gap (9 -> the predicted structure's last slice, or
+    # 2 -> 6 -> 9), never a labeled slice
+    ranking, source = review.review_ranking()
+    assert source == "the predicted structure" and not set(LABELED) & set(ranking)
+    assert len(ranking) == len(set(ranking)) == 12 - len(LABELED)
+    review.strategy_combo.setCurrentText("uncertainty")
     # every slice ties (a model that predicts only background): no "highest" claimed
     flat = viewer.add_image(np.zeros((12, 40, 36), np.float32), name="vol discrepancy")
     assert review.next_slice() is not None
@@ -468,7 +475,44 @@ def test_two_network_method_discrepancy(docks, qtbot):
         )
     means = disc.data.mean(axis=(1, 2))
     means[list(LABELED)] = -1
+    review.strategy_combo.setCurrentText("uncertainty")
     assert review.next_slice() == int(np.argmax(means))
+    assert "discrepancy" in review.review_info.text()
+
+
+def test_next_slice_ranks_as_semiseg_suggest_for_every_strategy(docks, qtbot, tmp_path, capsys):
+    """Issue 20: the dock's Next slice and ``semiseg suggest`` (same model, image and
+    labels) give the same ranking, whichever strategy the box beside Next slice says."""
+    import json
+
+    import nibabel as nib
+
+    from napari_semiseg.cli import main
+    from src_models.suggest import STRATEGIES
+
+    viewer, train, review, _ = docks
+    train_now(qtbot, train, iterations=6, preview_seconds=0)
+    assert review.predict()
+    wait_idle(qtbot, review)
+    paths = {}
+    for name in ("vol", "labels"):
+        paths[name] = tmp_path / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(np.asarray(viewer.layers[name].data), np.eye(4)), paths[name])
+    for strategy in STRATEGIES:
+        review.strategy_combo.setCurrentText(strategy)
+        ranking, _ = review.review_ranking()
+        capsys.readouterr()
+        args = ["suggest", "--model", train.session.run_dir, "--image", paths["vol"], "-n", 12,
+                "--labels", paths["labels"], "--strategy", strategy, "--json"]  # fmt: skip
+        assert main([str(a) for a in args]) == 0
+        cli = [r["slice"] for r in json.loads(capsys.readouterr().out)["suggestions"]]
+        assert ranking == cli, strategy
+        assert len(ranking) == 12 - len(LABELED) and not set(LABELED) & set(ranking)
+        # Next slice goes to the first of them and says why, in the strategy's words
+        review._visited = set()
+        assert review.next_slice() == ranking[0]
+        assert review.review_info.text().startswith(f"slice {ranking[0]}")
+        assert strategy in review.review_info.text() or strategy != "strided"
 
 
 def test_a_new_models_prediction_removes_the_old_models_maps(docks, qtbot):
@@ -479,8 +523,10 @@ def test_a_new_models_prediction_removes_the_old_models_maps(docks, qtbot):
     wait_idle(qtbot, review)
     assert "vol discrepancy" in viewer.layers and "vol pseudo-labels" in viewer.layers
     train_now(qtbot, train, method="supervised", iterations=2, preview_seconds=0)
-    with pytest.raises(SemisegError, match="Predict volume"):
-        review.review_ranking()  # the old map is of another model
+    for strategy in ("strided", "uncertainty"):  # the old prediction and map: another model
+        review.strategy_combo.setCurrentText(strategy)
+        with pytest.raises(SemisegError, match="Predict volume"):
+            review.review_ranking()
     assert review.predict()
     wait_idle(qtbot, review)
     assert "vol discrepancy" not in viewer.layers and "vol pseudo-labels" not in viewer.layers
