@@ -343,9 +343,12 @@ def goal_lines(s: dict) -> list[str]:
             continue
         rounds = list(zip(row["dice"], strided["dice"], strict=False))
         wins = sum(a >= b for a, b in rounds[1:])
+        margins = [100 * (a - b) for a, b in rounds[1:]]
+        worst = int(np.argmin(margins)) if margins else 0
         out.append(
             f"{arm} ≥ strided/slice at {wins} of {len(rounds) - 1} rounds "
-            f"(after round {len(rounds) - 1}: {row['dice'][-1]:.3f} vs {strided['dice'][-1]:.3f})"
+            f"(after round {len(rounds) - 1}: {row['dice'][-1]:.3f} vs {strided['dice'][-1]:.3f}"
+            + (f"; lowest {margins[worst]:+.2f} points, round {worst + 1})" if margins else ")")
         )
     for strategy in sorted({arm.split("/")[0] for arm in arms}):
         whole, region = arms.get(f"{strategy}/slice"), arms.get(f"{strategy}/region")
@@ -366,13 +369,12 @@ def goal_lines(s: dict) -> list[str]:
                 f"of the whole-slice gain (the same labels) painting "
                 f"{whole['wrong'] / whole['painted']:.0%} of its voxels"
             )
-    if strided is not None:
-        final = strided["dice"][-1]
-        out.append(
-            f"strided/slice after {len(strided['dice']) - 1} rounds {final:.3f} vs "
-            f"interpolation with {REFERENCE_K} "
-            f"slices {s['interpolation_10']:.3f} (goal ≥)"
-        )
+    for arm, row in arms.items():
+        if arm.endswith("/slice"):
+            out.append(
+                f"{arm} after {len(row['dice']) - 1} rounds {row['dice'][-1]:.3f} vs "
+                f"interpolation with {REFERENCE_K} slices {s['interpolation_10']:.3f} (goal ≥)"
+            )
     return out
 
 
@@ -399,10 +401,11 @@ def group_lines(dataset: str, protocol: str, group: list[dict]) -> list[str]:
                 f"  {name + ' (same slices)':32s} " + " → ".join(f"{d:.3f}" for d in s[name])
             )
     lines += [f"  {goal}" for goal in goal_lines(s)]
+    scratch = s.get("from_scratch", float("nan"))
     lines.append(
         f"  10 slices: interpolation {s['interpolation_10']:.3f}, propagation "
         f"{s['propagation_10']:.3f}; from scratch on the final slices "
-        f"{s.get('from_scratch', float('nan')):.3f}"
+        + ("not run" if np.isnan(scratch) else f"{scratch:.3f}")
     )  # fmt: skip
     return lines
 

@@ -276,6 +276,7 @@ def annotation_section(lines: list[str]) -> None:
     if notes.exists():
         lines += [notes.read_text().strip(), ""]
     fusion_section(lines)
+    interpolation_blend_section(lines)
     refresh_section(lines)
 
 
@@ -342,6 +343,39 @@ def fusion_section(lines: list[str]) -> None:
         *table,
         "",
     ]
+
+
+def interpolation_blend_section(lines: list[str]) -> None:
+    """The interpolation blended into the walk, zero-training (interpolation_blend.py)."""
+    from interpolation_blend import OUT
+
+    if not OUT.exists():
+        return
+    means = json.loads(OUT.read_text())["means"]
+    rules = [n for n in next(iter(means.values())) if n != "volumes"]
+    lines += [
+        "### The interpolation blended into the walk (zero-training)",
+        "",
+        "`benchmarks/interpolation_blend.py`: no network; the product's walk and the shape "
+        "interpolation as probabilities (the blended signed distance through a sigmoid of "
+        "2 px), blended with weight W (or 0.5 only between labeled slices whose outlines "
+        "agree, foreground Dice >= T), smoothed across slices (1 slice) as the product's "
+        "output; mean Dice on the other slices. Not adopted: it helps only with many "
+        "slices on the left atrium.",
+        "",
+        "| dataset / protocol / k | volumes | " + " | ".join(rules) + " |",
+        "|---|---:|" + "---:|" * len(rules),
+    ]
+    for group, row in sorted(means.items(), key=lambda kv: _group_key(kv[0])):
+        best = max(row[n] for n in rules)
+        cells = [f"**{row[n]:.3f}**" if row[n] == best else f"{row[n]:.3f}" for n in rules]
+        lines.append(f"| {group} | {row['volumes']} | " + " | ".join(cells) + " |")
+    lines.append("")
+
+
+def _group_key(group: str) -> tuple:
+    dataset, protocol, k = group.split("/")
+    return dataset, protocol, int(k.lstrip("k"))
 
 
 def load_section(lines: list[str]) -> None:
