@@ -23,12 +23,14 @@ Each pick counts as labeled for the next one, so ``n`` suggestions spread over t
 With ``ends_labeled`` (the user labeled the structure's first and last slices) nothing
 beyond the outer labeled slices is suggested: those slices are known background.
 The default is ``strided``: in ``benchmarks/correction_loop.py`` (3 volumes each of the
-hippocampus and the left atrium, with the ends labeled and strictly inside) no score was at
-or above it at every round on every one; ``uncertainty-distance`` was on the left atrium
-strictly inside (+2.5 points after 5 rounds) and ended higher with the ends labeled (+0.4,
-+1.3) but fell below it at some rounds there, and was lower at every round on the
-hippocampus strictly inside (-0.7 after 5), where nothing keeps it from the volume's far
-ends.
+hippocampus and the left atrium, with the ends labeled and strictly inside, re-run at stop 31
+with both arms in the same runs) no score was at or above it at every round.
+``uncertainty-distance`` ends higher on all four after 5 rounds (+0.9, +1.2, +0.6, +2.3
+points: hippocampus / left atrium with the ends, then strictly inside) and is above it from
+round 3 on (one round at -0.09), but below it in the first rounds (left atrium: -1.2 at
+round 1 with the ends, -1.7 and -0.9 at rounds 1-2 strictly inside): with 3 labeled slices,
+spacing wins; with 6 and more, where the model is unsure does. Users who go on for several
+rounds choose it (``--strategy``, the box beside the dock's *Next slice*).
 """
 
 from __future__ import annotations
