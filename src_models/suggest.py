@@ -124,6 +124,14 @@ def suggest(
     if bounded:
         first, last = done[0], done[-1]
     out: list[Suggestion] = []
+    idx = np.arange(n_slices)
+    # distance to the nearest labeled (or already suggested) slice, kept up to date per pick
+    # (recomputing it from every labeled slice at each pick is quadratic in the slices)
+    dist = (
+        np.min(np.abs(idx[:, None] - np.asarray(done)[None]), axis=1).astype(np.float64)
+        if done
+        else np.full(n_slices, float(n_slices))
+    )
     for _ in range(max(0, min(n, n_slices - len(done)))):
         if strategy == "strided":
             pick = _strided(done, first, last)
@@ -133,12 +141,6 @@ def suggest(
             score = np.asarray(uncertainty, np.float64).copy()
             why = "mean uncertainty {:.3f}"
             if strategy == "uncertainty-distance":
-                idx = np.arange(n_slices)
-                dist = (
-                    np.min(np.abs(idx[:, None] - np.asarray(done)[None]), axis=1)
-                    if done
-                    else np.full(n_slices, n_slices, float)
-                )
                 score = score * dist
                 why = "mean uncertainty {:.3f} x {:.0f} slices from the nearest labeled one"
             score[done] = -np.inf
@@ -160,4 +162,5 @@ def suggest(
             break
         out.append(pick)
         done = sorted(set(done) | {pick.index})
+        dist = np.minimum(dist, np.abs(idx - pick.index))
     return out

@@ -676,10 +676,11 @@ class ReviewDock(QWidget):
         means = slice_score(score_layer.data, axis)
         return (1.0 - means if source != "discrepancy" else means), source
 
-    def review_ranking(self) -> tuple[list[int], str]:
-        """Every slice to annotate next, best first, by the strategy of the box beside *Next
-        slice* (the same ranking as ``semiseg suggest --strategy``), and what it went by:
-        the map used, or the predicted structure's extent for ``strided``."""
+    def review_ranking(self, n: int | None = None) -> tuple[list[int], str]:
+        """The next ``n`` slices to annotate (default: every one), best first, by the
+        strategy of the box beside *Next slice* (the same ranking as ``semiseg suggest
+        --strategy``), and what it went by: the map used, or the predicted structure's
+        extent for ``strided``."""
         image = self._image()
         labels = self.labels_combo.layer()
         axis = self._axis()
@@ -698,7 +699,8 @@ class ReviewDock(QWidget):
         self._ranking_flat = False
         if strategy != "strided":
             uncertainty, source = self._uncertainty(axis)
-            rest = [float(uncertainty[i]) for i in range(n_slices) if i not in set(labeled)]
+            done = set(labeled)
+            rest = [float(uncertainty[i]) for i in range(n_slices) if i not in done]
             # the unlabeled slices all score the same: the ranking says nothing
             self._ranking_flat = (max(rest) - min(rest) <= FLAT_SCORE) if rest else False
             self._ranking_value = rest[0] if rest else 0.0
@@ -709,7 +711,7 @@ class ReviewDock(QWidget):
             n_slices,
             uncertainty,
             structure,
-            n=n_slices,
+            n=n_slices if n is None else n,
             strategy=strategy,
             ends_labeled=self.session.ends_labeled,
         )
@@ -719,7 +721,9 @@ class ReviewDock(QWidget):
     def next_slice(self) -> int | None:
         """Move the viewer to the next unlabeled slice to review; returns its index."""
         try:
-            ranking, source = self.review_ranking()
+            # one more than the slices visited: the first unvisited one is among them (the GUI
+            # thread ranks no more of a long volume than it needs)
+            ranking, source = self.review_ranking(len(self._visited) + 1)
         except SemisegError as exc:
             show_error(str(exc))
             return None
@@ -751,10 +755,10 @@ class ReviewDock(QWidget):
             strategy = self.strategy_combo.currentText()
             why = self._ranking_why.get(index, f"slice {index}")
             self.review_info.setText(
-                f"{why} (axis {self._axis()}, {strategy}; {len(todo) - 1} more to visit)"
+                f"{why} (axis {self._axis()}, {strategy}; {len(self._visited)} visited so far)"
                 if strategy == "strided"
                 else f"{why} ({source}, axis {self._axis()}): the highest score among the "
-                f"{len(todo)} unvisited unlabeled slices"
+                "unvisited unlabeled slices"
             )
         self.accept_button.setText(f"Accept slice {index}")
         return index

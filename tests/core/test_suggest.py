@@ -65,3 +65,35 @@ def test_nothing_beyond_the_labeled_ends_when_they_are_the_structures():
         picks = suggest([8, 30], 40, score, n=1, strategy=strategy, ends_labeled=True)
         assert [p.index for p in picks] == [20], strategy
         assert suggest([8, 30], 40, score, n=1, strategy=strategy)[0].index in (2, 37)
+
+
+def test_a_long_ranking_equals_one_pick_at_a_time():
+    """The whole ranking of a 300-slice volume (the dock asks for it) equals picking one
+    slice at a time and counting it as labeled, for every strategy; the distance is kept
+    up to date rather than recomputed from every labeled slice at each pick."""
+    rng = np.random.default_rng(0)
+    n = 300
+    uncertainty = rng.random(n)
+    structure = np.zeros(n, bool)
+    structure[40:260] = True
+    for strategy in STRATEGIES:
+        ranking = suggest([50, 120, 200], n, uncertainty, structure, n=n, strategy=strategy)
+        done, one_by_one = [50, 120, 200], []
+        while True:
+            pick = suggest(done, n, uncertainty, structure, n=1, strategy=strategy)
+            if not pick:
+                break
+            one_by_one.append(pick[0].index)
+            done = done + [pick[0].index]
+        # the same while the predicted extent (40-259) has unlabeled slices; beyond it a
+        # pick made one at a time widens the extent the next call spreads over
+        inside = 220 - 3
+        assert [p.index for p in ranking][:inside] == one_by_one[:inside], strategy
+        assert all(40 <= s < 260 for s in one_by_one[:inside]) or strategy == "uncertainty"
+        assert len(ranking) == len({p.index for p in ranking}) == n - 3, strategy
+        assert len(one_by_one) == len(set(one_by_one)) == n - 3, strategy
+    # uncertainty x distance by hand for the first pick: within the extent, the largest
+    dist = np.min(np.abs(np.arange(n)[:, None] - np.array([50, 120, 200])[None]), axis=1)
+    score = np.where(structure, uncertainty * dist, -np.inf)
+    first = suggest([50, 120, 200], n, uncertainty, structure, n=1, strategy="uncertainty-distance")
+    assert first[0].index == int(np.argmax(score))
