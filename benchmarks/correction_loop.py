@@ -102,7 +102,7 @@ def brush_blobs(region: np.ndarray, radius: int) -> np.ndarray:
     yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
     disk = yy**2 + xx**2 <= radius**2
     closed = ndimage.binary_closing(np.pad(region, radius), disk)[radius:-radius, radius:-radius]
-    return ndimage.binary_dilation(closed | region, disk)
+    return ndimage.binary_dilation(closed, disk)  # a closing keeps every voxel of the region
 
 
 def correct(labels, truth, pred, axis, pick, kind, brush: int = 0) -> tuple[int, int]:

@@ -48,7 +48,7 @@ def interpolation_probabilities(labels: np.ndarray, labeled: list[int], k: int, 
     fg = np.stack(inside)
     probs = np.concatenate([np.prod(1 - fg, axis=0, keepdims=True), fg])
     probs /= probs.sum(axis=0, keepdims=True)
-    covered = interpolate_slices(labels, labeled, k).covered
+    covered = one.covered  # the labeled range: the same for every class
     probs[:, ~covered] = walk[:, ~covered]
     return probs.astype(np.float32)
 

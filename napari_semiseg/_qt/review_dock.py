@@ -133,8 +133,6 @@ class ReviewDock(QWidget):
         self._hidden_for_training = False
         self._ranking_flat = False
         self._ranking_value = 0.0
-        #: why each slice of the last ranking is there (the strategy's reason)
-        self._ranking_why: dict[int, str] = {}
         self._build()
         self.session.connect(self._on_session)
         if self.session.image_name:
@@ -681,6 +679,11 @@ class ReviewDock(QWidget):
         strategy of the box beside *Next slice* (the same ranking as ``semiseg suggest
         --strategy``), and what it went by: the map used, or the predicted structure's
         extent for ``strided``."""
+        picks, source = self._suggestions(n)
+        return [p.index for p in picks], source
+
+    def _suggestions(self, n: int | None) -> tuple[list, str]:
+        """:meth:`review_ranking` with each slice's reason (src_models.suggest.Suggestion)."""
         image = self._image()
         labels = self.labels_combo.layer()
         axis = self._axis()
@@ -715,23 +718,22 @@ class ReviewDock(QWidget):
             strategy=strategy,
             ends_labeled=self.session.ends_labeled,
         )
-        self._ranking_why = {p.index: p.why for p in picks}
-        return [p.index for p in picks], source
+        return picks, source
 
     def next_slice(self) -> int | None:
         """Move the viewer to the next unlabeled slice to review; returns its index."""
         try:
             # one more than the slices visited: the first unvisited one is among them (the GUI
             # thread ranks no more of a long volume than it needs)
-            ranking, source = self.review_ranking(len(self._visited) + 1)
+            picks, source = self._suggestions(len(self._visited) + 1)
         except SemisegError as exc:
             show_error(str(exc))
             return None
-        todo = [s for s in ranking if s not in self._visited]
+        todo = [p for p in picks if p.index not in self._visited]
         if not todo:
             show_info("every unlabeled slice has been visited; predict again to start over")
             return None
-        index = todo[0]
+        index, why = todo[0].index, todo[0].why
         self._visited.add(index)
         image = self._image()
         go_to_slice(self.viewer, image, self._axis(), index)
@@ -753,7 +755,6 @@ class ReviewDock(QWidget):
             )
         else:
             strategy = self.strategy_combo.currentText()
-            why = self._ranking_why.get(index, f"slice {index}")
             self.review_info.setText(
                 f"{why} (axis {self._axis()}, {strategy}; {len(self._visited)} visited so far)"
                 if strategy == "strided"

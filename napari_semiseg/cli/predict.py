@@ -60,14 +60,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             "--largest-component needs the whole mask in memory: this volume is larger; drop it"
         )
     values = LabelValues.from_info(bundle.info, bundle.num_classes)
-    prior = None
-    if args.labels:
-        if lazy:
-            raise SemisegError(
-                "--labels needs the volume in memory (the propagation is computed on the whole "
-                "volume): this one is larger; drop --labels"
-            )
-        prior = _fused_prior(args, bundle, img)
+    prior = _fused_prior(args, bundle, img) if args.labels else None
     if lazy and volume_format(args.out) == ".zarr":
         counts = _predict_streaming(args, bundle, img, meta, maps, targets, values)
         written = targets
@@ -135,16 +128,30 @@ def _default_smoothing(meta, axis: int) -> float:
     return sigma
 
 
-def _fused_prior(args, bundle, img) -> np.ndarray:
-    """The propagation of the labeled slices of ``--labels`` over ``img`` (K, Z, Y, X)."""
+def _labels_prior(args, bundle, img, instead: str = "") -> tuple[np.ndarray, list[int]]:
+    """The propagation of the labeled slices of ``--labels`` over ``img`` (K, Z, Y, X), the
+    prior a prediction is fused with (``predict --labels``, ``suggest --labels``), and those
+    slices; ``instead`` ends the message refusing a volume too large for memory."""
+    from src_models.data.lazy import is_lazy
     from src_models.propagation import propagation_prior
 
-    _refuse_overlap("--out", args.out, [args.labels])
+    if is_lazy(img):
+        raise SemisegError(
+            "--labels needs the volume in memory (the propagation is computed on the whole "
+            f"volume): this one is larger; drop --labels{instead}"
+        )
     ids, labeled = _model_labels(args, bundle, img)
-    t0 = time.perf_counter()
     prior = propagation_prior(
         np.asarray(img), ids, labeled, bundle.axis, bundle.num_classes, bundle.ends_labeled
     )
+    return prior, labeled
+
+
+def _fused_prior(args, bundle, img) -> np.ndarray:
+    """:func:`_labels_prior` for ``predict``, which says how long it took."""
+    _refuse_overlap("--out", args.out, [args.labels])
+    t0 = time.perf_counter()
+    prior, labeled = _labels_prior(args, bundle, img)
     print(
         f"fused with the propagation of {len(labeled)} labeled slice(s) of {args.labels} "
         f"({time.perf_counter() - t0:.1f} s)"

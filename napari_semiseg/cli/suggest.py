@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-import numpy as np
-
 from napari_semiseg.cli._common import _check_at_least
-from napari_semiseg.cli.predict import _model_labels
+from napari_semiseg.cli.predict import _labels_prior
 from src_models.errors import SemisegError
 
 #: ``semiseg suggest --strategy`` and its default (src_models.suggest.STRATEGIES and
@@ -21,10 +19,8 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     """``semiseg suggest``: the next slices to annotate, ranked, with scores and reasons."""
     from napari_semiseg._ranking import slice_score, structure_slices
     from napari_semiseg.io import open_image
-    from src_models.data.lazy import is_lazy
     from src_models.device import select_device
     from src_models.inference import predict_volume
-    from src_models.propagation import propagation_prior
     from src_models.slice_smoothing import smoothing_for_spacing
     from src_models.suggest import suggest
     from src_models.training.checkpoint import load_model
@@ -35,15 +31,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     axis = bundle.axis
     prior = None
     if args.labels:  # the prediction fused with their propagation, as predict --labels, the dock
-        if is_lazy(img):
-            raise SemisegError(
-                "--labels needs the volume in memory (the propagation is computed on the whole "
-                "volume): this one is larger; drop --labels (the model's labeled slices are used)"
-            )
-        ids, labeled = _model_labels(args, bundle, img)
-        prior = propagation_prior(
-            np.asarray(img), ids, labeled, axis, bundle.num_classes, bundle.ends_labeled
-        )
+        prior, labeled = _labels_prior(args, bundle, img, " (the model's labeled slices are used)")
     else:
         labeled = bundle.info.get("labeled_slices")
         if not isinstance(labeled, list) or not all(isinstance(s, int) for s in labeled):
