@@ -126,47 +126,95 @@ def correct(labels, truth, pred, axis, pick, kind, brush: int = 0) -> tuple[int,
     return int(region.sum()), wrong
 
 
+def score_round(bundle, image, truth, labels, done, axis, k, ends, r, painted, wrong):
+    """The product's output after round ``r`` and the round's row of the results (its
+    ``minutes`` for the caller to fill in)."""
+    pred = predict(bundle, image, labels, done, axis, k, ends)
+    row = {
+        "round": r,
+        "labeled": list(done),
+        "dice": whole_dice(pred.labels, truth),
+        "painted_voxels": painted,
+        "wrong_voxels": wrong,
+        "minutes": None,
+        "iteration": bundle.iteration,
+    }
+    return pred, row
+
+
+def next_pick(pred, done, axis, strategy, ends) -> int | None:
+    """The slice ``strategy`` suggests next from the prediction ``pred`` (None: none left)."""
+    others = tuple(a for a in range(3) if a != axis)
+    score = uncertainty_map(pred).mean(axis=others)
+    structure = pred.labels.astype(bool).any(axis=others)
+    picks = suggest(done, pred.labels.shape[axis], score, structure, 1, strategy, ends)
+    return picks[0].index if picks else None
+
+
 def loop(task: dict) -> dict:
-    """One simulated user (one arm), in a worker: continues the shared round-0 model."""
+    """One simulated user (one arm), in a worker: continues the model ``task['start']``
+    after the rounds ``task['rows']`` every arm played alike (none: from round 0's model)."""
     torch.set_num_threads(task["threads"])
     _, image, truth, axis = load_case(task["dataset"], task["index"])
     k, ends, rounds = int(truth.max()) + 1, task["ends"], task["rounds"]
-    labels = sparse(truth, axis, task["labeled"]).astype(np.int64)
+    labels = np.array(task["labels"]) if "labels" in task else sparse(truth, axis, task["labeled"])
+    labels = labels.astype(np.int64)
     done = list(task["labeled"])
+    rows = list(task.get("rows", []))
+    painted, wrong = task.get("painted", 0), task.get("wrong", 0)
     recipe = RunRecipe(axis=axis, minutes=task["minutes"], seed=task["seed"], ends_labeled=ends)
     bundle = load_model(task["start"])
-    rows, painted, wrong, t0 = [], 0, 0, time.perf_counter()
-    for r in range(rounds + 1):
-        if r:
-            bundle = train_for(recipe, image, labels, done, bundle, k)
+    pred = None
+    if rows:  # the last shared round's prediction again, off the clock
         pred = predict(bundle, image, labels, done, axis, k, ends)
-        minutes = task["start_minutes"] + (time.perf_counter() - t0) / 60
-        rows.append(
-            {
-                "round": r,
-                "labeled": list(done),
-                "dice": whole_dice(pred.labels, truth),
-                "painted_voxels": painted,
-                "wrong_voxels": wrong,
-                "minutes": minutes,
-                "iteration": bundle.iteration,
-            }
+    t0 = time.perf_counter()
+    for r in range(len(rows), rounds + 1):
+        if pred is not None:  # pick, correct, train
+            pick = next_pick(pred, done, axis, task["strategy"], ends)
+            if pick is None:  # every slice between the ends is labeled
+                break
+            voxels, errors = correct(labels, truth, pred, axis, pick, task["kind"], task["brush"])
+            painted, wrong = painted + voxels, wrong + errors
+            done = sorted(set(done) | {pick})
+            bundle = train_for(recipe, image, labels, done, bundle, k)
+        pred, row = score_round(
+            bundle, image, truth, labels, done, axis, k, ends, r, painted, wrong
         )
-        print(f"    {task['arm']} round {r}: Dice {rows[-1]['dice']:.4f}", flush=True)
-        if r == rounds:
-            break
-        others = tuple(a for a in range(3) if a != axis)
-        score = uncertainty_map(pred).mean(axis=others)
-        structure = pred.labels.astype(bool).any(axis=others)
-        picks = suggest(done, truth.shape[axis], score, structure, 1, task["strategy"], ends)
-        if not picks:  # every slice between the ends is labeled
-            break
-        voxels, errors = correct(
-            labels, truth, pred, axis, picks[0].index, task["kind"], task["brush"]
-        )
-        painted, wrong = painted + voxels, wrong + errors
-        done = sorted(set(done) | {picks[0].index})
+        row["minutes"] = task["start_minutes"] + (time.perf_counter() - t0) / 60
+        rows.append(row)
+        print(f"    {task['arm']} round {r}: Dice {row['dice']:.4f}", flush=True)
     return {"rounds": rows, "threads": task["threads"]}
+
+
+def shared_rounds(common: dict, arms: list[tuple[str, str]], bundle, image, truth, axis) -> dict:
+    """Play the rounds in which every arm picks the same slice and corrects it alike (the
+    same state: one run, not one per arm, so the arms differ only where their choices do;
+    e.g. ``strided-then-uncertainty-distance`` and ``strided`` up to its switch). Returns
+    the state the arms continue from (``labels``, ``labeled``, ``rows``, ``painted``,
+    ``wrong``, ``start_minutes``) and the model in ``bundle``."""
+    k, ends, rounds = int(truth.max()) + 1, common["ends"], common["rounds"]
+    labels = sparse(truth, axis, common["labeled"]).astype(np.int64)
+    done, rows, painted, wrong = list(common["labeled"]), [], 0, 0
+    recipe = RunRecipe(axis=axis, minutes=common["minutes"], seed=common["seed"], ends_labeled=ends)
+    kinds = {kind for _, kind in arms}
+    t0 = time.perf_counter()
+    for r in range(rounds + 1):
+        pred, row = score_round(
+            bundle, image, truth, labels, done, axis, k, ends, r, painted, wrong
+        )
+        row["minutes"] = common["start_minutes"] + (time.perf_counter() - t0) / 60
+        rows.append(row)
+        print(f"    shared round {r}: Dice {row['dice']:.4f}", flush=True)
+        picks = {next_pick(pred, done, axis, s, ends) for s, _ in arms}
+        if r == rounds or len(kinds) > 1 or len(picks) > 1 or None in picks:
+            break
+        pick, kind = picks.pop(), next(iter(kinds))
+        voxels, errors = correct(labels, truth, pred, axis, pick, kind, common["brush"])
+        painted, wrong = painted + voxels, wrong + errors
+        done = sorted(set(done) | {pick})
+        bundle = train_for(recipe, image, labels, done, bundle, k)
+    state = {"labels": labels, "labeled": done, "rows": rows, "painted": painted}
+    return {**state, "wrong": wrong, "start_minutes": rows[-1]["minutes"], "bundle": bundle}
 
 
 def from_scratch(task: dict) -> dict:
@@ -253,21 +301,25 @@ def benchmark(args) -> None:
             t0 = time.perf_counter()
             start = train_for(recipe, image, labels, labeled, None, k)
             start_minutes = (time.perf_counter() - t0) / 60
+            common = {
+                "dataset": args.dataset, "index": index, "labeled": labeled, "ends": ends,
+                "rounds": args.rounds, "minutes": args.minutes, "seed": args.seed,
+                "start_minutes": start_minutes, "threads": args.threads, "brush": args.brush,
+            }  # fmt: skip
+            state = shared_rounds(common, arms, start, image, truth, axis)
+            entry["shared_rounds"] = len(state["rows"]) - 1
             with tempfile.TemporaryDirectory() as folder:
-                save_model(start, folder)
-                common = {
-                    "dataset": args.dataset, "index": index, "labeled": labeled, "ends": ends,
-                    "rounds": args.rounds, "minutes": args.minutes, "seed": args.seed,
-                    "start": folder, "start_minutes": start_minutes, "threads": args.threads,
-                    "brush": args.brush,
-                }  # fmt: skip
+                save_model(state.pop("bundle"), folder)
+                scratch_base = dict(common)  # the run from scratch starts from nothing
+                common.update(state, start=folder)
                 tasks = {
                     f"{s}/{kind}": {**common, "strategy": s, "kind": kind, "arm": f"{s}/{kind}"}
                     for s, kind in arms
                 }
                 scratch_task = None
                 if not args.no_scratch:  # on the final slices, as long as the loop trained
-                    scratch_task = {**common, "minutes": args.minutes * (args.rounds + 1)}
+                    minutes = args.minutes * (args.rounds + 1)
+                    scratch_task = {**scratch_base, "minutes": minutes}
                 with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
                     loops, scratch = run_arms(pool, args.workers, tasks, scratch_task)
                 entry["loops"] = {name: loops[name] for name in tasks}

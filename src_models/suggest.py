@@ -18,6 +18,12 @@ prediction holds the structure:
   structure and the labeled slices) while it has an unlabeled slice: far from every labeled
   slice, the distance outweighed a tiny uncertainty, and it picked the volume's first slice,
   empty, on the hippocampus strictly inside.
+- ``strided-then-uncertainty-distance``: ``strided`` while fewer than
+  :data:`STRIDED_UNTIL` slices are labeled, then ``uncertainty-distance``. With a few slices
+  the model's uncertainty says little yet (active learning's cold start: uncertainty scores
+  lose to even spacing until the model has seen enough), and ``uncertainty-distance`` was
+  below ``strided`` in the first rounds of the correction loop and above it from the third
+  on.
 
 Each pick counts as labeled for the next one, so ``n`` suggestions spread over the volume.
 With ``ends_labeled`` (the user labeled the structure's first and last slices) nothing
@@ -42,17 +48,27 @@ import numpy as np
 
 from src_models.errors import SemisegError
 
-STRATEGIES = ("strided", "uncertainty", "uncertainty-distance")
+STRATEGIES = (
+    "strided",
+    "uncertainty",
+    "uncertainty-distance",
+    "strided-then-uncertainty-distance",
+)
 DEFAULT_STRATEGY = "strided"
+#: ``strided-then-uncertainty-distance`` spaces the picks evenly while fewer slices than this
+#: are labeled (counting the picks made so far)
+STRIDED_UNTIL = 5
 
 
 @dataclass
 class Suggestion:
-    """A slice to annotate: its index, the strategy's score and why, in words."""
+    """A slice to annotate: its index, the strategy's score and why, in words, and the
+    strategy that chose it (``strided-then-uncertainty-distance`` switches)."""
 
     index: int
     score: float
     why: str
+    by: str = ""
 
 
 def _gaps(done: list[int], first: int, last: int) -> list[tuple[int, int, bool, bool]]:
@@ -87,6 +103,13 @@ def _strided(done: list[int], first: int, last: int) -> Suggestion | None:
                 int(mid), float(inner), f"slice {mid}: the middle of a gap of {inner} slices"
             )
     return best
+
+
+def _current_strategy(strategy: str, n_labeled: int) -> str:
+    """The strategy the next pick follows, with ``n_labeled`` slices labeled so far."""
+    if strategy == "strided-then-uncertainty-distance":
+        return "strided" if n_labeled < STRIDED_UNTIL else "uncertainty-distance"
+    return strategy
 
 
 def suggest(
@@ -133,20 +156,21 @@ def suggest(
         else np.full(n_slices, float(n_slices))
     )
     for _ in range(max(0, min(n, n_slices - len(done)))):
-        if strategy == "strided":
+        current = _current_strategy(strategy, len(done))
+        if current == "strided":
             pick = _strided(done, first, last)
             if pick is None and not bounded:  # the extent is covered: the largest gap anywhere
                 pick = _strided(done, 0, n_slices - 1)
         else:
             score = np.asarray(uncertainty, np.float64).copy()
             why = "mean uncertainty {:.3f}"
-            if strategy == "uncertainty-distance":
+            if current == "uncertainty-distance":
                 score = score * dist
                 why = "mean uncertainty {:.3f} x {:.0f} slices from the nearest labeled one"
             score[done] = -np.inf
             outside = np.ones(n_slices, bool)
             outside[first : last + 1] = False
-            spread = strategy == "uncertainty-distance" and np.isfinite(score[~outside]).any()
+            spread = current == "uncertainty-distance" and np.isfinite(score[~outside]).any()
             if bounded or spread:
                 score[outside] = -np.inf
             i = int(np.argmax(score))
@@ -154,12 +178,13 @@ def suggest(
                 break
             text = (
                 why.format(uncertainty[i], score[i] / max(uncertainty[i], 1e-12))
-                if strategy == "uncertainty-distance"
+                if current == "uncertainty-distance"
                 else why.format(uncertainty[i])
             )
             pick = Suggestion(i, float(score[i]), f"slice {i}: {text}")
         if pick is None:
             break
+        pick.by = current
         out.append(pick)
         done = sorted(set(done) | {pick.index})
         dist = np.minimum(dist, np.abs(idx - pick.index))

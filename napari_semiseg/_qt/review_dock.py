@@ -92,7 +92,7 @@ from src_models.data.lazy import is_lazy
 from src_models.errors import SemisegError
 from src_models.inference import VolumePrediction
 from src_models.slice_smoothing import smoothing_for_spacing
-from src_models.suggest import DEFAULT_STRATEGY, STRATEGIES, suggest
+from src_models.suggest import DEFAULT_STRATEGY, STRATEGIES, STRIDED_UNTIL, suggest
 
 #: unlabeled slices whose mean scores differ by no more than this all tie
 FLAT_SCORE = 1e-6
@@ -185,7 +185,9 @@ class ReviewDock(QWidget):
             "How Next slice chooses. strided (default): the predicted structure's uncovered "
             "ends, then the middle of the largest gap between labeled slices; uncertainty: "
             "where the networks disagree most (least confident for single-network methods); "
-            "uncertainty-distance: that times the distance to the nearest labeled slice. "
+            "uncertainty-distance: that times the distance to the nearest labeled slice; "
+            f"strided-then-uncertainty-distance: strided while fewer than {STRIDED_UNTIL} "
+            "slices are labeled, then uncertainty-distance. "
             "Measured with a simulated user in benchmarks/correction_loop.py (README)"
         )
         self.strategy_combo.currentTextChanged.connect(self._on_strategy)
@@ -733,7 +735,7 @@ class ReviewDock(QWidget):
         if not todo:
             show_info("every unlabeled slice has been visited; predict again to start over")
             return None
-        index, why = todo[0].index, todo[0].why
+        index, why, by = todo[0].index, todo[0].why, todo[0].by
         self._visited.add(index)
         image = self._image()
         go_to_slice(self.viewer, image, self._axis(), index)
@@ -757,7 +759,7 @@ class ReviewDock(QWidget):
             strategy = self.strategy_combo.currentText()
             self.review_info.setText(
                 f"{why} (axis {self._axis()}, {strategy}; {len(self._visited)} visited so far)"
-                if strategy == "strided"
+                if by == "strided"
                 else f"{why} ({source}, axis {self._axis()}): the highest score among the "
                 "unvisited unlabeled slices"
             )

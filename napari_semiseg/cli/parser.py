@@ -213,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: evenly spaced choices are the baseline active learning rarely beats); "
         "uncertainty: the method's discrepancy (or 1 - confidence); uncertainty-distance: "
         "that times the distance to the nearest labeled slice, within the predicted "
-        "structure while it has an unlabeled slice",
+        "structure while it has an unlabeled slice; strided-then-uncertainty-distance: "
+        "strided while fewer than 5 slices are labeled, then uncertainty-distance",
     )
     g.add_argument("--device", default="auto")
     g.add_argument("--json", action="store_true", help="machine-readable output")

@@ -11,7 +11,12 @@ from src_models.errors import SemisegError
 
 #: ``semiseg suggest --strategy`` and its default (src_models.suggest.STRATEGIES and
 #: DEFAULT_STRATEGY, without importing torch; a test keeps them equal)
-STRATEGY_CHOICES = ("strided", "uncertainty", "uncertainty-distance")
+STRATEGY_CHOICES = (
+    "strided",
+    "uncertainty",
+    "uncertainty-distance",
+    "strided-then-uncertainty-distance",
+)
 DEFAULT_STRATEGY_CHOICE = "strided"
 
 

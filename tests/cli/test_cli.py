@@ -468,10 +468,13 @@ def test_predict_force_replaces_a_zarr_store_but_never_a_folder_of_other_files(
 
 def test_suggest_ranks_the_next_slices_with_reasons(files, tmp_path, capsys):
     from napari_semiseg.cli.suggest import DEFAULT_STRATEGY_CHOICE, STRATEGY_CHOICES
-    from src_models.suggest import DEFAULT_STRATEGY, STRATEGIES
+    from src_models.suggest import DEFAULT_STRATEGY, STRATEGIES, STRIDED_UNTIL
 
     # the CLI's copies (it starts without importing torch) are the core's
     assert STRATEGY_CHOICES == STRATEGIES and DEFAULT_STRATEGY_CHOICE == DEFAULT_STRATEGY
+    with pytest.raises(SystemExit):
+        run("suggest", "--help")
+    assert f"fewer than {STRIDED_UNTIL} slices" in " ".join(capsys.readouterr().out.split())
 
     run_dir = tmp_path / "run"
     assert train_tiny(files, run_dir) == 0

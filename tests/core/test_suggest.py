@@ -8,6 +8,8 @@ import pytest
 from src_models.errors import SemisegError
 from src_models.suggest import STRATEGIES, suggest
 
+HYBRID = "strided-then-uncertainty-distance"
+
 
 def test_strided_takes_uncovered_ends_first_then_the_middles_of_the_largest_gaps():
     structure = np.zeros(40, bool)
@@ -97,3 +99,37 @@ def test_a_long_ranking_equals_one_pick_at_a_time():
     score = np.where(structure, uncertainty * dist, -np.inf)
     first = suggest([50, 120, 200], n, uncertainty, structure, n=1, strategy="uncertainty-distance")
     assert first[0].index == int(np.argmax(score))
+
+
+def test_strided_then_uncertainty_distance_switches_at_the_labeled_count():
+    """Evenly spaced picks while fewer than STRIDED_UNTIL slices are labeled (the picks so
+    far count), then uncertainty x distance, each pick saying which one chose it."""
+    from src_models.suggest import STRIDED_UNTIL
+
+    rng = np.random.default_rng(1)
+    n = 60
+    uncertainty = rng.random(n)
+    structure = np.zeros(n, bool)
+    structure[10:50] = True
+    labeled = [12, 30]
+    hybrid = suggest(labeled, n, uncertainty, structure, n=6, strategy=HYBRID)
+    n_strided = STRIDED_UNTIL - len(labeled)
+    strided = suggest(labeled, n, uncertainty, structure, n=n_strided, strategy="strided")
+    assert [p.index for p in hybrid[:n_strided]] == [p.index for p in strided]
+    assert [p.by for p in hybrid] == ["strided"] * n_strided + ["uncertainty-distance"] * (
+        6 - n_strided
+    )
+    after = labeled + [p.index for p in strided]
+    rest = suggest(
+        after, n, uncertainty, structure, n=6 - n_strided, strategy="uncertainty-distance"
+    )
+    assert [p.index for p in hybrid[n_strided:]] == [p.index for p in rest]
+    assert hybrid[n_strided].why == rest[0].why and "slices from the nearest" in rest[0].why
+    # with enough labeled slices it is uncertainty-distance from the first pick
+    many = [12, 20, 30, 40, 49]
+    assert [(p.index, p.by) for p in suggest(many, n, uncertainty, structure, 3, HYBRID)] == [
+        (p.index, "uncertainty-distance")
+        for p in suggest(many, n, uncertainty, structure, 3, "uncertainty-distance")
+    ]
+    with pytest.raises(SemisegError, match="needs the model's uncertainty"):
+        suggest(labeled, n, structure=structure, strategy=HYBRID)
