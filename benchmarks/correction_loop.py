@@ -23,7 +23,11 @@ slices of ``strided``/``slice`` for as long as the loop trained ((R + 1) x T min
 (``--ends-labeled``: nothing is propagated or suggested beyond them; ``--no-ends-labeled``
 to leave it off).
 
-The arms run side by side, one per worker process with ``--threads`` torch threads each
+The rounds in which every arm picks the same slice and corrects it alike (e.g. ``strided``
+and ``strided-then-uncertainty-distance`` until the latter switches) are played once, in the
+main process with ``--threads`` threads, and every arm continues from there: the arms differ
+only where their choices do, not by the noise of training the same slices twice. Then the
+arms run side by side, one per worker process with ``--threads`` torch threads each
 (default: 2 workers x 1 thread on a 2-core machine, so the cores are never oversubscribed):
 
     python benchmarks/correction_loop.py --dataset hippocampus --cases 0 1 2 --minutes 1
@@ -452,6 +456,12 @@ def group_lines(dataset: str, protocol: str, group: list[dict]) -> list[str]:
             lines.append(
                 f"  {name + ' (same slices)':32s} " + " → ".join(f"{d:.3f}" for d in s[name])
             )
+    shared = [e["shared_rounds"] for e in group if "shared_rounds" in e]
+    if shared:  # runs since stop 32
+        lines.append(
+            "  rounds every arm played alike, once (per volume): "
+            + ", ".join(str(n) for n in shared)
+        )
     lines += [f"  {goal}" for goal in goal_lines(s)]
     scratch = s.get("from_scratch", float("nan"))
     lines.append(
@@ -462,13 +472,20 @@ def group_lines(dataset: str, protocol: str, group: list[dict]) -> list[str]:
     return lines
 
 
-def plot() -> None:
+def plot_path(tag: str | None = None):
+    """Where the plot of the main runs (or of the variant ``tag``) is drawn."""
+    return PLOT if tag is None else PLOT.with_name(f"{PLOT.stem}_{tag}{PLOT.suffix}")
+
+
+def plot(tag: str | None = None) -> None:
+    """Dice per round of each arm, one panel per (dataset, protocol), of the main runs or
+    of the variant ``tag``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = sorted(groups(load_entries()).items())
+    panels = sorted(groups(load_entries(tag)).items())
     if not panels:
         return
     fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6), squeeze=False)
@@ -498,9 +515,10 @@ def plot() -> None:
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=6)
     fig.tight_layout()
-    PLOT.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(PLOT, dpi=110)
-    print(f"wrote {PLOT}")
+    path = plot_path(tag)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
 
 
 def main() -> None:
@@ -537,11 +555,16 @@ def main() -> None:
     parser.add_argument("--tag", help="a variant: its runs saved apart, in correction_loop/TAG/")
     parser.add_argument("--note", default="", help="what the variant changes (with --tag)")
     parser.add_argument("--report", action="store_true")
+    parser.add_argument(
+        "--plot-variant", metavar="TAG", help="also draw the variant TAG's plot (README's)"
+    )
     args = parser.parse_args()
     if not args.report:
         benchmark(args)
     print("\n".join(report_lines()))
     plot()
+    if args.plot_variant:
+        plot(args.plot_variant)
 
 
 if __name__ == "__main__":

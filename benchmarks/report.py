@@ -527,6 +527,9 @@ def correction_section(lines: list[str]) -> None:
         if variant:
             note = variant[0][1][0].get("note", "")
             lines += [f"### Variant `{tag}`", "", f"{note[:1].upper()}{note[1:]}.", ""]
+            if cl.plot_path(tag).exists():  # drawn by correction_loop.py --plot-variant TAG
+                image = cl.plot_path(tag).relative_to(OUT.parent)
+                lines += [f"![Dice per round, variant {tag}]({image})", ""]
         for (dataset, protocol), group in variant:
             _correction_table(lines, cl, dataset, protocol, group)
 

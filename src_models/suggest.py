@@ -29,13 +29,15 @@ Each pick counts as labeled for the next one, so ``n`` suggestions spread over t
 With ``ends_labeled`` (the user labeled the structure's first and last slices) nothing
 beyond the outer labeled slices is suggested: those slices are known background.
 The default is ``strided``: in ``benchmarks/correction_loop.py`` (3 volumes each of the
-hippocampus and the left atrium, with the ends labeled and strictly inside, re-run at stop 31
-with both arms in the same runs) no score was at or above it at every round.
-``uncertainty-distance`` ends higher on all four after 5 rounds (+0.9, +1.2, +0.6, +2.3
-points: hippocampus / left atrium with the ends, then strictly inside) and is above it from
-round 3 on (one round at -0.09), but below it in the first rounds (left atrium: -1.2 at
-round 1 with the ends, -1.7 and -0.9 at rounds 1-2 strictly inside): with 3 labeled slices,
-spacing wins; with 6 and more, where the model is unsure does. Users who go on for several
+hippocampus and the left atrium, with the ends labeled and strictly inside, both arms in the
+same runs) no score was at or above it at every round. ``uncertainty-distance`` (stop 31)
+ends higher on all four after 5 rounds (+0.9, +1.2, +0.6, +2.3 points: hippocampus / left
+atrium with the ends, then strictly inside) but is below it in the first rounds (left
+atrium: -1.2 at round 1 with the ends, -1.7 and -0.9 at rounds 1-2 strictly inside): with 3
+labeled slices, spacing wins; with 6 and more, where the model is unsure does.
+``strided-then-uncertainty-distance`` (stop 32) ends higher on all four (+0.3, +1.1, +1.3,
++2.0) and is at or above ``strided`` at every round on three, but 0.27 and 0.25 points below
+it at rounds 3 and 4 on the hippocampus with the ends. Users who go on for more than two
 rounds choose it (``--strategy``, the box beside the dock's *Next slice*).
 """
 

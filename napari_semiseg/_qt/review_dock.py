@@ -742,7 +742,7 @@ class ReviewDock(QWidget):
         pred = self._layer("prediction")
         if pred is not None:
             self.viewer.layers.selection.active = pred
-        if self._ranking_flat:
+        if self._ranking_flat and by != "strided":  # a strided pick needs no score
             b = self.session.bundle
             trained = (
                 describe_training(self.session.train_seconds, b.iteration)
