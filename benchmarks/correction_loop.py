@@ -157,30 +157,24 @@ def next_pick(pred, done, axis, strategy, ends) -> int | None:
 
 def loop(task: dict) -> dict:
     """One simulated user (one arm), in a worker: continues the model ``task['start']``
-    after the rounds ``task['rows']`` every arm played alike (none: from round 0's model)."""
+    from the state after the rounds every arm played alike (:func:`shared_rounds`)."""
     torch.set_num_threads(task["threads"])
     _, image, truth, axis = load_case(task["dataset"], task["index"])
     k, ends, rounds = int(truth.max()) + 1, task["ends"], task["rounds"]
-    labels = np.array(task["labels"]) if "labels" in task else sparse(truth, axis, task["labeled"])
-    labels = labels.astype(np.int64)
-    done = list(task["labeled"])
-    rows = list(task.get("rows", []))
-    painted, wrong = task.get("painted", 0), task.get("wrong", 0)
+    labels, done = np.array(task["labels"], np.int64), list(task["labeled"])
+    rows, painted, wrong = list(task["rows"]), task["painted"], task["wrong"]
     recipe = RunRecipe(axis=axis, minutes=task["minutes"], seed=task["seed"], ends_labeled=ends)
     bundle = load_model(task["start"])
-    pred = None
-    if rows:  # the last shared round's prediction again, off the clock
-        pred = predict(bundle, image, labels, done, axis, k, ends)
-    t0 = time.perf_counter()
+    pred = predict(bundle, image, labels, done, axis, k, ends)  # the last shared round's again
+    t0 = time.perf_counter()  # ... off the clock
     for r in range(len(rows), rounds + 1):
-        if pred is not None:  # pick, correct, train
-            pick = next_pick(pred, done, axis, task["strategy"], ends)
-            if pick is None:  # every slice between the ends is labeled
-                break
-            voxels, errors = correct(labels, truth, pred, axis, pick, task["kind"], task["brush"])
-            painted, wrong = painted + voxels, wrong + errors
-            done = sorted(set(done) | {pick})
-            bundle = train_for(recipe, image, labels, done, bundle, k)
+        pick = next_pick(pred, done, axis, task["strategy"], ends)
+        if pick is None:  # every slice between the ends is labeled
+            break
+        voxels, errors = correct(labels, truth, pred, axis, pick, task["kind"], task["brush"])
+        painted, wrong = painted + voxels, wrong + errors
+        done = sorted(set(done) | {pick})
+        bundle = train_for(recipe, image, labels, done, bundle, k)
         pred, row = score_round(
             bundle, image, truth, labels, done, axis, k, ends, r, painted, wrong
         )
@@ -209,8 +203,10 @@ def shared_rounds(common: dict, arms: list[tuple[str, str]], bundle, image, trut
         row["minutes"] = common["start_minutes"] + (time.perf_counter() - t0) / 60
         rows.append(row)
         print(f"    shared round {r}: Dice {row['dice']:.4f}", flush=True)
+        if r == rounds or len(kinds) > 1:
+            break
         picks = {next_pick(pred, done, axis, s, ends) for s, _ in arms}
-        if r == rounds or len(kinds) > 1 or len(picks) > 1 or None in picks:
+        if len(picks) > 1 or None in picks:
             break
         pick, kind = picks.pop(), next(iter(kinds))
         voxels, errors = correct(labels, truth, pred, axis, pick, kind, common["brush"])

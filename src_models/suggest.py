@@ -35,9 +35,9 @@ ends higher on all four after 5 rounds (+0.9, +1.2, +0.6, +2.3 points: hippocamp
 atrium with the ends, then strictly inside) but is below it in the first rounds (left
 atrium: -1.2 at round 1 with the ends, -1.7 and -0.9 at rounds 1-2 strictly inside): with 3
 labeled slices, spacing wins; with 6 and more, where the model is unsure does.
-``strided-then-uncertainty-distance`` (stop 32) ends higher on all four (+0.3, +1.1, +1.3,
-+2.0) and is at or above ``strided`` at every round on three, but 0.27 and 0.25 points below
-it at rounds 3 and 4 on the hippocampus with the ends. Users who go on for more than two
+``strided-then-uncertainty-distance`` (stop 32) ends higher on all four (+0.2, +1.1, +1.3,
++2.0) and is at or above ``strided`` at every round on three, but 0.18 and 0.29 points below
+it at rounds 3 and 4 on the hippocampus with the ends (5 volumes). Users who go on for more than two
 rounds choose it (``--strategy``, the box beside the dock's *Next slice*).
 """
 
