@@ -164,9 +164,8 @@ def loop(task: dict) -> dict:
     labels, done = np.array(task["labels"], np.int64), list(task["labeled"])
     rows, painted, wrong = list(task["rows"]), task["painted"], task["wrong"]
     recipe = RunRecipe(axis=axis, minutes=task["minutes"], seed=task["seed"], ends_labeled=ends)
-    bundle = load_model(task["start"])
-    pred = predict(bundle, image, labels, done, axis, k, ends)  # the last shared round's again
-    t0 = time.perf_counter()  # ... off the clock
+    bundle, pred = load_model(task["start"]), task["pred"]  # the last shared round's
+    t0 = time.perf_counter()
     for r in range(len(rows), rounds + 1):
         pick = next_pick(pred, done, axis, task["strategy"], ends)
         if pick is None:  # every slice between the ends is labeled
@@ -189,7 +188,8 @@ def shared_rounds(common: dict, arms: list[tuple[str, str]], bundle, image, trut
     same state: one run, not one per arm, so the arms differ only where their choices do;
     e.g. ``strided-then-uncertainty-distance`` and ``strided`` up to its switch). Returns
     the state the arms continue from (``labels``, ``labeled``, ``rows``, ``painted``,
-    ``wrong``, ``start_minutes``) and the model in ``bundle``."""
+    ``wrong``, ``start_minutes``, the last round's prediction ``pred``) and the model in
+    ``bundle``."""
     k, ends, rounds = int(truth.max()) + 1, common["ends"], common["rounds"]
     labels = sparse(truth, axis, common["labeled"]).astype(np.int64)
     done, rows, painted, wrong = list(common["labeled"]), [], 0, 0
@@ -213,7 +213,7 @@ def shared_rounds(common: dict, arms: list[tuple[str, str]], bundle, image, trut
         painted, wrong = painted + voxels, wrong + errors
         done = sorted(set(done) | {pick})
         bundle = train_for(recipe, image, labels, done, bundle, k)
-    state = {"labels": labels, "labeled": done, "rows": rows, "painted": painted}
+    state = {"labels": labels, "labeled": done, "rows": rows, "painted": painted, "pred": pred}
     return {**state, "wrong": wrong, "start_minutes": rows[-1]["minutes"], "bundle": bundle}
 
 
@@ -325,11 +325,13 @@ def benchmark(args) -> None:
                 entry["loops"] = {name: loops[name] for name in tasks}
                 if scratch is not None:
                     entry["from_scratch"] = scratch
+            zero: dict[tuple, dict] = {}  # the shared rounds' slices are every arm's
             for result in entry["loops"].values():
-                slices = [row["labeled"] for row in result["rounds"]]
-                result["zero_training"] = [
-                    zero_training(image, truth, axis, done, ends) for done in slices
-                ]
+                slices = [tuple(row["labeled"]) for row in result["rounds"]]
+                for done in slices:
+                    if done not in zero:
+                        zero[done] = zero_training(image, truth, axis, list(done), ends)
+                result["zero_training"] = [zero[done] for done in slices]
             ten = protocol_slices(truth, axis, REFERENCE_K, protocol)
             entry["reference"] = {"labeled": ten, **zero_training(image, truth, axis, ten, ends)}
             write_json(path, entry)

@@ -37,8 +37,8 @@ atrium: -1.2 at round 1 with the ends, -1.7 and -0.9 at rounds 1-2 strictly insi
 labeled slices, spacing wins; with 6 and more, where the model is unsure does.
 ``strided-then-uncertainty-distance`` (stop 32) ends higher on all four (+0.2, +1.1, +1.3,
 +2.0) and is at or above ``strided`` at every round on three, but 0.18 and 0.29 points below
-it at rounds 3 and 4 on the hippocampus with the ends (5 volumes). Users who go on for more than two
-rounds choose it (``--strategy``, the box beside the dock's *Next slice*).
+it at rounds 3 and 4 on the hippocampus with the ends (5 volumes). Users who go on for more
+than two rounds choose it (``--strategy``, the box beside the dock's *Next slice*).
 """
 
 from __future__ import annotations
@@ -150,6 +150,9 @@ def suggest(
         first, last = done[0], done[-1]
     out: list[Suggestion] = []
     idx = np.arange(n_slices)
+    outside = np.ones(n_slices, bool)  # beyond the extent
+    outside[first : last + 1] = False
+    base = None if uncertainty is None else np.asarray(uncertainty, np.float64)
     # distance to the nearest labeled (or already suggested) slice, kept up to date per pick
     # (recomputing it from every labeled slice at each pick is quadratic in the slices)
     dist = (
@@ -164,14 +167,12 @@ def suggest(
             if pick is None and not bounded:  # the extent is covered: the largest gap anywhere
                 pick = _strided(done, 0, n_slices - 1)
         else:
-            score = np.asarray(uncertainty, np.float64).copy()
+            score = base.copy()
             why = "mean uncertainty {:.3f}"
             if current == "uncertainty-distance":
                 score = score * dist
                 why = "mean uncertainty {:.3f} x {:.0f} slices from the nearest labeled one"
             score[done] = -np.inf
-            outside = np.ones(n_slices, bool)
-            outside[first : last + 1] = False
             spread = current == "uncertainty-distance" and np.isfinite(score[~outside]).any()
             if bounded or spread:
                 score[outside] = -np.inf

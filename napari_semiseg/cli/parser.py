@@ -11,7 +11,12 @@ from napari_semiseg.cli._common import EXIT_USER_ERROR
 from napari_semiseg.cli.evaluate import cmd_evaluate
 from napari_semiseg.cli.methods import cmd_methods
 from napari_semiseg.cli.predict import cmd_predict
-from napari_semiseg.cli.suggest import DEFAULT_STRATEGY_CHOICE, STRATEGY_CHOICES, cmd_suggest
+from napari_semiseg.cli.suggest import (
+    DEFAULT_STRATEGY_CHOICE,
+    STRATEGY_CHOICES,
+    STRIDED_UNTIL,
+    cmd_suggest,
+)
 from napari_semiseg.cli.train import cmd_train
 from src_models.method_choice import AUTO, AUTO_HELP
 
@@ -214,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
         "uncertainty: the method's discrepancy (or 1 - confidence); uncertainty-distance: "
         "that times the distance to the nearest labeled slice, within the predicted "
         "structure while it has an unlabeled slice; strided-then-uncertainty-distance: "
-        "strided while fewer than 5 slices are labeled, then uncertainty-distance",
+        f"strided while fewer than {STRIDED_UNTIL} slices are labeled, then "
+        "uncertainty-distance",
     )
     g.add_argument("--device", default="auto")
     g.add_argument("--json", action="store_true", help="machine-readable output")

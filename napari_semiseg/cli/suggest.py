@@ -8,16 +8,13 @@ import json
 from napari_semiseg.cli._common import _check_at_least
 from napari_semiseg.cli.predict import _labels_prior
 from src_models.errors import SemisegError
+from src_models.suggest import DEFAULT_STRATEGY as DEFAULT_STRATEGY_CHOICE
+from src_models.suggest import STRATEGIES as STRATEGY_CHOICES
+from src_models.suggest import STRIDED_UNTIL
 
-#: ``semiseg suggest --strategy`` and its default (src_models.suggest.STRATEGIES and
-#: DEFAULT_STRATEGY, without importing torch; a test keeps them equal)
-STRATEGY_CHOICES = (
-    "strided",
-    "uncertainty",
-    "uncertainty-distance",
-    "strided-then-uncertainty-distance",
-)
-DEFAULT_STRATEGY_CHOICE = "strided"
+#: ``semiseg suggest --strategy``'s choices, default and switch count: the core's (the
+#: parser reads them; src_models.suggest imports no torch)
+__all__ = ["DEFAULT_STRATEGY_CHOICE", "STRATEGY_CHOICES", "STRIDED_UNTIL", "cmd_suggest"]
 
 
 def cmd_suggest(args: argparse.Namespace) -> int:

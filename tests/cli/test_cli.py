@@ -470,7 +470,7 @@ def test_suggest_ranks_the_next_slices_with_reasons(files, tmp_path, capsys):
     from napari_semiseg.cli.suggest import DEFAULT_STRATEGY_CHOICE, STRATEGY_CHOICES
     from src_models.suggest import DEFAULT_STRATEGY, STRATEGIES, STRIDED_UNTIL
 
-    # the CLI's copies (it starts without importing torch) are the core's
+    # the CLI offers the core's strategies and default
     assert STRATEGY_CHOICES == STRATEGIES and DEFAULT_STRATEGY_CHOICE == DEFAULT_STRATEGY
     with pytest.raises(SystemExit):
         run("suggest", "--help")
