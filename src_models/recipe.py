@@ -79,6 +79,9 @@ class RunRecipe:
     #: the outer labeled slices are the structure's first and last (what Slicer / ITK-SNAP
     #: users label): the propagation, as target and in the fused prediction, stops there
     ends_labeled: bool = False
+    #: with ``ends_labeled``, train the slices beyond the outer labeled ones as background
+    #: (prior targets of full weight)
+    background_beyond_ends: bool = False
     #: neighbouring slices on each side the network takes as channels ("2.5D",
     #: :mod:`src_models.data.context`); a continued run keeps its model's
     context_slices: int = 0
@@ -227,6 +230,7 @@ def build_run(
         ends_labeled=recipe.ends_labeled,
         context=context,
         keep_prior_probabilities=recipe.prior_refresh > 0,
+        background_beyond_ends=recipe.background_beyond_ends,
     )
     if len(volumes) == 1:  # what `semiseg suggest` starts from without --labels
         bundle.info["labeled_slices"] = list(volumes[0].labeled)

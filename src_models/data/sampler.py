@@ -81,6 +81,16 @@ def propagation_targets(
     return result.labels, weights, result
 
 
+def background_beyond(targets: np.ndarray, weights: np.ndarray, labeled: list[int]) -> None:
+    """Make the slices beyond the outer ``labeled`` ones background targets of full weight,
+    in place (``targets``, ``weights``: (N, H, W)): when the user labeled the structure's
+    first and last slices there is nothing of it beyond them."""
+    lo, hi = min(labeled), max(labeled)
+    for part in (slice(0, lo), slice(hi + 1, None)):
+        targets[part] = 0
+        weights[part] = 1.0
+
+
 def fitted_patch_size(volumes: list[Volume]) -> int:
     """The smallest multiple of 16 that covers the largest slice side of ``volumes``."""
     side = max(max(v.slices.shape[-2:]) for v in volumes)
@@ -121,6 +131,9 @@ class SliceSampler:
             :func:`propagation_targets`; the interpolation for a volume too large for it).
         ends_labeled: the outer labeled slices are the structure's first and last: the
             propagation stops at them (:func:`src_models.propagation.walk_extend`).
+        background_beyond_ends: with ``ends_labeled``, the slices beyond the outer labeled
+            ones are prior targets too: background, full weight (the user said nothing of
+            the structure lies there).
         context: neighbouring slices on each side fed as channels
             (:mod:`src_models.data.context`); targets stay the middle slice's.
         keep_prior_probabilities: keep the propagation's class probabilities (float16) for
@@ -143,6 +156,7 @@ class SliceSampler:
         ends_labeled: bool = False,
         context: int = 0,
         keep_prior_probabilities: bool = False,
+        background_beyond_ends: bool = False,
     ) -> None:
         if prior not in PRIORS:
             raise SemisegError(f"prior must be one of {', '.join(PRIORS)}, not {prior!r}")
@@ -228,6 +242,8 @@ class SliceSampler:
                     interp = interpolate_slices(vol.labels, used, self.num_classes)
                     targets = interp.labels
                     weights = prior_weights(interp, band_per_slice=prior_band)
+                if ends_labeled and background_beyond_ends:
+                    background_beyond(targets, weights, vol.labeled)
                 self.set_prior_targets(v, targets, weights)
 
     def set_prior_targets(self, v: int, targets: np.ndarray, weights: np.ndarray) -> None:
