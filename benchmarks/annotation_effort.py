@@ -220,15 +220,23 @@ ZERO = ("interpolation", "random_walker", "propagation")
 #: the tag of runs where the user said the outer labeled slices are the structure's ends
 #: (``--overrides '{"ends_labeled": true}' --tag ends``: the CLI's --ends-labeled)
 ENDS_TAG = "ends"
+#: ... and the slices beyond them trained as background (``background_beyond_ends``, the
+#: product's default with --ends-labeled since stop 33; the ``ends`` runs predate it)
+ENDS_BACKGROUND_TAG = "endsbg"
 
 
 def _rows(group: list[dict], method: str):
     """(row label, method name suffix, propagation entry) of a (dataset, protocol, k)
     group: the default, and on the ``ends`` protocol also the runs with --ends-labeled."""
     yield group[0]["protocol"], "", "propagation"
-    tagged = {f"{name}+{ENDS_TAG}" for name in (method, LONG_BUDGET_METHOD)}
-    if group[0]["protocol"] == "ends" and any(tagged & set(r["methods"]) for r in group):
-        yield "ends, --ends-labeled", f"+{ENDS_TAG}", "propagation_ends"
+    labels = {
+        ENDS_TAG: "ends, --ends-labeled (before stop 33)",
+        ENDS_BACKGROUND_TAG: "ends, --ends-labeled, background beyond them (the default)",
+    }
+    for tag, label in labels.items():
+        tagged = {f"{name}+{tag}" for name in (method, LONG_BUDGET_METHOD)}
+        if group[0]["protocol"] == "ends" and any(tagged & set(r["methods"]) for r in group):
+            yield label, f"+{tag}", "propagation_ends"
 
 
 def _mean(values) -> float:
@@ -280,7 +288,8 @@ def _group_row(dataset, label, k, group, tag, walk, method) -> str:
         trained = [r for r in group if name + tag in r["methods"]]
         out = [r["methods"][name + tag]["budgets"].get(minutes, {}).get("output") for r in trained]
         more = f" ({len(trained)})" if trained and len(trained) < len(group) else ""
-        cells.append(f"{_mean(out):.3f}{more}" if trained else "n/a")
+        mean = _mean(out)
+        cells.append(f"{mean:.3f}{more}" if trained and not np.isnan(mean) else "n/a")
         bars = [_bar(r, margin) for r in trained]
         goals.append(f"{_mean(bars):.3f}" if trained else "n/a")
         hits = sum(o is not None and o >= b for o, b in zip(out, bars, strict=True))

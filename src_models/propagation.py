@@ -19,7 +19,9 @@ Choices, measured on 5 left-atrium and 5 hippocampus volumes, both sparse-slice 
   outer labeled slices are the structure's ends it costs about half a point, so a user who
   labeled the structure's first and last slices says so (``ends_labeled``: the CLI's
   ``--ends-labeled``, the dock's "Labeled slices include the first and last"), and the walk
-  stops at them (:func:`walk_extend`); the product's fused prediction then stops there too.
+  stops at them (:func:`walk_extend`); the product's fused prediction then stops there too,
+  and training takes the slices beyond them as background
+  (:attr:`src_models.recipe.RunRecipe.background_beyond_ends`).
 - Seeding the walk also with the interpolation's sure voxels between labeled slices (so the
   image decides only a band around the interpolated outline) measured worse than seeding
   with the labeled slices alone (left atrium, 4 slices: 0.854 against 0.863), and was dropped.

@@ -93,8 +93,9 @@ class DataTab(FormTab):
         self.ends_labeled.setToolTip(
             "Tick when the outer labeled slices are the first and last slices where the "
             "structure appears (as for Slicer's 'fill between slices'): the propagation, "
-            "training and prediction then stop there. Untick when the structure goes on "
-            "beyond them: the propagation reaches 3 slices further."
+            "training and prediction then stop there, and the slices beyond them train as "
+            "background. Untick when the structure goes on beyond them: the propagation "
+            "reaches 3 slices further."
         )
         form.addRow("Image", self.image_combo)
         form.addRow("Labels", self.labels_combo)

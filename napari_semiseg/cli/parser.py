@@ -133,8 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the outer labeled slices are the first and last slices where the structure "
         "appears (as for Slicer's 'fill between slices'): the propagation, as training "
-        "target and in 'predict --labels', stops there (default: it may reach 3 slices "
-        "beyond them, for labeled slices strictly inside the structure)",
+        "target and in 'predict --labels', stops there and the slices beyond them train "
+        "as background (default: it may reach 3 slices beyond them, for labeled slices "
+        "strictly inside the structure)",
     )
     t.add_argument(
         "--context-slices",

@@ -236,4 +236,37 @@ def test_the_recipe_records_ends_labeled_in_the_model():
         recipe = RunRecipe(method="supervised", params=params, iterations=1, ends_labeled=ends)
         run = build_run(recipe, [image[:, 0]], [sparse], [labeled])
         assert run.bundle.info["ends_labeled"] is ends
-        assert max(s for _, s in run.sampler.prior_index) == (8 if ends else 9 + DEFAULT_EXTEND)
+        trained = {s for _, s in run.sampler.prior_index}
+        # with the ends: the walk's slices between them, and every slice beyond as background
+        reach = range(15) if ends else range(5 - DEFAULT_EXTEND, 10 + DEFAULT_EXTEND)
+        assert trained == set(reach) - {5, 9}
+        targets, weights = run.sampler.prior_targets[0]
+        if ends:
+            assert not targets[:5].any() and (weights[:5] == 1).all()
+    off = RunRecipe(method="supervised", params=params, iterations=1, ends_labeled=True,
+                    background_beyond_ends=False)  # fmt: skip
+    run = build_run(off, [image[:, 0]], [sparse], [labeled])
+    assert max(s for _, s in run.sampler.prior_index) == 8
+
+
+@pytest.mark.parametrize("prior", ["propagation", "interpolation"])
+def test_background_beyond_the_ends_trains_those_slices_as_background(prior):
+    image, truth = wobbly_blob()
+    labeled = [5, 9]
+    sparse = np.where(np.isin(np.arange(15), labeled)[:, None, None], truth, 0)
+    volumes, _ = make_volumes([image[:, 0]], [sparse], 0, [labeled])
+    on = SliceSampler(volumes, patch_size=48, prior_fraction=0.5, prior=prior,
+                      ends_labeled=True, background_beyond_ends=True)  # fmt: skip
+    beyond = [s for s in range(15) if not 5 <= s <= 9]
+    assert sorted(s for _, s in on.prior_index) == sorted(beyond + [6, 7, 8])
+    targets, weights = on.prior_targets[0]
+    assert not targets[beyond].any() and (weights[beyond] == 1).all()
+    # inside the ends the prior's own targets and weights are untouched
+    off = SliceSampler(volumes, patch_size=48, prior_fraction=0.5, prior=prior, ends_labeled=True)
+    np.testing.assert_array_equal(targets[5:10], off.prior_targets[0][0][5:10])
+    np.testing.assert_array_equal(weights[5:10], off.prior_targets[0][1][5:10])
+    # without the ends labeled the option changes nothing (the structure may go on there)
+    loose = SliceSampler(volumes, patch_size=48, prior_fraction=0.5, prior=prior,
+                         background_beyond_ends=True)  # fmt: skip
+    plain = SliceSampler(volumes, patch_size=48, prior_fraction=0.5, prior=prior)
+    assert loose.prior_index == plain.prior_index
