@@ -223,19 +223,22 @@ ENDS_TAG = "ends"
 #: ... and the slices beyond them trained as background (``background_beyond_ends``, the
 #: product's default with --ends-labeled since stop 33; the ``ends`` runs predate it)
 ENDS_BACKGROUND_TAG = "endsbg"
+#: the summary table's row label of each of those tags
+ENDS_ROWS = {
+    ENDS_TAG: "ends, --ends-labeled (before stop 33)",
+    ENDS_BACKGROUND_TAG: "ends, --ends-labeled, background beyond them (the default)",
+}
 
 
 def _rows(group: list[dict], method: str):
     """(row label, method name suffix, propagation entry) of a (dataset, protocol, k)
     group: the default, and on the ``ends`` protocol also the runs with --ends-labeled."""
     yield group[0]["protocol"], "", "propagation"
-    labels = {
-        ENDS_TAG: "ends, --ends-labeled (before stop 33)",
-        ENDS_BACKGROUND_TAG: "ends, --ends-labeled, background beyond them (the default)",
-    }
-    for tag, label in labels.items():
+    if group[0]["protocol"] != "ends":
+        return
+    for tag, label in ENDS_ROWS.items():
         tagged = {f"{name}+{tag}" for name in (method, LONG_BUDGET_METHOD)}
-        if group[0]["protocol"] == "ends" and any(tagged & set(r["methods"]) for r in group):
+        if any(tagged & set(r["methods"]) for r in group):
             yield label, f"+{tag}", "propagation_ends"
 
 
@@ -289,7 +292,7 @@ def _group_row(dataset, label, k, group, tag, walk, method) -> str:
         out = [r["methods"][name + tag]["budgets"].get(minutes, {}).get("output") for r in trained]
         more = f" ({len(trained)})" if trained and len(trained) < len(group) else ""
         mean = _mean(out)
-        cells.append(f"{mean:.3f}{more}" if trained and not np.isnan(mean) else "n/a")
+        cells.append("n/a" if np.isnan(mean) else f"{mean:.3f}{more}")  # nan: none trained
         bars = [_bar(r, margin) for r in trained]
         goals.append(f"{_mean(bars):.3f}" if trained else "n/a")
         hits = sum(o is not None and o >= b for o, b in zip(out, bars, strict=True))
