@@ -37,6 +37,8 @@ Results: one JSON per (dataset, case, protocol) in ``benchmarks/results/correcti
 ``--report`` prints the means over volumes and draws ``docs/images/correction_loop.png``.
 ``--tag NAME --note TEXT`` keeps a variant's runs apart (in ``correction_loop/NAME/``, e.g.
 after a change of the product, on fewer arms), reported after the main table.
+``--keep-probabilities DIR`` saves each arm's network and prior probabilities after its last
+round, for ``fusion_variants.py`` to score other fusions of them without training.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ import multiprocessing
 import tempfile
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -180,7 +183,25 @@ def loop(task: dict) -> dict:
         row["minutes"] = task["start_minutes"] + (time.perf_counter() - t0) / 60
         rows.append(row)
         print(f"    {task['arm']} round {r}: Dice {row['dice']:.4f}", flush=True)
+    if task.get("keep"):
+        keep_probabilities(task, len(rows) - 1, bundle, image, labels, done, axis, k)
     return {"rounds": rows, "threads": task["threads"]}
+
+
+def keep_probabilities(task: dict, r: int, bundle, image, labels, done, axis, k) -> None:
+    """Save the arm ``task``'s network probabilities (no smoothing, no prior) and the
+    propagation prior of the labels ``done`` after round ``r``, named as ``annotation_effort.py
+    --keep-probabilities`` names its files (the arm for the method, the round for the budget)."""
+    net = predict_volume(bundle, image, maps=(), return_probabilities=True, smoothing=0)
+    prior = propagation_prior(image, labels, done, axis, k, task["ends"])
+    arm = task["arm"].replace("/", "-")
+    np.savez_compressed(
+        f"{task['keep']}__k{len(done)}__{arm}__round{r}.npz",
+        model=net.probabilities.astype(np.float16),
+        prior=prior.astype(np.float16),
+        labeled=np.asarray(done),
+        axis=axis,
+    )
 
 
 def shared_rounds(common: dict, arms: list[tuple[str, str]], bundle, image, truth, axis) -> dict:
@@ -316,6 +337,10 @@ def benchmark(args) -> None:
                     f"{s}/{kind}": {**common, "strategy": s, "kind": kind, "arm": f"{s}/{kind}"}
                     for s, kind in arms
                 }
+                if args.keep_probabilities:
+                    args.keep_probabilities.mkdir(parents=True, exist_ok=True)
+                    for task in tasks.values():
+                        task["keep"] = str(args.keep_probabilities / path.stem)
                 scratch_task = None
                 if not args.no_scratch:  # on the final slices, as long as the loop trained
                     minutes = args.minutes * (args.rounds + 1)
@@ -552,6 +577,11 @@ def main() -> None:
     parser.add_argument("--no-scratch", action="store_true", help="skip the from-scratch run")
     parser.add_argument("--tag", help="a variant: its runs saved apart, in correction_loop/TAG/")
     parser.add_argument("--note", default="", help="what the variant changes (with --tag)")
+    parser.add_argument(
+        "--keep-probabilities",
+        type=Path,
+        help="folder to save each arm's network and prior probabilities in, after its last round",
+    )
     parser.add_argument("--report", action="store_true")
     parser.add_argument(
         "--plot-variant", metavar="TAG", help="also draw the variant TAG's plot (README's)"

@@ -27,7 +27,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from _common import RESULTS, write_json
+from _common import RESULTS, ROOT, write_json
 from _protocol import DATASETS, load_case, scored_dice
 
 from src_models.slice_smoothing import smooth_across_slices
@@ -67,6 +67,9 @@ def case_labels(dataset: str, case: str) -> tuple[np.ndarray, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("folders", type=Path, nargs="+", help="--keep-probabilities folders")
+    parser.add_argument(
+        "--out", type=Path, default=OUT, help=f"results JSON (default {OUT.relative_to(ROOT)})"
+    )
     args = parser.parse_args()
     rows = []
     files = sorted(p for folder in args.folders for p in folder.glob("*.npz"))
@@ -98,15 +101,15 @@ def main() -> None:
         }
         for group, rs in groups.items()
     }
-    write_json(OUT, {"means": means, "volumes": rows})
-    print("\n".join(report_lines()))
+    write_json(args.out, {"means": means, "volumes": rows})
+    print("\n".join(report_lines(args.out)))
 
 
-def report_lines() -> list[str]:
+def report_lines(path: Path = OUT) -> list[str]:
     """The markdown table of docs/benchmarks.md (means over the volumes of each group)."""
-    if not OUT.exists():
+    if not path.exists():
         return []
-    means = json.loads(OUT.read_text())["means"]
+    means = json.loads(path.read_text())["means"]
     names = ["network", "propagation", "prior w0.5", "smooth 1", "smooth 1.5", "smooth 2"]
     names += ["prior w0.7", "smooth 1, prior w0.7", "network smoothed 1"]
     lines = [
