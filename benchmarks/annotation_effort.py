@@ -169,6 +169,19 @@ def trained_run(method, image, labels, axis, labeled, budgets, seed, overrides, 
     return {"budgets": rows, "setup_seconds": setup, "prior_seconds": prior_seconds}
 
 
+def merged(saved: dict | None, result: dict) -> dict:
+    """``result`` of a method, with the budgets of its ``saved`` runs it did not re-run when
+    both are ``--separate`` runs of the same settings (one run per budget either way, so a
+    5-minute run can join the 2-minute one of an earlier session); otherwise ``result``."""
+    same = saved is not None and saved.get("separate") and result.get("separate")
+    if not same or saved.get("overrides") != result.get("overrides"):
+        return result
+    out = {**result, "budgets": {**saved["budgets"], **result["budgets"]}}
+    for key in ("setup_seconds", "prior_seconds"):
+        out[key] = saved.get(key, []) + result[key]
+    return out
+
+
 def result_path(dataset: str, case: str, protocol: str, k: int):
     return FOLDER / f"{dataset}__{case}__{protocol}__k{k}.json"
 
@@ -202,7 +215,7 @@ def benchmark(args) -> None:
                     result = trained(method, *data, *budgets, keep)
                     result["threads"] = torch.get_num_threads()
                     result["overrides"] = overrides
-                    entry["methods"][name] = result
+                    entry["methods"][name] = merged(entry["methods"].get(name), result)
                     curve = ", ".join(
                         f"{m} min: model {r['model']:.4f} output {r['output']:.4f} "
                         f"(it {r['iteration']})"
