@@ -369,6 +369,19 @@ def load_entries(tag: str | None = None) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
 
 
+def newest_entries(tags: list[str]) -> list[dict]:
+    """The runs of the variants ``tags``, each (dataset, case, protocol) from the first tag
+    that has it: e.g. ``stop34 stop32`` for stop 34's re-runs and stop 32's other groups."""
+    out, seen = [], set()
+    for tag in tags:
+        for e in load_entries(tag):
+            key = (e["dataset"], e["case"], e["protocol"])
+            if key not in seen:
+                seen.add(key)
+                out.append(e)
+    return out
+
+
 def variant_tags() -> list[str]:
     return sorted(p.name for p in FOLDER.iterdir() if p.is_dir()) if FOLDER.is_dir() else []
 
@@ -495,20 +508,25 @@ def group_lines(dataset: str, protocol: str, group: list[dict]) -> list[str]:
     return lines
 
 
-def plot_path(tag: str | None = None):
-    """Where the plot of the main runs (or of the variant ``tag``) is drawn."""
-    return PLOT if tag is None else PLOT.with_name(f"{PLOT.stem}_{tag}{PLOT.suffix}")
+def plot_path(tag: str | list[str] | None = None):
+    """Where the plot of the main runs (or of the variant ``tag``, or of the variants
+    ``tag`` combined by :func:`newest_entries`) is drawn."""
+    if tag is None:
+        return PLOT
+    name = tag if isinstance(tag, str) else "+".join(tag)
+    return PLOT.with_name(f"{PLOT.stem}_{name}{PLOT.suffix}")
 
 
-def plot(tag: str | None = None) -> None:
+def plot(tag: str | list[str] | None = None) -> None:
     """Dice per round of each arm, one panel per (dataset, protocol), of the main runs or
-    of the variant ``tag``."""
+    of the variant ``tag`` (several: each group from the first that has it)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = sorted(groups(load_entries(tag)).items())
+    entries = load_entries(tag) if tag is None or isinstance(tag, str) else newest_entries(tag)
+    panels = sorted(groups(entries).items())
     if not panels:
         return
     fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6), squeeze=False)
@@ -584,7 +602,11 @@ def main() -> None:
     )
     parser.add_argument("--report", action="store_true")
     parser.add_argument(
-        "--plot-variant", metavar="TAG", help="also draw the variant TAG's plot (README's)"
+        "--plot-variant",
+        metavar="TAG",
+        nargs="+",
+        help="also draw the variant TAG's plot (README's); several: each (dataset, protocol) "
+        "from the first that ran it",
     )
     args = parser.parse_args()
     if not args.report:
@@ -592,7 +614,7 @@ def main() -> None:
     print("\n".join(report_lines()))
     plot()
     if args.plot_variant:
-        plot(args.plot_variant)
+        plot(args.plot_variant[0] if len(args.plot_variant) == 1 else args.plot_variant)
 
 
 if __name__ == "__main__":
