@@ -303,7 +303,8 @@ def _group_row(dataset, label, k, group, tag, walk, method) -> str:
     for name, minutes, margin in columns:
         trained = [r for r in group if name + tag in r["methods"]]
         out = [r["methods"][name + tag]["budgets"].get(minutes, {}).get("output") for r in trained]
-        more = f" ({len(trained)})" if trained and len(trained) < len(group) else ""
+        n = sum(o is not None for o in out)  # the volumes run at this budget
+        more = f" ({n})" if n and n < len(group) else ""
         mean = _mean(out)
         cells.append("n/a" if np.isnan(mean) else f"{mean:.3f}{more}")  # nan: none trained
         bars = [_bar(r, margin) for r in trained]
