@@ -305,8 +305,7 @@ def _group_row(dataset, label, k, group, tag, walk, method) -> str:
         out = [r["methods"][name + tag]["budgets"].get(minutes, {}).get("output") for r in trained]
         n = sum(o is not None for o in out)  # the volumes run at this budget
         more = f" ({n})" if n and n < len(group) else ""
-        mean = _mean(out)
-        cells.append("n/a" if np.isnan(mean) else f"{mean:.3f}{more}")  # nan: none trained
+        cells.append(f"{_mean(out):.3f}{more}" if n else "n/a")
         bars = [_bar(r, margin) for r in trained]
         goals.append(f"{_mean(bars):.3f}" if trained else "n/a")
         hits = sum(o is not None and o >= b for o, b in zip(out, bars, strict=True))

@@ -508,25 +508,23 @@ def group_lines(dataset: str, protocol: str, group: list[dict]) -> list[str]:
     return lines
 
 
-def plot_path(tag: str | list[str] | None = None):
-    """Where the plot of the main runs (or of the variant ``tag``, or of the variants
-    ``tag`` combined by :func:`newest_entries`) is drawn."""
-    if tag is None:
+def plot_path(tags: str | list[str] | None = None):
+    """Where the plot of the main runs (or of the variants ``tags``) is drawn."""
+    if not tags:
         return PLOT
-    name = tag if isinstance(tag, str) else "+".join(tag)
+    name = "+".join([tags] if isinstance(tags, str) else tags)
     return PLOT.with_name(f"{PLOT.stem}_{name}{PLOT.suffix}")
 
 
-def plot(tag: str | list[str] | None = None) -> None:
+def plot(tags: list[str] | None = None) -> None:
     """Dice per round of each arm, one panel per (dataset, protocol), of the main runs or
-    of the variant ``tag`` (several: each group from the first that has it)."""
+    of the variants ``tags`` (several: each group from the first that has it)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    entries = load_entries(tag) if tag is None or isinstance(tag, str) else newest_entries(tag)
-    panels = sorted(groups(entries).items())
+    panels = sorted(groups(newest_entries(tags) if tags else load_entries()).items())
     if not panels:
         return
     fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6), squeeze=False)
@@ -556,7 +554,7 @@ def plot(tag: str | list[str] | None = None) -> None:
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=6)
     fig.tight_layout()
-    path = plot_path(tag)
+    path = plot_path(tags)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     print(f"wrote {path}")
@@ -614,7 +612,7 @@ def main() -> None:
     print("\n".join(report_lines()))
     plot()
     if args.plot_variant:
-        plot(args.plot_variant[0] if len(args.plot_variant) == 1 else args.plot_variant)
+        plot(args.plot_variant)
 
 
 if __name__ == "__main__":
