@@ -59,7 +59,7 @@ def zero_training(image, labels, axis, labeled) -> dict:
     runs = {
         "interpolation": lambda: interpolate_volume(given, labeled, axis, k),
         "random_walker": lambda: propagate_volume(
-            image, given, labeled, axis, k, beta=130.0, extend=0
+            image, given, labeled, axis, k, beta=130.0, extend=0, flow_weight=0.0
         ),
         "propagation": lambda: propagate_volume(image, given, labeled, axis, k),
         # the user said the outer labeled slices are the structure's ends (--ends-labeled)

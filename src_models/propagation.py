@@ -22,6 +22,12 @@ Choices, measured on 5 left-atrium and 5 hippocampus volumes, both sparse-slice 
   stops at them (:func:`walk_extend`); the product's fused prediction then stops there too,
   and training takes the slices beyond them as background
   (:attr:`src_models.recipe.RunRecipe.background_beyond_ends`).
+- Between labeled slices the walk's probabilities are blended (weight
+  :data:`~src_models.flow_interpolation.DEFAULT_WEIGHT`, 0.2) with the registration-guided
+  interpolation (:mod:`src_models.flow_interpolation`: the labeled outlines carried along
+  the optical flow between neighbouring slices): the walk follows edges voxel by voxel, the
+  flow keeps the labeled shape, and they fail on different volumes (left atrium, 4 / 5 / 6
+  slices with the ends: 0.881 / 0.892 / 0.915 walk alone, 0.895 / 0.903 / 0.922 blended).
 - Seeding the walk also with the interpolation's sure voxels between labeled slices (so the
   image decides only a band around the interpolated outline) measured worse than seeding
   with the labeled slices alone (left atrium, 4 slices: 0.854 against 0.863), and was dropped.
@@ -37,6 +43,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from src_models.flow_interpolation import DEFAULT_WEIGHT as FLOW_WEIGHT
+from src_models.flow_interpolation import flow_interpolate
 
 #: the random walker's edge weight on intensities scaled to [0, 1]
 DEFAULT_BETA = 400.0
@@ -105,10 +114,12 @@ def propagate(
     extend: int | None = None,
     ends_labeled: bool = False,
     tol: float = 1e-3,
+    flow_weight: float = FLOW_WEIGHT,
 ) -> Propagation:
     """Random-walker propagation of ``labels`` (N, H, W) from its ``labeled`` slices over the
     image ``slices`` (N, C, H, W), within the labeled range widened by ``extend`` slices
-    (None: :func:`walk_extend` of ``ends_labeled``)."""
+    (None: :func:`walk_extend` of ``ends_labeled``), blended between labeled slices with the
+    registration-guided interpolation (weight ``flow_weight``; 0: the walk alone)."""
     import warnings
 
     from skimage.segmentation import random_walker
@@ -137,10 +148,11 @@ def propagate(
         for value in present:
             probs[int(value) - 1, window] = markers == value
     else:
+        scaled = _scaled(np.asarray(slices)[window])
         with warnings.catch_warnings():  # "probability range outside [0, 1]" by ~tol
             warnings.simplefilter("ignore", UserWarning)
             full = random_walker(
-                _scaled(np.asarray(slices)[window]),
+                scaled,
                 markers,
                 beta=beta,
                 mode="cg_j",
@@ -154,6 +166,13 @@ def propagate(
         full /= np.maximum(full.sum(axis=0, keepdims=True), 1e-12)
         for i, value in enumerate(present):
             probs[int(value) - 1, window] = full[i]
+        if flow_weight > 0:
+            flow = flow_interpolate(
+                scaled.mean(axis=-1), labels[window], [s - lo for s in done], k
+            )
+            between = np.flatnonzero(flow.covered) + lo
+            probs[:, between] *= 1.0 - flow_weight
+            probs[:, between] += flow_weight * flow.probabilities[:, flow.covered]
     return Propagation(probs.argmax(axis=0).astype(np.int64), probs, covered)
 
 

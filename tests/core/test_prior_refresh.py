@@ -36,8 +36,9 @@ def _blob_sampler(labels=None, **kwargs):
 def _perfect_network(truth, monkeypatch):
     """A network whose probabilities are the truth's (90 % sure)."""
     probs = np.stack([truth == 0, truth == 1]).astype(np.float32) * 0.8 + 0.1
+    # a copy per call, as the real one: the refresh blends into what it gets, in place
     monkeypatch.setattr(
-        "src_models.inference.predict_training_volume", lambda method, volume: probs
+        "src_models.inference.predict_training_volume", lambda method, volume: probs.copy()
     )
     return probs
 

@@ -270,3 +270,51 @@ def test_background_beyond_the_ends_trains_those_slices_as_background(prior):
                          background_beyond_ends=True)  # fmt: skip
     plain = SliceSampler(volumes, patch_size=48, prior_fraction=0.5, prior=prior)
     assert loose.prior_index == plain.prior_index
+
+
+def test_flow_interpolation_carries_the_outline_along_the_image():
+    from src_models.flow_interpolation import flow_interpolate
+    from src_models.interpolation import interpolate_slices
+
+    image, truth = wobbly_blob(n=9, size=48, seed=1)
+    labeled = [0, 8]  # the blob goes up and comes back between them: interpolation
+    sparse = np.where(np.isin(np.arange(9), labeled)[:, None, None], truth, 0)
+    flow = flow_interpolate(image[:, 0], sparse, labeled, 2)
+    assert flow.probabilities.shape == (2, 9, 48, 48)
+    assert flow.covered.tolist() == [0 < s < 8 for s in range(9)]
+    np.testing.assert_allclose(flow.probabilities.sum(0), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(flow.probabilities[1, labeled], truth[labeled])
+    ours = slice_dice(flow.probabilities.argmax(0), truth, labeled)
+    straight = slice_dice(interpolate_slices(sparse, labeled, 2).labels, truth, labeled)
+    assert ours > 0.85 and ours > straight + 0.15, (ours, straight)
+    # a partly annotated labeled slice is no anchor: the gap runs across it
+    partial = sparse.copy()
+    partial[4] = np.where(np.arange(48)[None, :] < 24, truth[4], IGNORE)
+    across = flow_interpolate(image[:, 0], partial, [0, 4, 8], 2)
+    assert across.covered[4]
+    np.testing.assert_allclose(across.probabilities, flow.probabilities, atol=1e-6)
+
+
+def test_the_propagation_blends_the_walk_with_the_flow_between_labeled_slices():
+    from src_models.flow_interpolation import DEFAULT_WEIGHT, flow_interpolate
+    from src_models.propagation import _scaled
+
+    image, truth = wobbly_blob()
+    labeled = [3, 7, 11]
+    sparse = np.where(np.isin(np.arange(15), labeled)[:, None, None], truth, 0)
+    walk = propagate(image, sparse, labeled, 2, flow_weight=0.0)
+    both = propagate(image, sparse, labeled, 2)
+    flow = flow_interpolate(_scaled(image)[..., 0], sparse, labeled, 2)
+    between = [s for s in range(4, 11) if s != 7]
+    np.testing.assert_allclose(
+        both.probabilities[:, between],
+        (1 - DEFAULT_WEIGHT) * walk.probabilities[:, between]
+        + DEFAULT_WEIGHT * flow.probabilities[:, between],
+        atol=1e-5,
+    )
+    # the labeled slices and the walk's extension beyond them: the walk's alone
+    outside = [0, 1, 2, 3, 7, 11, 12, 13, 14]
+    np.testing.assert_array_equal(
+        both.probabilities[:, outside], walk.probabilities[:, outside]
+    )
+    assert slice_dice(both.labels, truth, labeled) > 0.9
