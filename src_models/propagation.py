@@ -167,9 +167,7 @@ def propagate(
         for i, value in enumerate(present):
             probs[int(value) - 1, window] = full[i]
         if flow_weight > 0:
-            flow = flow_interpolate(
-                scaled.mean(axis=-1), labels[window], [s - lo for s in done], k
-            )
+            flow = flow_interpolate(scaled.mean(axis=-1), labels[window], [s - lo for s in done], k)
             between = np.flatnonzero(flow.covered) + lo
             probs[:, between] *= 1.0 - flow_weight
             probs[:, between] += flow_weight * flow.probabilities[:, flow.covered]

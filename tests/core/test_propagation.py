@@ -314,7 +314,5 @@ def test_the_propagation_blends_the_walk_with_the_flow_between_labeled_slices():
     )
     # the labeled slices and the walk's extension beyond them: the walk's alone
     outside = [0, 1, 2, 3, 7, 11, 12, 13, 14]
-    np.testing.assert_array_equal(
-        both.probabilities[:, outside], walk.probabilities[:, outside]
-    )
+    np.testing.assert_array_equal(both.probabilities[:, outside], walk.probabilities[:, outside])
     assert slice_dice(both.labels, truth, labeled) > 0.9
