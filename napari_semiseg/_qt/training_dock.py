@@ -3,7 +3,8 @@
 *Propagate* (and *Train*, while the training process starts) shows the zero-training result
 of the labeled slices in the ``no-training result`` layer: the shape-based interpolation at
 once (3D Slicer's "fill between slices"), then, seconds later, the random walker that carries
-the labels along the image's edges (:mod:`src_models.propagation`), the better of the two
+the labels along the image's edges, blended with the outlines carried along the image's
+optical flow (:mod:`src_models.propagation`), the better of the two
 and the bar a trained model must beat. Both are computed in a worker.
 
 Pattern (after napari-nninteractive's ``widget_main.py``): the work runs in
@@ -240,7 +241,8 @@ class TrainingDock(QWidget):
         self.interpolate_button.setToolTip(
             "No training: the labeled slices carried to the others, into the "
             f"'{NO_TRAINING_LAYER}' layer: the shape-based interpolation at once (3D Slicer's "
-            "'Fill between slices'), then a random walker along the image's edges, seconds "
+            "'Fill between slices'), then a random walker along the image's edges and "
+            "the outlines carried along its optical flow, seconds "
             "later (Biomedisa's 'smart interpolation'). It is the result a trained model "
             "should beat; Train shows it too while training starts"
         )

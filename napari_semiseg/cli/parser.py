@@ -125,8 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--prior",
         choices=("propagation", "interpolation"),
         default="propagation",
-        help="the zero-training result the prior's targets come from: the random-walker "
-        "propagation (default) or the shape interpolation",
+        help="the zero-training result the prior's targets come from: the propagation "
+        "(default: a random walker blended with the outlines carried along the image's "
+        "optical flow) or the shape interpolation",
     )
     t.add_argument(
         "--ends-labeled",

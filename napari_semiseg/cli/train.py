@@ -40,7 +40,9 @@ ZERO_TRAINING = {
         "no training, seconds: a random walker seeded by the labeled slices follows the "
         "image's edges from one labeled slice to the next (Biomedisa's 'smart "
         "interpolation'; up to 3 slices beyond the outer labeled ones, none with "
-        "--ends-labeled); the best zero-training result and the bar every method must beat. "
+        "--ends-labeled), blended between labeled slices with the labeled outlines carried "
+        "along the image's optical flow; the best zero-training result and the bar every "
+        "method must beat. "
         "Writes <labels-stem>_propagation.<ext>.",
     ),
 }
