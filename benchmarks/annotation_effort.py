@@ -236,10 +236,14 @@ ENDS_TAG = "ends"
 #: ... and the slices beyond them trained as background (``background_beyond_ends``, the
 #: product's default with --ends-labeled since stop 33; the ``ends`` runs predate it)
 ENDS_BACKGROUND_TAG = "endsbg"
+#: ... and the propagation blended with the registration-guided interpolation (the
+#: product's since stop 35; the zero-training columns of every row are re-run with it)
+ENDS_FLOW_TAG = "flow"
 #: the summary table's row label of each of those tags
 ENDS_ROWS = {
     ENDS_TAG: "ends, --ends-labeled (before stop 33)",
-    ENDS_BACKGROUND_TAG: "ends, --ends-labeled, background beyond them (the default)",
+    ENDS_BACKGROUND_TAG: "ends, --ends-labeled, background beyond them (stops 33-34)",
+    ENDS_FLOW_TAG: "ends, --ends-labeled, background beyond them, walk + flow (the default)",
 }
 
 

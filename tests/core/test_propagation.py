@@ -299,11 +299,12 @@ def test_the_propagation_blends_the_walk_with_the_flow_between_labeled_slices():
     from src_models.flow_interpolation import DEFAULT_WEIGHT, flow_interpolate
     from src_models.propagation import _scaled
 
-    image, truth = wobbly_blob()
+    image, truth = wobbly_blob(size=64)
     labeled = [3, 7, 11]
     sparse = np.where(np.isin(np.arange(15), labeled)[:, None, None], truth, 0)
     walk = propagate(image, sparse, labeled, 2, flow_weight=0.0)
     both = propagate(image, sparse, labeled, 2)
+    assert not np.array_equal(both.probabilities, walk.probabilities)
     flow = flow_interpolate(_scaled(image)[..., 0], sparse, labeled, 2)
     between = [s for s in range(4, 11) if s != 7]
     np.testing.assert_allclose(
@@ -316,3 +317,10 @@ def test_the_propagation_blends_the_walk_with_the_flow_between_labeled_slices():
     outside = [0, 1, 2, 3, 7, 11, 12, 13, 14]
     np.testing.assert_array_equal(both.probabilities[:, outside], walk.probabilities[:, outside])
     assert slice_dice(both.labels, truth, labeled) > 0.9
+    # slices under MIN_SIDE pixels on a side (the hippocampus's): the walk alone
+    small_image, small_truth = wobbly_blob(size=48)
+    small = np.where(np.isin(np.arange(15), labeled)[:, None, None], small_truth, 0)
+    np.testing.assert_array_equal(
+        propagate(small_image, small, labeled, 2).probabilities,
+        propagate(small_image, small, labeled, 2, flow_weight=0.0).probabilities,
+    )
