@@ -28,7 +28,7 @@ import numpy as np
 from _common import RESULTS, machine, write_json
 from _protocol import PROTOCOLS, load_case, protocol_slices, scored_dice, sparse
 
-from src_models.interpolation import interpolate_slices
+from src_models.interpolation import distance_probabilities, interpolate_slices
 from src_models.propagation import propagate
 from src_models.slice_smoothing import DEFAULT_SMOOTHING, smooth_across_slices
 
@@ -40,14 +40,11 @@ TAU = 2.0
 def interpolation_probabilities(labels: np.ndarray, labeled: list[int], k: int, walk):
     """(K, N, H, W) probabilities of the shape interpolation of ``labels`` (N, H, W), the
     walk's where the interpolation predicts nothing (outside the labeled range)."""
-    inside = []
+    signed = []
     for c in range(1, k):
         one = interpolate_slices((labels == c).astype(np.int64), labeled, 2)
-        signed = np.where(one.labels == 1, -one.margin, one.margin)
-        inside.append(1.0 / (1.0 + np.exp(np.clip(signed / TAU, -50, 50))))
-    fg = np.stack(inside)
-    probs = np.concatenate([np.prod(1 - fg, axis=0, keepdims=True), fg])
-    probs /= probs.sum(axis=0, keepdims=True)
+        signed.append(np.where(one.labels == 1, -one.margin, one.margin))
+    probs = distance_probabilities(np.stack(signed), TAU)
     covered = one.covered  # the labeled range: the same for every class
     probs[:, ~covered] = walk[:, ~covered]
     return probs.astype(np.float32)

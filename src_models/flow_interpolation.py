@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from src_models.interpolation import signed_distance
+from src_models.interpolation import class_distances, distance_probabilities
 
 #: the blend's weight in the propagation (0.2 measured against 0.3 and 0.4 before
 #: :data:`MIN_SIDE` kept the flow off the hippocampus, which lost least at 0.2; the left
@@ -72,14 +72,6 @@ def _warp(field: np.ndarray, flow: np.ndarray, grid: np.ndarray) -> np.ndarray:
     return ndimage.map_coordinates(field, grid + flow, order=1, mode="nearest")
 
 
-def _soft_classes(distances: np.ndarray) -> np.ndarray:
-    """(K-1, H, W) blended signed distances -> (K, H, W) class probabilities: each class
-    ``sigmoid(-d / SOFTNESS)``, background the chance of none, normalised to sum 1."""
-    inside = 1.0 / (1.0 + np.exp(np.clip(distances / SOFTNESS, -50.0, 50.0)))
-    probs = np.concatenate([np.prod(1.0 - inside, axis=0)[None], inside])
-    return probs / np.maximum(probs.sum(axis=0, keepdims=True), 1e-12)
-
-
 def flow_interpolate(
     images: np.ndarray,
     labels: np.ndarray,
@@ -102,32 +94,25 @@ def flow_interpolate(
     covered = np.zeros(n, bool)
     anchors = sorted({int(s) for s in labeled if 0 <= int(s) < n and (labels[s] >= 0).all()})
     grid = np.stack(np.mgrid[:h, :w]).astype(np.float32)
+    distances = {s: class_distances(labels[s], k) for s in anchors}
 
-    def distances(s: int) -> np.ndarray:
-        return np.stack([signed_distance(labels[s] == c) for c in range(1, k)])
-
-    def flow(reference: int, moving: int) -> np.ndarray:
-        # the displacement that brings slice ``moving`` onto ``reference``
-        return optical_flow_ilk(images[reference], images[moving], radius=radius, num_warp=NUM_WARP)
+    def carried(start: int, path: range) -> dict[int, np.ndarray]:
+        """The anchor ``start``'s distances warped one slice at a time along ``path``."""
+        out, previous, current = {}, start, distances[start]
+        for s in path:
+            # the displacement that brings slice ``previous`` onto slice ``s``
+            f = optical_flow_ilk(images[s], images[previous], radius=radius, num_warp=NUM_WARP)
+            current = np.stack([_warp(d, f, grid) for d in current])
+            out[s], previous = current, s
+        return out
 
     for s in anchors:
         probs[:, s] = np.eye(k, dtype=np.float32)[labels[s]].transpose(2, 0, 1)
     for a, b in zip(anchors[:-1], anchors[1:], strict=True):
-        if b - a < 2:
-            continue
-        forward, backward = {}, {}
-        carried = distances(a)
-        for s in range(a + 1, b):
-            f = flow(s, s - 1)
-            carried = np.stack([_warp(d, f, grid) for d in carried])
-            forward[s] = carried
-        carried = distances(b)
-        for s in range(b - 1, a, -1):
-            f = flow(s, s + 1)
-            carried = np.stack([_warp(d, f, grid) for d in carried])
-            backward[s] = carried
+        forward, backward = carried(a, range(a + 1, b)), carried(b, range(b - 1, a, -1))
         for s in range(a + 1, b):
             t = (s - a) / (b - a)
-            probs[:, s] = _soft_classes((1 - t) * forward[s] + t * backward[s])
+            blend = (1 - t) * forward[s] + t * backward[s]
+            probs[:, s] = distance_probabilities(blend, SOFTNESS)
             covered[s] = True
     return FlowInterpolation(probs, covered)

@@ -39,6 +39,20 @@ def signed_distance(mask: np.ndarray) -> np.ndarray:
     return np.where(mask, 0.5 - inside, outside - 0.5).astype(np.float32)
 
 
+def class_distances(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """(K-1, H, W) signed distances of classes 1..K-1 of a 2D label slice."""
+    return np.stack([signed_distance(labels == c) for c in range(1, num_classes)])
+
+
+def distance_probabilities(distances: np.ndarray, softness: float = 1.0) -> np.ndarray:
+    """(K-1, ...) signed distances (blended or not) -> (K, ...) class probabilities: each
+    class ``sigmoid(-d / softness)`` (``softness`` pixels wide), background the chance of
+    none, normalised to sum 1."""
+    inside = 1.0 / (1.0 + np.exp(np.clip(distances / softness, -50.0, 50.0)))
+    probs = np.concatenate([np.prod(1.0 - inside, axis=0)[None], inside])
+    return probs / np.maximum(probs.sum(axis=0, keepdims=True), 1e-12)
+
+
 @dataclass
 class Interpolation:
     """Interpolated labels of one volume, slices first.
@@ -85,7 +99,7 @@ def interpolate_slices(
     margin = np.zeros((n, h, w), np.float32)
     if not done:
         return Interpolation(out, slice_distance, gap, margin)
-    sdf = {s: np.stack([signed_distance(labels[s] == c) for c in range(1, k)]) for s in done}
+    sdf = {s: class_distances(labels[s], k) for s in done}
     for s in done:
         out[s] = labels[s]
         slice_distance[s] = 0.0
