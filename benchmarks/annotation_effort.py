@@ -39,7 +39,7 @@ import torch
 from _common import RESULTS, ROOT, machine, write_json
 from _protocol import PROTOCOLS, load_case, protocol_slices, scored_dice, sparse
 
-from src_models.inference import DEFAULT_PRIOR_WEIGHT, predict_volume
+from src_models.inference import DEFAULT_PRIOR_WEIGHT, predict_volume, prior_weight_for_fit
 from src_models.interpolation import interpolate_volume
 from src_models.method_choice import LONG_BUDGET_METHOD, SHORT_BUDGET_METHOD
 from src_models.postprocess import largest_component_3d
@@ -47,6 +47,7 @@ from src_models.propagation import propagate_volume, propagation_prior
 from src_models.recipe import RunRecipe, build_run
 from src_models.slice_smoothing import DEFAULT_SMOOTHING, smooth_across_slices
 from src_models.training import train
+from src_models.training.fit import mean_slice_dice
 
 FOLDER = RESULTS / "annotation_effort"
 PLOT = ROOT / "docs" / "images" / "annotation_effort.png"
@@ -142,7 +143,13 @@ def trained_run(method, image, labels, axis, labeled, budgets, seed, overrides, 
                 axis=axis,
             )
 
-        def fused(network, weight=DEFAULT_PRIOR_WEIGHT, walk=prior, sigma=DEFAULT_SMOOTHING):
+        # the product's prior weight follows the network's fit on its labeled slices (the
+        # trainer records it at the end of a run; a snapshot's is scored here alike)
+        ids = model.argmax(0)
+        fit = mean_slice_dice((np.take(ids, s, axis), np.take(labels, s, axis)) for s in labeled)
+        weight = prior_weight_for_fit(fit)
+
+        def fused(network, weight=weight, walk=prior, sigma=DEFAULT_SMOOTHING):
             blend = (1 - weight) * network + weight * walk
             return smooth_across_slices(blend, axis + 1, sigma).argmax(0)
 
@@ -153,11 +160,15 @@ def trained_run(method, image, labels, axis, labeled, budgets, seed, overrides, 
         rows[str(minutes)] = {
             "iteration": iteration,
             "elapsed": elapsed,
-            "model": scored_dice(model.argmax(0), labels, axis, labeled),
+            "model": scored_dice(ids, labels, axis, labeled),
             "output": scored_dice(product, labels, axis, labeled),
             "output_lcc": scored_dice(largest_component_3d(product, k), labels, axis, labeled),
+            "labeled_fit": fit,
+            "prior_weight": weight,
             # variants of the output measured alongside (no smoothing across slices; weight
-            # of the prior; mirrored slices; the other propagation)
+            # of the prior, the fixed one before stop 36 too; mirrored slices; the other
+            # propagation)
+            "output_w0.5": output(model, weight=DEFAULT_PRIOR_WEIGHT),
             "output_unsmoothed": output(model, sigma=0),
             "output_w0.3": output(model, weight=0.3),
             "output_w0.7": output(model, weight=0.7),

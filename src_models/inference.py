@@ -11,6 +11,7 @@ slab, so neither the probabilities nor the maps need to fit in memory at once.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
 
@@ -35,9 +36,17 @@ from src_models.training.checkpoint import ModelBundle
 from src_models.training.fit import MIN_FIT
 
 DIVISOR = 16
-#: share of the zero-training prior in a fused prediction (docs/benchmarks.md: left atrium
-#: and hippocampus, the supervised default with the propagation prior, 0.5 measured best)
+#: share of the zero-training prior in a fused prediction whose model fits its labeled slices
+#: with Dice :data:`FIT_PIVOT` (docs/benchmarks.md: left atrium and hippocampus, the
+#: supervised default with the propagation prior, 0.5 measured best at a fixed weight)
 DEFAULT_PRIOR_WEIGHT = 0.5
+#: the prior's share grows as the model fits its own labeled slices worse
+#: (:func:`prior_weight_for_fit`); measured on 33 kept predictions of 10 volumes
+#: (benchmarks/annotation_notes.md, "the fusion weight from the model's fit"): any pivot
+#: 0.90-0.95 and slope 2-3 gained the same 0.5 points on average, none lost in a group
+FIT_PIVOT = 0.93
+PRIOR_WEIGHT_SLOPE = 2.0
+PRIOR_WEIGHT_RANGE = (0.3, 0.9)
 #: bytes of the float32 slices, probabilities and maps of one slab of a prediction
 #: (benchmarks/predict_memory.py: 256 MiB put DFCPS's peak 130 MB over the 1 GB goal on a
 #: 64 x 512 x 512 volume)
@@ -46,6 +55,24 @@ SLAB_BYTES = 64 << 20
 BATCH_PIXELS = 2**19
 #: maps that hold class ids (-1 = left out) rather than continuous values
 CATEGORICAL_MAPS = frozenset({"pseudo"})
+
+
+def prior_weight_for_fit(fit: float | None) -> float:
+    """The prior's share in a fused prediction, from the model's mean Dice on its own
+    labeled slices (``bundle.info["labeled_fit"]``, :func:`src_models.training.fit.
+    labeled_fit`): :data:`DEFAULT_PRIOR_WEIGHT` at :data:`FIT_PIVOT`, rising by
+    :data:`PRIOR_WEIGHT_SLOPE` per point of fit below it (falling above), within
+    :data:`PRIOR_WEIGHT_RANGE`; 1 (the prior alone) below :data:`MIN_FIT`, where the model
+    has not learned; the default weight when the fit is unknown (models saved before it was
+    recorded). The propagation reproduces the labeled slices by construction; a network that
+    does not reproduce the slices it trained on is less likely to be right between them
+    (left atrium, SDCL 5 minutes: labeled-slice fit 0.58-0.90, the best weight 0.5-1.0)."""
+    if fit is None or not math.isfinite(fit):
+        return DEFAULT_PRIOR_WEIGHT
+    if fit < MIN_FIT:
+        return 1.0
+    low, high = PRIOR_WEIGHT_RANGE
+    return float(min(high, max(low, DEFAULT_PRIOR_WEIGHT + PRIOR_WEIGHT_SLOPE * (FIT_PIVOT - fit))))
 
 
 @dataclass
@@ -193,7 +220,7 @@ def predict_volume(
     out: MutableMapping[str, object] | None = None,
     progress: Callable[[int, int], None] | None = None,
     prior: np.ndarray | None = None,
-    prior_weight: float = DEFAULT_PRIOR_WEIGHT,
+    prior_weight: float | None = None,
     flips: bool = False,
     smoothing: float = DEFAULT_SMOOTHING,
 ) -> VolumePrediction:
@@ -213,6 +240,8 @@ def predict_volume(
             (the propagation of its labeled slices, :func:`src_models.propagation.
             propagation_prior`): the mask and the probabilities become the blend
             ``(1 - prior_weight) * model + prior_weight * prior``; maps stay the model's.
+        prior_weight: the prior's share; None: from the model's fit on its labeled slices
+            (:func:`prior_weight_for_fit`). Below :data:`MIN_FIT` the prior alone, always.
         flips: test-time augmentation (three forward passes per slice, see
             :func:`predict_slices`).
         smoothing: sigma in slices of a Gaussian across slices on the final probabilities
@@ -253,7 +282,10 @@ def predict_volume(
     halo = smoothing_halo(smoothing)
     note = ""
     fit = bundle.info.get("labeled_fit")
-    if prior is not None and isinstance(fit, (int, float)) and fit < MIN_FIT:
+    fit = float(fit) if isinstance(fit, (int, float)) else None
+    if prior_weight is None:
+        prior_weight = prior_weight_for_fit(fit)
+    if prior is not None and fit is not None and fit < MIN_FIT:
         prior_weight = 1.0
         note = (
             f"the model fits its own labeled slices with Dice {fit:.2f} only (iteration "

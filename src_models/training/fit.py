@@ -14,6 +14,8 @@ not at all and hands back the zero-training result instead.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
 from src_models.data.sampler import SliceSampler
@@ -29,9 +31,21 @@ HAND_BACK_DROP = 0.05
 MIN_FIT = 0.5
 
 
+def mean_slice_dice(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> float:
+    """Mean foreground Dice over ``(prediction, truth)`` slice pairs, one score per class
+    present in each slice's truth (truth < 0: unannotated, left out); NaN when no slice has
+    foreground. The measure of :func:`labeled_fit`, for benchmarks that score a saved
+    prediction the same way."""
+    scores = []
+    for pred, truth in pairs:
+        known = truth >= 0
+        scores += [dice((pred == c) & known, truth == c) for c in np.unique(truth[known]) if c]
+    return float(np.mean(scores)) if scores else float("nan")
+
+
 def labeled_fit(method: Method, data: SliceSampler) -> float:
-    """Mean foreground Dice of ``method``'s prediction on (up to :data:`MAX_SLICES` of) the
-    labeled slices it trains on (unannotated voxels left out); NaN when none has foreground.
+    """Mean foreground Dice (:func:`mean_slice_dice`) of ``method``'s prediction on (up to
+    :data:`MAX_SLICES` of) the labeled slices it trains on; NaN when none has foreground.
     Networks are left in train mode and the global RNG untouched."""
     from src_models.inference import predict_training_slice  # (inference imports training)
 
@@ -39,12 +53,11 @@ def labeled_fit(method: Method, data: SliceSampler) -> float:
     if not pairs:
         return float("nan")
     picks = np.unique(np.linspace(0, len(pairs) - 1, min(MAX_SLICES, len(pairs))).astype(int))
-    scores = []
-    for i in picks:
-        v, s = pairs[int(i)]
-        volume = data.volumes[v]
-        pred = predict_training_slice(method, volume, s)
-        truth = np.asarray(volume.labels[s])
-        known = truth >= 0
-        scores += [dice((pred == c) & known, truth == c) for c in np.unique(truth[known]) if c]
-    return float(np.mean(scores)) if scores else float("nan")
+
+    def scored():
+        for i in picks:
+            v, s = pairs[int(i)]
+            volume = data.volumes[v]
+            yield predict_training_slice(method, volume, s), np.asarray(volume.labels[s])
+
+    return mean_slice_dice(scored())

@@ -39,17 +39,18 @@ def refresh_prior(
     smoothing: float = DEFAULT_SMOOTHING,
 ) -> int:
     """Replace ``data``'s propagation targets by the fused, smoothed prediction of
-    ``method`` (``prior_weight``: the propagation's share, by default the product's
-    :data:`~src_models.inference.DEFAULT_PRIOR_WEIGHT`). Returns the number of volumes
-    refreshed (0 when the network has not learned or no volume has a propagation)."""
-    from src_models.inference import DEFAULT_PRIOR_WEIGHT, predict_training_volume
+    ``method`` (``prior_weight``: the propagation's share, by default the product's, from
+    the network's fit, :func:`~src_models.inference.prior_weight_for_fit`). Returns the
+    number of volumes refreshed (0 when the network has not learned or no volume has a
+    propagation)."""
+    from src_models.inference import predict_training_volume, prior_weight_for_fit
 
     if not data.prior_probabilities:
         return 0
     fit = labeled_fit(method, data)
     if not fit >= MIN_FIT:  # NaN (no foreground labeled) too: nothing to check it against
         return 0
-    weight = DEFAULT_PRIOR_WEIGHT if prior_weight is None else prior_weight
+    weight = prior_weight_for_fit(fit) if prior_weight is None else prior_weight
     for v, walk in data.prior_probabilities.items():
         fused = predict_training_volume(method, data.volumes[v])  # blended in place
         fused *= 1.0 - weight

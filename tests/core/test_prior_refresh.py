@@ -10,7 +10,11 @@ from test_propagation import wobbly_blob
 
 from src_models.data import SliceSampler, make_volumes
 from src_models.data.label_values import IGNORE
-from src_models.inference import predict_training_slice, predict_training_volume
+from src_models.inference import (
+    predict_training_slice,
+    predict_training_volume,
+    prior_weight_for_fit,
+)
 from src_models.metrics import dice
 from src_models.propagation import DEFAULT_EXTEND
 from src_models.recipe import RunRecipe, build_run
@@ -54,7 +58,8 @@ def test_the_targets_become_the_fused_smoothed_prediction(monkeypatch):
     bundle = create_model("supervised", TINY, 1, k, seed=0)
     assert refresh_module.refresh_prior(bundle.method, data) == 1
     targets, weights = data.prior_targets[0]
-    expected = smooth_across_slices(0.5 * network + 0.5 * walk, 1, 1.0)
+    w = prior_weight_for_fit(0.9)  # the product's weight for that fit (0.56)
+    expected = smooth_across_slices((1 - w) * network + w * walk, 1, 1.0)
     np.testing.assert_array_equal(targets, expected.argmax(0))
     # a better network makes better targets than the walk's alone
     unlabeled = [s for s in range(15) if s not in LABELED]

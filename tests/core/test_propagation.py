@@ -9,7 +9,13 @@ import torch
 
 from src_models.data import SliceSampler, make_volumes
 from src_models.data.label_values import IGNORE
-from src_models.inference import predict_volume
+from src_models.inference import (
+    DEFAULT_PRIOR_WEIGHT,
+    FIT_PIVOT,
+    PRIOR_WEIGHT_RANGE,
+    predict_volume,
+    prior_weight_for_fit,
+)
 from src_models.interpolation import interpolate_slices
 from src_models.metrics import dice
 from src_models.propagation import (
@@ -24,6 +30,7 @@ from src_models.propagation import (
 )
 from src_models.recipe import RunRecipe, build_run
 from src_models.training.checkpoint import create_model
+from src_models.training.fit import MIN_FIT
 
 
 def wobbly_blob(n: int = 15, size: int = 48, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -192,9 +199,31 @@ def test_fused_prediction_blends_the_model_with_the_prior():
     )
     only_prior = predict_volume(bundle, vol, prior=prior, prior_weight=1.0, **plain)
     np.testing.assert_array_equal(only_prior.labels, truth)
+    # the prior's share follows the model's fit on its labeled slices (recorded by the
+    # trainer): a model that fits them well weighs more, one that fits them badly less
+    for fit, weight in ((0.98, 0.4), (0.73, 0.9)):
+        bundle.info["labeled_fit"] = fit
+        blend = predict_volume(bundle, vol, prior=prior, **plain).probabilities
+        np.testing.assert_allclose(
+            blend, (1 - weight) * alone.probabilities + weight * prior, atol=1e-5
+        )
+    bundle.info["labeled_fit"] = None
     with pytest.raises(Exception, match="the prior has shape"):
         predict_volume(bundle, vol, maps=(), prior=prior[:, :3])
     assert torch.get_num_threads() >= 1
+
+
+def test_the_prior_weight_rises_as_the_model_fits_its_labeled_slices_worse():
+    assert prior_weight_for_fit(None) == DEFAULT_PRIOR_WEIGHT == 0.5
+    assert prior_weight_for_fit(float("nan")) == DEFAULT_PRIOR_WEIGHT
+    assert prior_weight_for_fit(FIT_PIVOT) == pytest.approx(DEFAULT_PRIOR_WEIGHT)
+    assert prior_weight_for_fit(MIN_FIT - 0.01) == 1.0  # not learned: the prior alone
+    fits = np.linspace(MIN_FIT, 1.0, 51)
+    weights = np.array([prior_weight_for_fit(f) for f in fits])
+    assert (np.diff(weights) <= 0).all() and weights[0] > weights[-1]
+    low, high = PRIOR_WEIGHT_RANGE
+    assert weights.min() >= low and weights.max() <= high
+    assert prior_weight_for_fit(1.0) == pytest.approx(0.5 - 2.0 * 0.07)  # 0.36
 
 
 def test_ends_labeled_stops_the_walk_the_targets_and_the_fused_prediction_at_the_ends():
