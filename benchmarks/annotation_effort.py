@@ -250,11 +250,16 @@ ENDS_BACKGROUND_TAG = "endsbg"
 #: ... and the propagation blended with the registration-guided interpolation (the
 #: product's since stop 35; the zero-training columns of every row are re-run with it)
 ENDS_FLOW_TAG = "flow"
+#: ... and the prior's share in the fused output from the network's fit on its labeled
+#: slices (the product's since stop 36; the flow only on slices of 64 pixels a side)
+ENDS_FIT_TAG = "fitw"
 #: the summary table's row label of each of those tags
 ENDS_ROWS = {
     ENDS_TAG: "ends, --ends-labeled (before stop 33)",
     ENDS_BACKGROUND_TAG: "ends, --ends-labeled, background beyond them (stops 33-34)",
-    ENDS_FLOW_TAG: "ends, --ends-labeled, background beyond them, walk + flow (the default)",
+    ENDS_FLOW_TAG: "ends, --ends-labeled, background beyond them, walk + flow (stop 35)",
+    ENDS_FIT_TAG: "ends, --ends-labeled, background beyond them, walk + flow, prior's "
+    "share from the fit (the default)",
 }
 
 

@@ -40,13 +40,15 @@ DIVISOR = 16
 #: with Dice :data:`FIT_PIVOT` (docs/benchmarks.md: left atrium and hippocampus, the
 #: supervised default with the propagation prior, 0.5 measured best at a fixed weight)
 DEFAULT_PRIOR_WEIGHT = 0.5
-#: the prior's share grows as the model fits its own labeled slices worse
+#: the prior's share grows as the model fits its own labeled slices worse than FIT_PIVOT
 #: (:func:`prior_weight_for_fit`); measured on 33 kept predictions of 10 volumes
-#: (benchmarks/annotation_notes.md, "the fusion weight from the model's fit"): any pivot
+#: (benchmarks/annotation_notes.md, "the prior's weight from the model's fit"): any pivot
 #: 0.90-0.95 and slope 2-3 gained the same 0.5 points on average, none lost in a group
 FIT_PIVOT = 0.93
 PRIOR_WEIGHT_SLOPE = 2.0
-PRIOR_WEIGHT_RANGE = (0.3, 0.9)
+#: never under 0.5: where the prior is certain background (beyond the labeled ends, beyond
+#: the walk's reach) the fused mask stays background whatever the network says
+PRIOR_WEIGHT_RANGE = (DEFAULT_PRIOR_WEIGHT, 0.9)
 #: bytes of the float32 slices, probabilities and maps of one slab of a prediction
 #: (benchmarks/predict_memory.py: 256 MiB put DFCPS's peak 130 MB over the 1 GB goal on a
 #: 64 x 512 x 512 volume)
@@ -60,19 +62,26 @@ CATEGORICAL_MAPS = frozenset({"pseudo"})
 def prior_weight_for_fit(fit: float | None) -> float:
     """The prior's share in a fused prediction, from the model's mean Dice on its own
     labeled slices (``bundle.info["labeled_fit"]``, :func:`src_models.training.fit.
-    labeled_fit`): :data:`DEFAULT_PRIOR_WEIGHT` at :data:`FIT_PIVOT`, rising by
-    :data:`PRIOR_WEIGHT_SLOPE` per point of fit below it (falling above), within
-    :data:`PRIOR_WEIGHT_RANGE`; 1 (the prior alone) below :data:`MIN_FIT`, where the model
-    has not learned; the default weight when the fit is unknown (models saved before it was
-    recorded). The propagation reproduces the labeled slices by construction; a network that
-    does not reproduce the slices it trained on is less likely to be right between them
-    (left atrium, SDCL 5 minutes: labeled-slice fit 0.58-0.90, the best weight 0.5-1.0)."""
+    labeled_fit`): :data:`DEFAULT_PRIOR_WEIGHT` from :data:`FIT_PIVOT` up, rising by
+    :data:`PRIOR_WEIGHT_SLOPE` per point of fit below it, to at most 0.9; 1 (the prior
+    alone) below :data:`MIN_FIT`, where the model has not learned; the default weight when
+    the fit is unknown (models saved before it was recorded). The propagation reproduces the
+    labeled slices by construction; a network that does not reproduce the slices it trained
+    on is less likely to be right between them (left atrium, SDCL 5 minutes: labeled-slice
+    fit 0.58-0.90, the best weight 0.5-1.0)."""
     if fit is None or not math.isfinite(fit):
         return DEFAULT_PRIOR_WEIGHT
     if fit < MIN_FIT:
         return 1.0
     low, high = PRIOR_WEIGHT_RANGE
     return float(min(high, max(low, DEFAULT_PRIOR_WEIGHT + PRIOR_WEIGHT_SLOPE * (FIT_PIVOT - fit))))
+
+
+def recorded_fit(bundle: ModelBundle) -> float | None:
+    """The model's fit on its labeled slices as its trainer recorded it (None: not
+    recorded, e.g. a model saved mid-training or before stop 18)."""
+    fit = bundle.info.get("labeled_fit")
+    return float(fit) if isinstance(fit, (int, float)) else None
 
 
 @dataclass
@@ -281,8 +290,7 @@ def predict_volume(
     smoothing = check_smoothing(smoothing)
     halo = smoothing_halo(smoothing)
     note = ""
-    fit = bundle.info.get("labeled_fit")
-    fit = float(fit) if isinstance(fit, (int, float)) else None
+    fit = recorded_fit(bundle)
     if prior_weight is None:
         prior_weight = prior_weight_for_fit(fit)
     if prior is not None and fit is not None and fit < MIN_FIT:

@@ -148,13 +148,18 @@ def _labels_prior(args, bundle, img, instead: str = "") -> tuple[np.ndarray, lis
 
 
 def _fused_prior(args, bundle, img) -> np.ndarray:
-    """:func:`_labels_prior` for ``predict``, which says how long it took."""
+    """:func:`_labels_prior` for ``predict``, which says how long it took and the prior's
+    share in the blend."""
+    from src_models.inference import prior_weight_for_fit, recorded_fit
+
     _refuse_overlap("--out", args.out, [args.labels])
     t0 = time.perf_counter()
     prior, labeled = _labels_prior(args, bundle, img)
+    fit = recorded_fit(bundle)
+    why = f": the model fits its labeled slices with Dice {fit:.2f}" if fit is not None else ""
     print(
         f"fused with the propagation of {len(labeled)} labeled slice(s) of {args.labels} "
-        f"({time.perf_counter() - t0:.1f} s)"
+        f"({time.perf_counter() - t0:.1f} s), its share {prior_weight_for_fit(fit):.2f}{why}"
     )
     return prior
 

@@ -200,8 +200,8 @@ def test_fused_prediction_blends_the_model_with_the_prior():
     only_prior = predict_volume(bundle, vol, prior=prior, prior_weight=1.0, **plain)
     np.testing.assert_array_equal(only_prior.labels, truth)
     # the prior's share follows the model's fit on its labeled slices (recorded by the
-    # trainer): a model that fits them well weighs more, one that fits them badly less
-    for fit, weight in ((0.98, 0.4), (0.73, 0.9)):
+    # trainer): a model that fits them badly weighs less
+    for fit, weight in ((0.98, 0.5), (0.88, 0.6), (0.73, 0.9)):
         bundle.info["labeled_fit"] = fit
         blend = predict_volume(bundle, vol, prior=prior, **plain).probabilities
         np.testing.assert_allclose(
@@ -223,7 +223,8 @@ def test_the_prior_weight_rises_as_the_model_fits_its_labeled_slices_worse():
     assert (np.diff(weights) <= 0).all() and weights[0] > weights[-1]
     low, high = PRIOR_WEIGHT_RANGE
     assert weights.min() >= low and weights.max() <= high
-    assert prior_weight_for_fit(1.0) == pytest.approx(0.5 - 2.0 * 0.07)  # 0.36
+    assert prior_weight_for_fit(1.0) == DEFAULT_PRIOR_WEIGHT == low
+    assert prior_weight_for_fit(0.83) == pytest.approx(0.5 + 2.0 * 0.10)  # 0.7
 
 
 def test_ends_labeled_stops_the_walk_the_targets_and_the_fused_prediction_at_the_ends():

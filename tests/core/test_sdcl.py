@@ -324,7 +324,15 @@ def test_phase_schedule_and_config_errors():
     assert not m.in_self_training(1, 2)  # a minutes budget's first estimate: wait
     assert _method(pretrain_fraction=0.0).in_self_training(0, 1)
     assert not _method(pretrain_fraction=1.0).in_self_training(10**6, 10)
-    assert m.lr_factor(500, 1000) == 1.0
+    assert m.lr_factor(500, 1000) == 1.0 and m.lr_factor(999, 1000) == 1.0  # official
+    # the option: the last share of the iterations falls linearly to 0
+    annealed = _method(anneal=0.25)
+    factors = [annealed.lr_factor(i, 1000) for i in range(1000)]
+    assert factors[:750] == [1.0] * 750 and factors[875] == pytest.approx(0.5)
+    assert (np.diff(factors) <= 0).all() and factors[-1] == pytest.approx(1 / 250)
+    assert annealed.lr_factor(40, 41) == 1.0  # a minutes budget's first estimate: no decay
+    with pytest.raises(SemisegError, match="anneal"):
+        _method(anneal=1.5)
     with pytest.raises(SemisegError, match="pretrain_fraction"):
         _method(pretrain_fraction=1.5)
     with pytest.raises(SemisegError, match="box_fraction"):
