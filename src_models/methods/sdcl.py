@@ -319,9 +319,10 @@ class SDCL(Method):
         pair of best held-out Dice after ~56k iterations, a few-minute budget with no slice
         to hold out ends on whatever its last constant-lr step left (left atrium, 5 minutes:
         networks fitting their own labeled slices with Dice 0.60-0.90). A minutes budget
-        reports ``total = iteration + 1`` until it has a rate estimate: no decay before."""
+        reports ``total = iteration + 1`` until it has a rate estimate (3 steps): no decay
+        before; at its end ``total = iteration + 1`` is the last step, decayed."""
         share = self.config.anneal
-        if share <= 0 or total <= iteration + 1:
+        if share <= 0 or (total <= iteration + 1 and iteration < 3):
             return 1.0
         left = (total - iteration) / (share * total)
         return float(min(1.0, max(0.0, left)))

@@ -330,7 +330,8 @@ def test_phase_schedule_and_config_errors():
     factors = [annealed.lr_factor(i, 1000) for i in range(1000)]
     assert factors[:750] == [1.0] * 750 and factors[875] == pytest.approx(0.5)
     assert (np.diff(factors) <= 0).all() and factors[-1] == pytest.approx(1 / 250)
-    assert annealed.lr_factor(40, 41) == 1.0  # a minutes budget's first estimate: no decay
+    assert annealed.lr_factor(1, 2) == 1.0  # a minutes budget's first estimate: no decay
+    assert annealed.lr_factor(40, 41) == pytest.approx(1 / (0.25 * 41))  # its last step
     with pytest.raises(SemisegError, match="anneal"):
         _method(anneal=1.5)
     with pytest.raises(SemisegError, match="pretrain_fraction"):
