@@ -324,7 +324,9 @@ def test_phase_schedule_and_config_errors():
     assert not m.in_self_training(1, 2)  # a minutes budget's first estimate: wait
     assert _method(pretrain_fraction=0.0).in_self_training(0, 1)
     assert not _method(pretrain_fraction=1.0).in_self_training(10**6, 10)
-    assert m.lr_factor(500, 1000) == 1.0 and m.lr_factor(999, 1000) == 1.0  # official
+    official = _method(anneal=0.0)
+    assert official.lr_factor(500, 1000) == 1.0 and official.lr_factor(999, 1000) == 1.0
+    assert m.lr_factor(699, 1000) == 1.0 and m.lr_factor(850, 1000) == pytest.approx(0.5)
     # the option: the last share of the iterations falls linearly to 0
     annealed = _method(anneal=0.25)
     factors = [annealed.lr_factor(i, 1000) for i in range(1000)]
