@@ -43,7 +43,8 @@ DEFAULT_PRIOR_WEIGHT = 0.5
 #: the prior's share grows as the model fits its own labeled slices worse than FIT_PIVOT
 #: (:func:`prior_weight_for_fit`); measured on 33 kept predictions of 10 volumes
 #: (benchmarks/annotation_notes.md, "the prior's weight from the model's fit"): any pivot
-#: 0.90-0.95 and slope 2-3 gained the same 0.5 points on average, none lost in a group
+#: 0.90-0.95 and slope 2-3 gained the same 0.5 points on average, none lost over 0.02 in
+#: a group
 FIT_PIVOT = 0.93
 PRIOR_WEIGHT_SLOPE = 2.0
 #: never under 0.5: where the prior is certain background (beyond the labeled ends, beyond
@@ -63,12 +64,12 @@ def prior_weight_for_fit(fit: float | None) -> float:
     """The prior's share in a fused prediction, from the model's mean Dice on its own
     labeled slices (``bundle.info["labeled_fit"]``, :func:`src_models.training.fit.
     labeled_fit`): :data:`DEFAULT_PRIOR_WEIGHT` from :data:`FIT_PIVOT` up, rising by
-    :data:`PRIOR_WEIGHT_SLOPE` per point of fit below it, to at most 0.9; 1 (the prior
-    alone) below :data:`MIN_FIT`, where the model has not learned; the default weight when
-    the fit is unknown (models saved before it was recorded). The propagation reproduces the
-    labeled slices by construction; a network that does not reproduce the slices it trained
-    on is less likely to be right between them (left atrium, SDCL 5 minutes: labeled-slice
-    fit 0.58-0.90, the best weight 0.5-1.0)."""
+    :data:`PRIOR_WEIGHT_SLOPE` per point of fit below it, within :data:`PRIOR_WEIGHT_RANGE`
+    (never under the default); 1 (the prior alone) below :data:`MIN_FIT`, where the model
+    has not learned; the default weight when the fit is unknown (models saved before it was
+    recorded). The propagation reproduces the labeled slices by construction; a network that
+    does not reproduce the slices it trained on is less likely to be right between them
+    (left atrium, SDCL 5 minutes: labeled-slice fit 0.58-0.90, the best weight 0.5-1.0)."""
     if fit is None or not math.isfinite(fit):
         return DEFAULT_PRIOR_WEIGHT
     if fit < MIN_FIT:
@@ -79,7 +80,7 @@ def prior_weight_for_fit(fit: float | None) -> float:
 
 def recorded_fit(bundle: ModelBundle) -> float | None:
     """The model's fit on its labeled slices as its trainer recorded it (None: not
-    recorded, e.g. a model saved mid-training or before stop 18)."""
+    recorded: a model saved mid-training, or before the trainer recorded it)."""
     fit = bundle.info.get("labeled_fit")
     return float(fit) if isinstance(fit, (int, float)) else None
 

@@ -324,7 +324,7 @@ class SDCL(Method):
         share of the iterations falls linearly to 0: the official runs end on the student
         pair of best held-out Dice after ~56k iterations, a few-minute budget with no slice
         to hold out ends on whatever its last constant-lr step left (left atrium, 5 minutes:
-        networks fitting their own labeled slices with Dice 0.60-0.90). A minutes budget
+        networks fitting their own labeled slices with Dice 0.58-0.90). A minutes budget
         reports ``total = iteration + 1`` until it has a rate estimate (3 steps): no decay
         before; at its end ``total = iteration + 1`` is the last step, decayed."""
         share = self.config.anneal
