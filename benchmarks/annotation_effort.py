@@ -39,6 +39,7 @@ import torch
 from _common import RESULTS, ROOT, machine, write_json
 from _protocol import PROTOCOLS, load_case, protocol_slices, scored_dice, sparse
 
+from src_models.area_profile import match_areas, volume_area_profile
 from src_models.inference import DEFAULT_PRIOR_WEIGHT, predict_volume, prior_weight_for_fit
 from src_models.interpolation import interpolate_volume
 from src_models.method_choice import LONG_BUDGET_METHOD, SHORT_BUDGET_METHOD
@@ -127,6 +128,8 @@ def trained_run(method, image, labels, axis, labeled, budgets, seed, overrides, 
     prior_seconds = time.perf_counter() - t
     # the same weights fused with the other propagation (stopping at / going beyond the ends)
     other = propagation_prior(image, given, labeled, axis, k, not recipe.ends_labeled)
+    # the mask leans towards the area the labeled slices say (stop 37 on)
+    areas = volume_area_profile(given, labeled, axis)
     rows = {}
     for minutes, (iteration, elapsed, state) in sorted(snapshots.items()):
         bundle.method.load_state_dict(state, with_optimizers=False)
@@ -149,9 +152,13 @@ def trained_run(method, image, labels, axis, labeled, budgets, seed, overrides, 
         fit = mean_slice_dice((np.take(ids, s, axis), np.take(labels, s, axis)) for s in labeled)
         weight = prior_weight_for_fit(fit)
 
-        def fused(network, weight=weight, walk=prior, sigma=DEFAULT_SMOOTHING):
-            blend = (1 - weight) * network + weight * walk
-            return smooth_across_slices(blend, axis + 1, sigma).argmax(0)
+        def fused(network, weight=weight, walk=prior, sigma=DEFAULT_SMOOTHING, profile=areas):
+            blend = smooth_across_slices((1 - weight) * network + weight * walk, axis + 1, sigma)
+            ids = blend.argmax(0)
+            if profile is None:
+                return ids
+            slices = np.moveaxis(blend, axis + 1, 0)
+            return np.moveaxis(match_areas(slices, np.moveaxis(ids, axis, 0), profile), 0, axis)
 
         def output(network, **variant):
             return scored_dice(fused(network, **variant), labels, axis, labeled)
@@ -169,6 +176,7 @@ def trained_run(method, image, labels, axis, labeled, budgets, seed, overrides, 
             # of the prior, the fixed one before stop 36 too; mirrored slices; the other
             # propagation)
             "output_w0.5": output(model, weight=DEFAULT_PRIOR_WEIGHT),
+            "output_noarea": output(model, profile=None),
             "output_unsmoothed": output(model, sigma=0),
             "output_w0.3": output(model, weight=0.3),
             "output_w0.7": output(model, weight=0.7),

@@ -57,6 +57,7 @@ from _common import RESULTS, ROOT, machine, write_json
 from _protocol import PROTOCOLS, load_case, protocol_slices, scored_dice, sparse
 from scipy import ndimage
 
+from src_models.area_profile import volume_area_profile
 from src_models.data.label_values import IGNORE
 from src_models.inference import predict_volume
 from src_models.interpolation import interpolate_volume
@@ -98,7 +99,8 @@ def train_for(recipe, image, labels, done, bundle, k):
 def predict(bundle, image, labels, done, axis, k, ends):
     prior = propagation_prior(image, labels, done, axis, k, ends)
     maps = ["discrepancy"] if "discrepancy" in bundle.method.map_names else ["confidence"]
-    return predict_volume(bundle, image, maps=maps, prior=prior)
+    areas = volume_area_profile(labels, done, axis)  # as the product (stop 37 on)
+    return predict_volume(bundle, image, maps=maps, prior=prior, areas=areas)
 
 
 def brush_blobs(region: np.ndarray, radius: int) -> np.ndarray:

@@ -22,6 +22,7 @@ import numpy as np
 from napari_semiseg._jobs import _friendly
 from napari_semiseg._labels import label_values
 from napari_semiseg._layer_data import image_channels_first, lazy_image, sampled_percentile
+from src_models.area_profile import volume_area_profile
 from src_models.data.label_values import LabelValues
 from src_models.data.lazy import is_lazy
 from src_models.errors import SemisegError
@@ -91,10 +92,12 @@ def predict_layers(
         if view is None or store is None:
             source = view if view is not None else image_channels_first(image, rgb)
             values = LabelValues.from_info(bundle.info, bundle.num_classes)
-            prior = None
+            prior = areas = None
             if view is None and labels is not None and labeled:
-                prior = _fusion_prior(bundle, source, labels, labeled)
-            pred = predict_volume(bundle, source, maps=maps, prior=prior, smoothing=smoothing)
+                prior, areas = _fusion_prior(bundle, source, labels, labeled)
+            pred = predict_volume(
+                bundle, source, maps=maps, prior=prior, smoothing=smoothing, areas=areas
+            )
             pred.labels = values.decode(pred.labels)  # the painted values back
             return pred
         import zarr
@@ -132,19 +135,22 @@ def predict_layers(
 
 
 def _fusion_prior(bundle: ModelBundle, image: np.ndarray, labels: Any, labeled: list[int]):
-    """The propagation prior (K, Z, Y, X) of ``labels`` for a fused prediction, or None when
-    the labels do not fit the model or the propagation is not affordable."""
+    """The propagation prior (K, Z, Y, X) of ``labels`` for a fused prediction and the
+    structure's area they say on the slices between them
+    (:func:`~src_models.area_profile.volume_area_profile`), or (None, None) when the labels
+    do not fit the model or the propagation is not affordable."""
     labels = np.asarray(labels)
     if labels.shape != image.shape[1:]:
-        return None
+        return None, None
     try:  # the model's reading of the values (refuses values it does not know)
         labels = label_values(labels, model=bundle).encode(labels)
     except SemisegError:  # values the model does not know: no fusion
-        return None
+        return None, None
     ends = bundle.ends_labeled  # as the model was trained
     if not affordable(np.moveaxis(labels, bundle.axis, 0).shape, labeled, ends):
-        return None
-    return propagation_prior(image, labels, labeled, bundle.axis, bundle.num_classes, ends)
+        return None, None
+    prior = propagation_prior(image, labels, labeled, bundle.axis, bundle.num_classes, ends)
+    return prior, volume_area_profile(labels, labeled, bundle.axis)
 
 
 def _lazy_pseudo(array: Any) -> Any:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from src_models.area_profile import match_areas
 from src_models.class_ids import class_ids
 from src_models.data.context import context_of, slice_with_context, stack_context
 from src_models.data.lazy import ChannelsFirst
@@ -233,6 +234,7 @@ def predict_volume(
     prior_weight: float | None = None,
     flips: bool = False,
     smoothing: float = DEFAULT_SMOOTHING,
+    areas: np.ndarray | None = None,
 ) -> VolumePrediction:
     """Predict a whole volume.
 
@@ -256,6 +258,11 @@ def predict_volume(
             :func:`predict_slices`).
         smoothing: sigma in slices of a Gaussian across slices on the final probabilities
             (:mod:`src_models.slice_smoothing`; 0: off); maps stay per slice.
+        areas: the structure's estimated voxels on each slice along the model's axis, NaN
+            where unknown (:func:`src_models.area_profile.volume_area_profile` of the
+            labeled slices): the mask of each such slice moves halfway towards it
+            (:func:`~src_models.area_profile.match_area`); the probabilities stay as they
+            are.
     Returns:
         VolumePrediction whose arrays are the ``out`` arrays when given.
     """
@@ -290,6 +297,11 @@ def predict_volume(
         )
     smoothing = check_smoothing(smoothing)
     halo = smoothing_halo(smoothing)
+    if areas is not None and np.shape(areas) != (img.shape[1 + axis],):
+        raise SemisegError(
+            f"the area profile has shape {np.shape(areas)}, the prediction needs "
+            f"({img.shape[1 + axis]},): one value per slice along axis {axis}"
+        )
     note = ""
     fit = recorded_fit(bundle)
     if prior_weight is None:
@@ -367,6 +379,8 @@ def predict_volume(
             probs = smooth_across_slices(raw, 0, smoothing)[written - r0 : end - r0]
             index3[axis] = slice(written, end)
             ids = class_ids(torch.from_numpy(np.ascontiguousarray(probs))).numpy()
+            if areas is not None:  # towards the area the labeled slices say
+                ids = match_areas(probs, ids, np.asarray(areas)[written:end])
             labels[tuple(index3)] = from_slices(ids.astype(label_dtype), axis)
             if probs_out is not None:  # (n, K, H, W) -> (K, Z, Y, X)
                 probs_out[(slice(None), *index3)] = from_slices(probs, axis)

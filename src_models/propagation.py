@@ -45,6 +45,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from src_models.area_profile import area_profile
+from src_models.area_profile import match_areas as area_matched
 from src_models.flow_interpolation import DEFAULT_WEIGHT as FLOW_WEIGHT
 from src_models.flow_interpolation import flow_applies, flow_interpolate
 
@@ -116,12 +118,15 @@ def propagate(
     ends_labeled: bool = False,
     tol: float = 1e-3,
     flow_weight: float = FLOW_WEIGHT,
+    match_areas: bool = True,
 ) -> Propagation:
     """Random-walker propagation of ``labels`` (N, H, W) from its ``labeled`` slices over the
     image ``slices`` (N, C, H, W), within the labeled range widened by ``extend`` slices
     (None: :func:`walk_extend` of ``ends_labeled``), blended between labeled slices with the
     registration-guided interpolation (weight ``flow_weight``; 0, or slices too small for
-    the flow (:func:`~src_models.flow_interpolation.flow_applies`): the walk alone)."""
+    the flow (:func:`~src_models.flow_interpolation.flow_applies`): the walk alone).
+    ``match_areas``: the mask of each slice between two labeled ones leans towards the area
+    they say (:mod:`src_models.area_profile`); the probabilities stay the walk's."""
     import warnings
 
     from skimage.segmentation import random_walker
@@ -173,7 +178,10 @@ def propagate(
             between = np.flatnonzero(flow.covered) + lo
             probs[:, between] *= 1.0 - flow_weight
             probs[:, between] += flow_weight * flow.probabilities[:, flow.covered]
-    return Propagation(probs.argmax(axis=0).astype(np.int64), probs, covered)
+    ids = probs.argmax(axis=0).astype(np.int64)
+    if match_areas:
+        ids = area_matched(np.moveaxis(probs, 0, 1), ids, area_profile(labels, done))
+    return Propagation(ids, probs, covered)
 
 
 def _slices_first(image: np.ndarray, labels_zyx: np.ndarray, axis: int):

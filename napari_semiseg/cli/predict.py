@@ -60,12 +60,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
             "--largest-component needs the whole mask in memory: this volume is larger; drop it"
         )
     values = LabelValues.from_info(bundle.info, bundle.num_classes)
-    prior = _fused_prior(args, bundle, img) if args.labels else None
+    fusion = _fused_prior(args, bundle, img) if args.labels else None
     if lazy and volume_format(args.out) == ".zarr":
         counts = _predict_streaming(args, bundle, img, meta, maps, targets, values)
         written = targets
     else:
-        counts, written = _predict_in_memory(args, bundle, img, meta, maps, targets, values, prior)
+        counts, written = _predict_in_memory(args, bundle, img, meta, maps, targets, values, fusion)
     shown = ", ".join(f"{v}: {c}" for v, c in zip(values.values, counts.tolist(), strict=False))
     print(f"wrote {written[0]} (voxels per label value: {shown})")
     for path in written[1:]:
@@ -128,10 +128,11 @@ def _default_smoothing(meta, axis: int) -> float:
     return sigma
 
 
-def _labels_prior(args, bundle, img, instead: str = "") -> tuple[np.ndarray, list[int]]:
+def _labels_prior(args, bundle, img, instead: str = "") -> tuple[np.ndarray, list[int], np.ndarray]:
     """The propagation of the labeled slices of ``--labels`` over ``img`` (K, Z, Y, X), the
-    prior a prediction is fused with (``predict --labels``, ``suggest --labels``), and those
-    slices; ``instead`` ends the message refusing a volume too large for memory."""
+    prior a prediction is fused with (``predict --labels``, ``suggest --labels``), those
+    slices and the labels as class ids; ``instead`` ends the message refusing a volume too
+    large for memory."""
     from src_models.data.lazy import is_lazy
     from src_models.propagation import propagation_prior
 
@@ -144,33 +145,42 @@ def _labels_prior(args, bundle, img, instead: str = "") -> tuple[np.ndarray, lis
     prior = propagation_prior(
         np.asarray(img), ids, labeled, bundle.axis, bundle.num_classes, bundle.ends_labeled
     )
-    return prior, labeled
+    return prior, labeled, ids
 
 
-def _fused_prior(args, bundle, img) -> np.ndarray:
+def _fused_prior(args, bundle, img) -> tuple[np.ndarray, np.ndarray]:
     """:func:`_labels_prior` for ``predict``, which says how long it took and the prior's
-    share in the blend."""
+    share in the blend, with the structure's area the labeled slices say on the slices
+    between them (:mod:`src_models.area_profile`)."""
+    from src_models.area_profile import volume_area_profile
     from src_models.inference import prior_weight_for_fit, recorded_fit
 
     _refuse_overlap("--out", args.out, [args.labels])
     t0 = time.perf_counter()
-    prior, labeled = _labels_prior(args, bundle, img)
+    prior, labeled, ids = _labels_prior(args, bundle, img)
     fit = recorded_fit(bundle)
     why = f": the model fits its labeled slices with Dice {fit:.2f}" if fit is not None else ""
     print(
         f"fused with the propagation of {len(labeled)} labeled slice(s) of {args.labels} "
         f"({time.perf_counter() - t0:.1f} s), its share {prior_weight_for_fit(fit):.2f}{why}"
     )
-    return prior
+    return prior, volume_area_profile(ids, labeled, bundle.axis)
 
 
-def _predict_in_memory(args, bundle, img, meta, maps, targets, values, prior=None):
+def _predict_in_memory(args, bundle, img, meta, maps, targets, values, fusion=None):
     """Predict, then write the mask and the maps all or none."""
     from napari_semiseg.io import write_volumes
     from src_models.inference import predict_volume
 
+    prior, areas = fusion if fusion is not None else (None, None)
     pred = predict_volume(
-        bundle, img, maps, batch_size=args.batch_size, prior=prior, smoothing=args.smoothing
+        bundle,
+        img,
+        maps,
+        batch_size=args.batch_size,
+        prior=prior,
+        smoothing=args.smoothing,
+        areas=areas,
     )
     if pred.note:
         print(pred.note)

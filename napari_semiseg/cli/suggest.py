@@ -21,6 +21,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     """``semiseg suggest``: the next slices to annotate, ranked, with scores and reasons."""
     from napari_semiseg._ranking import slice_score, structure_slices
     from napari_semiseg.io import open_image
+    from src_models.area_profile import volume_area_profile
     from src_models.device import select_device
     from src_models.inference import predict_volume
     from src_models.slice_smoothing import smoothing_for_spacing
@@ -31,9 +32,12 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     bundle = load_model(args.model, device=select_device(args.device))
     img, meta = open_image(args.image)
     axis = bundle.axis
-    prior = None
+    prior = areas = None
     if args.labels:  # the prediction fused with their propagation, as predict --labels, the dock
-        prior, labeled = _labels_prior(args, bundle, img, " (the model's labeled slices are used)")
+        prior, labeled, ids = _labels_prior(
+            args, bundle, img, " (the model's labeled slices are used)"
+        )
+        areas = volume_area_profile(ids, labeled, axis)
     else:
         labeled = bundle.info.get("labeled_slices")
         if not isinstance(labeled, list) or not all(isinstance(s, int) for s in labeled):
@@ -49,6 +53,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
         maps=[name] if args.strategy != "strided" else [],
         prior=prior,
         smoothing=smoothing_for_spacing(meta.spacing, axis),  # as predict, the dock
+        areas=areas,
     )
     structure = structure_slices(pred.labels, axis)
     uncertainty = None
