@@ -60,8 +60,17 @@ def zero_training(image, labels, axis, labeled) -> dict:
     k = int(labels.max()) + 1
     runs = {
         "interpolation": lambda: interpolate_volume(given, labeled, axis, k),
+        # skimage's walk as a user runs it: its own mask (no area profile)
         "random_walker": lambda: propagate_volume(
-            image, given, labeled, axis, k, beta=130.0, extend=0, flow_weight=0.0
+            image,
+            given,
+            labeled,
+            axis,
+            k,
+            beta=130.0,
+            extend=0,
+            flow_weight=0.0,
+            match_areas=False,
         ),
         "propagation": lambda: propagate_volume(image, given, labeled, axis, k),
         # the user said the outer labeled slices are the structure's ends (--ends-labeled)

@@ -29,6 +29,11 @@ Choices, measured on 5 left-atrium and 5 hippocampus volumes, both sparse-slice 
   flow keeps the labeled shape, and they fail on different volumes (left atrium, 4 / 5 / 6
   slices with the ends: 0.881 / 0.888 / 0.913 walk alone, 0.896 / 0.898 / 0.919 blended);
   not on slices with a side under 64 pixels (the hippocampus: −2.1 to +0.6 per volume).
+- The mask (not the probabilities) of each slice between two labeled ones moves halfway
+  towards the area a curve through the labeled slices' areas gives there
+  (:mod:`src_models.area_profile`): the walk, like shape interpolation, shrinks a structure
+  too fast towards a small end slice (hippocampus, 4 slices with the ends, 10 volumes:
+  0.856 → 0.863). The training targets keep the walk's own class ids (``match_areas``).
 - Seeding the walk also with the interpolation's sure voxels between labeled slices (so the
   image decides only a band around the interpolated outline) measured worse than seeding
   with the labeled slices alone (left atrium, 4 slices: 0.854 against 0.863), and was dropped.

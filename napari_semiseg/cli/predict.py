@@ -164,7 +164,13 @@ def _fused_prior(args, bundle, img) -> tuple[np.ndarray, np.ndarray]:
         f"fused with the propagation of {len(labeled)} labeled slice(s) of {args.labels} "
         f"({time.perf_counter() - t0:.1f} s), its share {prior_weight_for_fit(fit):.2f}{why}"
     )
-    return prior, volume_area_profile(ids, labeled, bundle.axis)
+    areas = volume_area_profile(ids, labeled, bundle.axis)
+    if np.isfinite(areas).any():
+        print(
+            f"the masks of {int(np.isfinite(areas).sum())} slice(s) between labeled ones lean "
+            "towards the structure's area there (a curve through the labeled slices' areas)"
+        )
+    return prior, areas
 
 
 def _predict_in_memory(args, bundle, img, meta, maps, targets, values, fusion=None):

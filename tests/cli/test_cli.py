@@ -362,7 +362,9 @@ def test_predict_with_labels_fuses_the_model_with_their_propagation(files, tmp_p
     base = ("predict", "--model", run_dir, "--image", files["image"])
     assert run(*base, "--out", alone) == 0
     assert run(*base, "--out", fused, "--labels", files["labels"]) == 0
-    assert "fused with the propagation of 2 labeled slice(s)" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "fused with the propagation of 2 labeled slice(s)" in said
+    assert "slice(s) between labeled ones lean towards the structure's area" in said
     a, f = np.asarray(nib.load(alone).dataobj), np.asarray(nib.load(fused).dataobj)
     truth = np.asarray(nib.load(files["truth"]).dataobj)
     assert not np.array_equal(a, f)
