@@ -7,14 +7,17 @@ between, what Slicer / ITK-SNAP users do; ``inside``: k slices strictly inside, 
 
 - zero-training rows: ``interpolation`` (shape-based, "fill between slices"),
   ``random_walker`` (skimage's, beta 130, seeded by the labeled slices, restricted to the
-  labeled range: the issue's baseline) and ``propagation`` (the product's: beta 400,
-  3 slices beyond the outer labeled ones; :mod:`src_models.propagation`), with seconds;
+  labeled range: the issue's baseline, its own mask) and ``propagation`` (the product's:
+  beta 400, 3 slices beyond the outer labeled ones, blended with the flow, its mask leaning
+  towards the labeled areas; :mod:`src_models.propagation`), with seconds;
 - each trained method, one run of ``max(--budgets)`` wall-clock minutes with the product's
   defaults (the recipe the CLI and the plugin use); the weights are copied when the clock
   passes each budget and scored after the run: ``model`` (the network alone), ``output``
   (what the product hands back: the network fused with the propagation and smoothed
   across slices, :func:`predict_volume` ``prior=``; results before stop 28 have no
-  ``smoothing`` key and were not smoothed) and ``output_lcc`` (its largest 3D component per
+  ``smoothing`` key and were not smoothed; from stop 37 each slice between labeled ones
+  leans towards their areas, ``areas=``, ``output_noarea`` the same weights without) and
+  ``output_lcc`` (its largest 3D component per
   class); ``--keep-probabilities DIR`` saves the network's and the prior's probabilities
   for ``fusion_variants.py``.
 
@@ -270,13 +273,18 @@ ENDS_FLOW_TAG = "flow"
 #: ... and the prior's share in the fused output from the network's fit on its labeled
 #: slices (the product's since stop 36; the flow only on slices of 64 pixels a side)
 ENDS_FIT_TAG = "fitw"
+#: ... and each slice's mask between labeled ones leaning towards the area they say
+#: (:mod:`src_models.area_profile`, the product's since stop 37)
+ENDS_AREA_TAG = "area"
 #: the summary table's row label of each of those tags
 ENDS_ROWS = {
     ENDS_TAG: "ends, --ends-labeled (before stop 33)",
     ENDS_BACKGROUND_TAG: "ends, --ends-labeled, background beyond them (stops 33-34)",
     ENDS_FLOW_TAG: "ends, --ends-labeled, background beyond them, walk + flow (stop 35)",
     ENDS_FIT_TAG: "ends, --ends-labeled, background beyond them, walk + flow, prior's "
-    "share from the fit (the default)",
+    "share from the fit (stop 36)",
+    ENDS_AREA_TAG: "ends, --ends-labeled, background beyond them, walk + flow, prior's "
+    "share from the fit, masks towards the labeled areas (the default)",
 }
 
 

@@ -82,9 +82,11 @@ def match_area(
     if count == current:
         return ids
     foreground = 1.0 - np.asarray(probabilities[0], np.float64).ravel()
-    order = np.argsort(-foreground, kind="stable")
     keep = np.zeros(ids.size, bool)
-    keep[order[:count]] = True
+    if count == ids.size:
+        keep[:] = True
+    elif count > 0:  # the ``count`` most likely foreground voxels (O(n), unordered)
+        keep[np.argpartition(-foreground, count - 1)[:count]] = True
     best = np.asarray(probabilities[1:]).argmax(axis=0) + 1
     return np.where(keep.reshape(ids.shape), best, 0).astype(ids.dtype)
 
