@@ -86,9 +86,7 @@ def match_area(
         return ids
     foreground = 1.0 - np.asarray(probabilities[0], np.float64).ravel()
     keep = np.zeros(ids.size, bool)
-    if count == ids.size:
-        keep[:] = True
-    elif count > 0:  # the ``count`` most likely foreground voxels (O(n), unordered)
+    if count > 0:  # the ``count`` most likely foreground voxels (O(n), unordered)
         keep[np.argpartition(-foreground, count - 1)[:count]] = True
     best = np.asarray(probabilities[1:]).argmax(axis=0) + 1
     return np.where(keep.reshape(ids.shape), best, 0).astype(ids.dtype)

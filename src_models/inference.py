@@ -297,9 +297,11 @@ def predict_volume(
         )
     smoothing = check_smoothing(smoothing)
     halo = smoothing_halo(smoothing)
-    if areas is not None and np.shape(areas) != (img.shape[1 + axis],):
+    if areas is not None:
+        areas = np.asarray(areas, np.float64)
+    if areas is not None and areas.shape != (img.shape[1 + axis],):
         raise SemisegError(
-            f"the area profile has shape {np.shape(areas)}, the prediction needs "
+            f"the area profile has shape {areas.shape}, the prediction needs "
             f"({img.shape[1 + axis]},): one value per slice along axis {axis}"
         )
     note = ""
@@ -380,7 +382,7 @@ def predict_volume(
             index3[axis] = slice(written, end)
             ids = class_ids(torch.from_numpy(np.ascontiguousarray(probs))).numpy()
             if areas is not None:  # towards the area the labeled slices say
-                ids = match_areas(probs, ids, np.asarray(areas)[written:end])
+                ids = match_areas(probs, ids, areas[written:end])
             labels[tuple(index3)] = from_slices(ids.astype(label_dtype), axis)
             if probs_out is not None:  # (n, K, H, W) -> (K, Z, Y, X)
                 probs_out[(slice(None), *index3)] = from_slices(probs, axis)
