@@ -19,13 +19,17 @@ from src_models.inference import (
 from src_models.interpolation import interpolate_slices
 from src_models.metrics import dice
 from src_models.propagation import (
+    BETA_PER_GAP2,
+    DEFAULT_BETA,
     DEFAULT_EXTEND,
     MAX_VOXELS,
+    MIN_BETA,
     affordable,
     propagate,
     propagate_volume,
     propagation_prior,
     propagation_voxels,
+    walk_beta,
     walk_extend,
 )
 from src_models.recipe import RunRecipe, build_run
@@ -126,6 +130,26 @@ def test_affordable_bounds_the_walk_by_the_labeled_range():
     side = int(np.sqrt(MAX_VOXELS / 10)) + 10
     assert not affordable((200, side, side), [0, 199])
     assert affordable((200, side, side), [100, 102])  # 9 slices of the range
+
+
+def test_the_walk_is_held_less_by_edges_between_close_labeled_slices():
+    # the square of the mean spacing, bounded: 4 slices apart -> 16 * BETA_PER_GAP2
+    assert walk_beta([0, 4, 8, 12]) == pytest.approx(16 * BETA_PER_GAP2)
+    assert walk_beta([12, 0, 8, 4, 4]) == walk_beta([0, 4, 8, 12])  # order, repeats
+    assert walk_beta([0, 1, 2]) == MIN_BETA
+    assert walk_beta([0, 40]) == DEFAULT_BETA
+    assert walk_beta([5]) == walk_beta([]) == DEFAULT_BETA
+    spacings = [walk_beta([0, g, 2 * g]) for g in range(1, 20)]
+    assert spacings == sorted(spacings)
+    # the propagation walks with it unless told otherwise
+    image, labels = wobbly_blob()
+    image = image + np.random.default_rng(1).normal(0, 0.3, image.shape).astype(np.float32)
+    close = [0, 3, 7, 10, 14]
+    default = propagate(image, labels, close, 2).probabilities
+    ruled = propagate(image, labels, close, 2, beta=walk_beta(close)).probabilities
+    sharp = propagate(image, labels, close, 2, beta=DEFAULT_BETA).probabilities
+    np.testing.assert_array_equal(default, ruled)
+    assert np.abs(default - sharp).max() > 0.05
 
 
 def test_sampler_trains_on_the_propagation_where_it_is_sure():
