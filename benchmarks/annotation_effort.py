@@ -16,7 +16,9 @@ between, what Slicer / ITK-SNAP users do; ``inside``: k slices strictly inside, 
   (what the product hands back: the network fused with the propagation and smoothed
   across slices, :func:`predict_volume` ``prior=``; results before stop 28 have no
   ``smoothing`` key and were not smoothed; from stop 37 each slice between labeled ones
-  leans towards their areas, ``areas=``, ``output_noarea`` the same weights without) and
+  leans towards their areas, ``areas=``, ``output_noarea`` the same weights without; from
+  stop 38 the walk's edge weight follows the labeled slices' spacing, ``output_beta400`` the
+  same weights fused with the walk at the fixed 400 of before) and
   ``output_lcc`` (its largest 3D component per
   class); ``--keep-probabilities DIR`` saves the network's and the prior's probabilities
   for ``fusion_variants.py``.
@@ -47,7 +49,7 @@ from src_models.inference import DEFAULT_PRIOR_WEIGHT, predict_volume, prior_wei
 from src_models.interpolation import interpolate_volume
 from src_models.method_choice import LONG_BUDGET_METHOD, SHORT_BUDGET_METHOD
 from src_models.postprocess import largest_component_3d
-from src_models.propagation import propagate_volume, propagation_prior
+from src_models.propagation import DEFAULT_BETA, propagate_volume, propagation_prior
 from src_models.recipe import RunRecipe, build_run
 from src_models.slice_smoothing import DEFAULT_SMOOTHING, smooth_across_slices
 from src_models.training import train
@@ -140,6 +142,8 @@ def trained_run(method, image, labels, axis, labeled, budgets, seed, overrides, 
     prior_seconds = time.perf_counter() - t
     # the same weights fused with the other propagation (stopping at / going beyond the ends)
     other = propagation_prior(image, given, labeled, axis, k, not recipe.ends_labeled)
+    # the walk with the edge weight of every spacing before stop 38 (fixed, 400)
+    sharp = propagation_prior(image, given, labeled, axis, k, recipe.ends_labeled, DEFAULT_BETA)
     # the mask leans towards the area the labeled slices say (stop 37 on)
     areas = volume_area_profile(given, labeled, axis)
     rows = {}
@@ -189,6 +193,7 @@ def trained_run(method, image, labels, axis, labeled, budgets, seed, overrides, 
             # propagation)
             "output_w0.5": output(model, weight=DEFAULT_PRIOR_WEIGHT),
             "output_noarea": output(model, profile=None),
+            "output_beta400": output(model, walk=sharp),
             "output_unsmoothed": output(model, sigma=0),
             "output_w0.3": output(model, weight=0.3),
             "output_w0.7": output(model, weight=0.7),

@@ -244,11 +244,13 @@ def propagation_prior(
     axis: int,
     num_classes: int,
     ends_labeled: bool = False,
+    beta: float | None = None,
 ) -> np.ndarray:
     """Class probabilities (K, Z, Y, X) of the propagation of ``labels_zyx``'s ``labeled``
     slices over ``image`` (Z, Y, X) or (C, Z, Y, X): the prior a prediction is fused with
     (:func:`src_models.inference.predict_volume`; with the prior's weight at least 0.5 the
     fused mask is background wherever the walk did not reach, beyond its range)."""
     slices, lbl = _slices_first(image, labels_zyx, axis)
-    probs = propagate(slices, lbl, labeled, num_classes, ends_labeled=ends_labeled).probabilities
+    walk = propagate(slices, lbl, labeled, num_classes, ends_labeled=ends_labeled, beta=beta)
+    probs = walk.probabilities
     return np.ascontiguousarray(np.moveaxis(probs, 1, axis + 1))
