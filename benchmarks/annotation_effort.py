@@ -290,15 +290,27 @@ ENDS_ROWS = {
     ENDS_FIT_TAG: "ends, --ends-labeled, background beyond them, walk + flow, prior's "
     "share from the fit (stop 36)",
     ENDS_AREA_TAG: "ends, --ends-labeled, background beyond them, walk + flow, prior's "
-    "share from the fit, masks towards the labeled areas (the default)",
+    "share from the fit, masks towards the labeled areas (stop 37)",
+}
+
+#: the tags of runs strictly inside: stop 38's product (the walk's edge weight from the
+#: labeled slices' spacing, :func:`src_models.propagation.walk_beta`) and its control, the
+#: same stop's product at the fixed edge weight of before (a worktree of stop 37's commit)
+INSIDE_ROWS = {
+    "nobeta": "inside, stop 37's product (the walk's edge weight 400 at every spacing)",
+    "beta": "inside, the walk's edge weight from the labeled slices' spacing (the default)",
 }
 
 
 def _rows(group: list[dict], method: str):
     """(row label, method name suffix, propagation entry) of a (dataset, protocol, k)
-    group: the default, and on the ``ends`` protocol also the runs with --ends-labeled."""
+    group: the default, on the ``ends`` protocol also the runs with --ends-labeled, and
+    strictly inside the tagged runs of :data:`INSIDE_ROWS`."""
     yield group[0]["protocol"], "", "propagation"
     if group[0]["protocol"] != "ends":
+        for tag, label in INSIDE_ROWS.items():
+            if any(f"{method}+{tag}" in r["methods"] for r in group):
+                yield label, f"+{tag}", "propagation"
         return
     for tag, label in ENDS_ROWS.items():
         tagged = {f"{name}+{tag}" for name in (method, LONG_BUDGET_METHOD)}
@@ -343,7 +355,8 @@ def _group_row(dataset, label, k, group, tag, walk, method) -> str:
     """One row of the summary table: the means over the volumes of ``group`` (the count of
     a method's volumes said when fewer than the row's); the default (``auto``) is ``method``
     at 2 minutes, and at 5 LONG_BUDGET_METHOD when the user said the labeled slices include
-    the ends (``tag``), ``method`` otherwise."""
+    the ends (``walk`` is the propagation stopping at them), ``method`` otherwise."""
+    long = walk == "propagation_ends"
     zero = {
         n: _mean(r["zero_training"].get(walk if n == "propagation" else n, {}).get("dice")
                  for r in group)
@@ -360,12 +373,12 @@ def _group_row(dataset, label, k, group, tag, walk, method) -> str:
         bars = [_bar(r, margin) for r in trained]
         goals.append(f"{_mean(bars):.3f}" if trained else "n/a")
         hits = sum(o is not None and o >= b for o, b in zip(out, bars, strict=True))
-        meets.append(f"{hits}/{len(trained)}")
+        meets.append(f"{hits}/{n}")
     return (
         f"| {dataset} | {label} | {k} | {len(group)} | {zero['interpolation']:.3f} | "
         f"{zero['random_walker']:.3f} | {zero['propagation']:.3f} | {' | '.join(cells)} | "
-        f"{goals[0]} / {goals[2] if tag else goals[1]} | {meets[0]} / "
-        f"{meets[2] if tag else meets[1]} |"
+        f"{goals[0]} / {goals[2] if long else goals[1]} | {meets[0]} / "
+        f"{meets[2] if long else meets[1]} |"
     )
 
 
