@@ -13,7 +13,7 @@ Choices, measured on 5 left-atrium and 5 hippocampus volumes, both sparse-slice 
 
 - ``beta`` 400 on intensities scaled to [0, 1] (0.5-99.5 percentiles) across long gaps:
   sharper edges than skimage's 130 (left atrium, 4 slices with the ends: 0.884 against
-  0.868; 50: 0.852). Between labeled slices closer than 9 slices on average it falls with
+  0.868; 50: 0.852). Between labeled slices closer than 9.4 slices on average it falls with
   the square of their spacing (:func:`walk_beta`): hippocampus, 10 volumes, 5 / 6 / 8
   slices with the ends 0.872 / 0.890 / 0.903 at 400, 0.881 / 0.902 / 0.919 with the rule
   (10/10 volumes better each), 3 / 4 / 6 strictly inside +0.8 / +1.1 / +1.5 points.
@@ -59,8 +59,8 @@ from src_models.area_profile import match_areas as area_matched
 from src_models.flow_interpolation import DEFAULT_WEIGHT as FLOW_WEIGHT
 from src_models.flow_interpolation import flow_applies, flow_interpolate
 
-#: the random walker's edge weight on intensities scaled to [0, 1], from labeled slices
-#: :data:`BETA_GAP` or more apart (on average)
+#: the random walker's edge weight on intensities scaled to [0, 1], for labeled slices
+#: (DEFAULT_BETA / BETA_PER_GAP2) ** 0.5 = 9.4 or more slices apart on average
 DEFAULT_BETA = 400.0
 #: closer labeled slices walk with a weaker edge weight, ``BETA_PER_GAP2 * gap ** 2``, down
 #: to :data:`MIN_BETA` (:func:`walk_beta`)
