@@ -182,12 +182,12 @@ class ReviewDock(QWidget):
         )
         self.strategy_combo.setMinimumContentsLength(5)
         self.strategy_combo.setToolTip(
-            "How Next slice chooses. strided (default): the predicted structure's uncovered "
-            "ends, then the middle of the largest gap between labeled slices; uncertainty: "
-            "where the networks disagree most (least confident for single-network methods); "
+            "How Next slice chooses. strided: the predicted structure's uncovered ends, then "
+            "the middle of the largest gap between labeled slices; uncertainty: where the "
+            "networks disagree most (least confident for single-network methods); "
             "uncertainty-distance: that times the distance to the nearest labeled slice; "
-            f"strided-then-uncertainty-distance: strided while fewer than {STRIDED_UNTIL} "
-            "slices are labeled, then uncertainty-distance. "
+            f"strided-then-uncertainty-distance (default): strided while fewer than "
+            f"{STRIDED_UNTIL} slices are labeled, then uncertainty-distance. "
             "Measured with a simulated user in benchmarks/correction_loop.py (README)"
         )
         self.strategy_combo.currentTextChanged.connect(self._on_strategy)

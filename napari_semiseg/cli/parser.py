@@ -218,12 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=STRATEGY_CHOICES,
         default=DEFAULT_STRATEGY_CHOICE,
         help="strided: ends of the predicted structure, then the middles of the largest gaps "
-        "(default: evenly spaced choices are the baseline active learning rarely beats); "
-        "uncertainty: the method's discrepancy (or 1 - confidence); uncertainty-distance: "
-        "that times the distance to the nearest labeled slice, within the predicted "
-        "structure while it has an unlabeled slice; strided-then-uncertainty-distance: "
-        f"strided while fewer than {STRIDED_UNTIL} slices are labeled, then "
-        "uncertainty-distance",
+        "(evenly spaced choices, the baseline active learning rarely beats); uncertainty: the "
+        "method's discrepancy (or 1 - confidence); uncertainty-distance: that times the "
+        "distance to the nearest labeled slice, within the predicted structure while it has "
+        "an unlabeled slice; strided-then-uncertainty-distance (default: at or above strided "
+        "at every round of the simulated correction loop, README): strided while fewer than "
+        f"{STRIDED_UNTIL} slices are labeled, then uncertainty-distance",
     )
     g.add_argument("--device", default="auto")
     g.add_argument("--json", action="store_true", help="machine-readable output")
