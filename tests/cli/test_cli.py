@@ -490,7 +490,10 @@ def test_suggest_ranks_the_next_slices_with_reasons(files, tmp_path, capsys):
         assert len(set(picks)) == 3 and not {3, 8} & set(picks) and all(0 <= p < 12 for p in picks)
         assert all(r["why"].startswith(f"slice {r['slice']}") for r in result["suggestions"])
     assert run("suggest", "--model", run_dir, "--image", files["image"]) == 0
-    assert f"next to annotate ({DEFAULT_STRATEGY})" in capsys.readouterr().out
+    # the default uses the model's map (a single network: 1 - confidence)
+    assert f"next to annotate ({DEFAULT_STRATEGY}, from the confidence map)" in (
+        capsys.readouterr().out
+    )
     # with the labels, the labeled slices are read from them
     assert run(*base, "--labels", files["truth"]) == 0
     truth = np.asarray(nib.load(files["truth"]).dataobj)
