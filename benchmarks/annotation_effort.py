@@ -294,8 +294,8 @@ ENDS_ROWS = {
 }
 
 #: the tags of runs strictly inside: stop 38's product (the walk's edge weight from the
-#: labeled slices' spacing, :func:`src_models.propagation.walk_beta`) and its control, the
-#: same stop's product at the fixed edge weight of before (a worktree of stop 37's commit)
+#: labeled slices' spacing, :func:`src_models.propagation.walk_beta`) and its control,
+#: stop 37's product (the fixed edge weight; a worktree of its commit, run right after)
 INSIDE_ROWS = {
     "nobeta": "inside, stop 37's product (the walk's edge weight 400 at every spacing)",
     "beta": "inside, the walk's edge weight from the labeled slices' spacing (the default)",
