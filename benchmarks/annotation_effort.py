@@ -50,7 +50,12 @@ from src_models.inference import DEFAULT_PRIOR_WEIGHT, predict_volume, prior_wei
 from src_models.interpolation import interpolate_volume
 from src_models.method_choice import LONG_BUDGET_METHOD, SHORT_BUDGET_METHOD
 from src_models.postprocess import largest_component_3d
-from src_models.propagation import DEFAULT_BETA, propagate_volume, propagation_prior
+from src_models.propagation import (
+    DEFAULT_BETA,
+    propagate_volume,
+    propagation_prior,
+    walk_beta,
+)
 from src_models.recipe import RunRecipe, build_run
 from src_models.slice_smoothing import DEFAULT_SMOOTHING, smooth_across_slices
 from src_models.training import train
@@ -143,8 +148,13 @@ def trained_run(method, image, labels, axis, labeled, budgets, seed, overrides, 
     prior_seconds = time.perf_counter() - t
     # the same weights fused with the other propagation (stopping at / going beyond the ends)
     other = propagation_prior(image, given, labeled, axis, k, not recipe.ends_labeled)
-    # the walk with the edge weight of every spacing before stop 38 (fixed, 400)
-    sharp = propagation_prior(image, given, labeled, axis, k, recipe.ends_labeled, DEFAULT_BETA)
+    # the walk with the edge weight of every spacing before stop 38 (fixed, 400): the same
+    # walk where the spacing already gives 400
+    sharp = (
+        prior
+        if walk_beta(labeled) == DEFAULT_BETA
+        else propagation_prior(image, given, labeled, axis, k, recipe.ends_labeled, DEFAULT_BETA)
+    )
     # the mask leans towards the area the labeled slices say (stop 37 on)
     areas = volume_area_profile(given, labeled, axis)
     rows = {}

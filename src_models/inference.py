@@ -299,11 +299,11 @@ def predict_volume(
     halo = smoothing_halo(smoothing)
     if areas is not None:
         areas = np.asarray(areas, np.float64)
-    if areas is not None and areas.shape != (img.shape[1 + axis],):
-        raise SemisegError(
-            f"the area profile has shape {areas.shape}, the prediction needs "
-            f"({img.shape[1 + axis]},): one value per slice along axis {axis}"
-        )
+        if areas.shape != (img.shape[1 + axis],):
+            raise SemisegError(
+                f"the area profile has shape {areas.shape}, the prediction needs "
+                f"({img.shape[1 + axis]},): one value per slice along axis {axis}"
+            )
     note = ""
     fit = recorded_fit(bundle)
     if prior_weight is None:
