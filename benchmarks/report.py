@@ -247,7 +247,7 @@ def annotation_section(lines: list[str]) -> None:
         "averaged). Zero-training rows: shape interpolation, the random walker seeded by the "
         "labeled slices (skimage, beta 130, restricted to the labeled range: the issue's "
         "baseline) and the product's propagation (beta 400, from stop 38 lower between "
-        "labeled slices closer than 9 slices on average; 3 slices beyond the outer "
+        "labeled slices closer than 9.4 slices on average; 3 slices beyond the outer "
         "labeled ones). The default method (`supervised` with the propagation prior, its "
         "prediction fused with the propagation) trained once per volume for 5 minutes, "
         "weights scored at 2 and 5 minutes of training; the `ends, --ends-labeled` rows "
