@@ -292,6 +292,9 @@ ENDS_FIT_TAG = "fitw"
 #: ... and each slice's mask between labeled ones leaning towards the area they say
 #: (:mod:`src_models.area_profile`, the product's since stop 37)
 ENDS_AREA_TAG = "area"
+#: ... and the walk's edge weight from the labeled slices' spacing
+#: (:func:`src_models.propagation.walk_beta`, the product's since stop 38)
+ENDS_BETA_TAG = "beta"
 #: the summary table's row label of each of those tags
 ENDS_ROWS = {
     ENDS_TAG: "ends, --ends-labeled (before stop 33)",
@@ -301,6 +304,8 @@ ENDS_ROWS = {
     "share from the fit (stop 36)",
     ENDS_AREA_TAG: "ends, --ends-labeled, background beyond them, walk + flow, prior's "
     "share from the fit, masks towards the labeled areas (stop 37)",
+    ENDS_BETA_TAG: "ends, --ends-labeled, all of the above and the walk's edge weight from "
+    "the labeled slices' spacing (stop 38's product, run in stop 39)",
 }
 
 #: the tags of runs strictly inside: stop 38's product (the walk's edge weight from the
@@ -310,6 +315,207 @@ INSIDE_ROWS = {
     "nobeta": "inside, stop 37's product (the walk's edge weight 400 at every spacing)",
     "beta": "inside, the walk's edge weight from the labeled slices' spacing (the default)",
 }
+
+
+#: the runs that are today's product, per (dataset, protocol) at k = 4: the method row the
+#: default (``auto``) trained at each budget, the propagation it is fused with, and the stop
+#: that measured it. Left atrium with the ends: stop 36's supervised runs and stop 37's SDCL
+#: runs are today's product there (4 slices 17-20 apart keep the walk's edge weight at 400
+#: and leave the areas out); strictly inside, the 5-minute runs are an older product's.
+CURRENT = {
+    ("hippocampus", "ends"): (("supervised+beta", "stop 39"), ("sdcl+beta", "stop 39")),
+    ("hippocampus", "inside"): (("supervised+beta", "stop 38"), ("supervised", "before stop 33")),
+    ("la", "ends"): (("supervised+fitw", "stop 36"), ("sdcl+area", "stops 37, 39")),
+    ("la", "inside"): (("supervised+beta", "stop 39"), ("supervised", "before stop 33")),
+}
+#: goal 3 (k labeled slices with the ends, the default at 5 minutes, against interpolation
+#: with k + 2): the runs of each k beyond 4 and their stop
+CURRENT_MORE_SLICES = {
+    ("hippocampus", 5): ("sdcl+ends", "before stop 33"),
+    ("hippocampus", 6): ("sdcl+ends", "before stop 33"),
+    ("la", 5): ("sdcl+area", "stop 37"),
+    ("la", 6): ("sdcl+area", "stop 37"),
+}
+CURRENT_K = 4
+MINUTES_PLOT = ROOT / "docs" / "images" / "annotation_minutes.png"
+
+
+def _walk_of(protocol: str) -> str:
+    """The propagation a run of ``protocol`` is fused with: with the ends labeled the user
+    ticks --ends-labeled and the walk stops at them."""
+    return "propagation_ends" if protocol == "ends" else "propagation"
+
+
+def _outputs(runs: list[dict], name: str, minutes: str) -> list[tuple[dict, float]]:
+    """(run, output Dice) of the runs of ``runs`` with method row ``name`` at ``minutes``."""
+    found = []
+    for r in runs:
+        out = r["methods"].get(name, {}).get("budgets", {}).get(minutes, {}).get("output")
+        if out is not None:
+            found.append((r, out))
+    return found
+
+
+def current_summary(runs: list[dict]) -> list[dict]:
+    """Per (dataset, protocol) of :data:`CURRENT`, at k = :data:`CURRENT_K`: the means of the
+    zero-training results and their seconds, of the default at 2 and 5 minutes (with the
+    stop that measured them), the goals and the volumes meeting them."""
+    rows = []
+    for (dataset, protocol), budgets in CURRENT.items():
+        group = [
+            r for r in runs
+            if (r["dataset"], r["protocol"], r["k"]) == (dataset, protocol, CURRENT_K)
+        ]  # fmt: skip
+        if not group:
+            continue
+        walk = _walk_of(protocol)
+        row = {"dataset": dataset, "protocol": protocol, "volumes": len(group), "zero": {}}
+        for name, key in (
+            ("interpolation", "interpolation"), ("random walker", "random_walker"),
+            ("propagation", walk),
+        ):  # fmt: skip
+            zs = [r["zero_training"][key] for r in group if key in r["zero_training"]]
+            row["zero"][name] = (_mean(z["dice"] for z in zs), max(z["seconds"] for z in zs))
+        for (name, stop), minutes, margin in zip(
+            budgets, ("2.0", "5.0"), (0.03, 0.05), strict=True
+        ):
+            found = _outputs(group, name, minutes)
+            hits = sum(out >= _bar(r, margin) for r, out in found)
+            row[minutes] = {
+                "method": name.partition("+")[0],
+                "stop": stop,
+                "dice": _mean(out for _, out in found),
+                "n": len(found),
+                "goal": _mean(_bar(r, margin) for r, _ in found),
+                "hits": hits,
+            }
+        more = {}
+        for k in (CURRENT_K, 5, 6):
+            if protocol != "ends":
+                break
+            name, stop = (
+                budgets[1]
+                if k == CURRENT_K
+                else CURRENT_MORE_SLICES.get((dataset, k), (None, None))
+            )
+            found = (
+                _outputs(
+                    [
+                        r
+                        for r in runs
+                        if (r["dataset"], r["protocol"], r["k"]) == (dataset, protocol, k)
+                    ],
+                    name,
+                    "5.0",
+                )
+                if name
+                else []
+            )
+            if not found:
+                continue
+            plus_two = {
+                r["case"]: r["zero_training"]["interpolation"]["dice"]
+                for r in runs
+                if (r["dataset"], r["protocol"], r["k"]) == (dataset, protocol, k + 2)
+            }
+            paired = [(out, plus_two[r["case"]]) for r, out in found if r["case"] in plus_two]
+            if paired:
+                more[k] = {
+                    "dice": _mean(o for o, _ in paired),
+                    "interp_plus_two": _mean(i for _, i in paired),
+                    "n": len(paired),
+                    "stop": stop,
+                }
+        row["more_slices"] = more
+        rows.append(row)
+    return rows
+
+
+def current_lines() -> list[str]:
+    """The README's table: what the product gives today with 4 labeled slices, beside what
+    the user gets without it, against the wall clock."""
+    rows = current_summary(load_all())
+    lines = [
+        f"| dataset, protocol ({CURRENT_K} slices) | interpolation | random walker (skimage) "
+        "| propagation (ours) | the default, 2 min | the default, 5 min | goal 2 / 5 min "
+        "(better baseline + 3 / + 5) | volumes at the goal, 2 / 5 min |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        z = row["zero"]
+        cells = []
+        for name in ("interpolation", "random walker", "propagation"):
+            dice, seconds = z[name]
+            cells.append(f"{dice:.3f} ({'< 1' if seconds < 1 else f'{seconds:.0f}'} s)")
+        two, five = row["2.0"], row["5.0"]
+        for cell in (two, five):
+            count = f", {cell['n']} volumes" if cell["n"] != row["volumes"] else ""
+            cells.append(f"**{cell['dice']:.3f}** ({cell['method']}, {cell['stop']}{count})")
+        label = f"{row['dataset']}, {row['protocol']}" + (
+            " (`--ends-labeled`)" if row["protocol"] == "ends" else ""
+        )
+        lines.append(
+            f"| {label} | {' | '.join(cells)} | {two['goal']:.3f} / {five['goal']:.3f} | "
+            f"{two['hits']}/{two['n']} / {five['hits']}/{five['n']} |"
+        )
+    lines += [
+        "",
+        "| dataset (ends labeled) | k | the default, 5 min | interpolation with k + 2 slices "
+        "| volumes | measured |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for row in rows:
+        for k, m in sorted(row["more_slices"].items()):
+            mark = "✓" if m["dice"] >= m["interp_plus_two"] else "✗"
+            lines.append(
+                f"| {row['dataset']} | {k} | {m['dice']:.3f} | {m['interp_plus_two']:.3f} {mark} "
+                f"| {m['n']} | {m['stop']} |"
+            )
+    return lines
+
+
+def plot_minutes() -> None:
+    """Dice against wall-clock minutes at k = 4: what the user gets without training (at
+    its seconds), the default at 2 and 5 minutes, and interpolation with 2 more slices."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = load_all()
+    rows = current_summary(runs)
+    fig, axes = plt.subplots(1, len(rows), figsize=(3.6 * len(rows), 3.4), squeeze=False)
+    for ax, row in zip(axes[0], rows, strict=True):
+        for name, marker in (("interpolation", "s"), ("random walker", "^"), ("propagation", "D")):
+            dice, seconds = row["zero"][name]
+            ax.plot([seconds / 60], [dice], marker=marker, linestyle="none", label=name)
+        ax.plot(
+            [0.0, 2.0, 5.0],
+            [row["zero"]["propagation"][0], row["2.0"]["dice"], row["5.0"]["dice"]],
+            marker="o",
+            label="the default (fused with the propagation)",
+        )
+        plus_two = [
+            r["zero_training"]["interpolation"]["dice"]
+            for r in runs
+            if (r["dataset"], r["protocol"], r["k"])
+            == (row["dataset"], row["protocol"], CURRENT_K + 2)
+        ]
+        if plus_two:
+            ax.axhline(
+                np.mean(plus_two),
+                color="grey",
+                linestyle="--",
+                label=f"interpolation, {CURRENT_K + 2} slices",
+            )
+        ax.set_title(f"{row['dataset']}, {row['protocol']} ({row['volumes']} volumes)", fontsize=9)
+        ax.set_xlabel("minutes (2 CPU cores)")
+        ax.set_ylabel(f"Dice, {CURRENT_K} labeled slices")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=6.5, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(MINUTES_PLOT, dpi=110)
+    print(f"wrote {MINUTES_PLOT}")
 
 
 def _rows(group: list[dict], method: str):
@@ -455,7 +661,9 @@ def _per_volume_lines(runs: list[dict], method: str) -> list[str]:
 
 
 def plot() -> None:
-    """Dice against k: zero-training results and the default method at 2 and 5 minutes."""
+    """Dice against k: the zero-training results at every k, and the default (the runs of
+    :data:`CURRENT` and :data:`CURRENT_MORE_SLICES`, today's product or the stop named in
+    the README's table) at 2 and 5 minutes where it was trained."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -467,39 +675,28 @@ def plot() -> None:
     for ax, (dataset, protocol) in zip(axes[0], panels, strict=True):
         group = [r for r in runs if (r["dataset"], r["protocol"]) == (dataset, protocol)]
         ks = sorted({r["k"] for r in group})
-        series = {
-            "interpolation": lambda r: r["zero_training"]["interpolation"]["dice"],
-            "random walker": lambda r: r["zero_training"]["random_walker"]["dice"],
-            "propagation (no training)": lambda r: r["zero_training"]["propagation"]["dice"],
-            "supervised, 2 min (the default)": lambda r: r["methods"][SHORT_BUDGET_METHOD][
-                "budgets"
-            ]["2.0"]["output"],
-            "supervised, 5 min": lambda r: r["methods"][SHORT_BUDGET_METHOD]["budgets"]["5.0"][
-                "output"
-            ],
-            # the default from 5 minutes when the user ticks --ends-labeled
-            "SDCL, 5 min (the default with --ends-labeled)": lambda r: r["methods"][
-                f"{LONG_BUDGET_METHOD}+{ENDS_TAG}"
-            ]["budgets"]["5.0"]["output"],
-        }
-        for label, get in series.items():
+        walk = _walk_of(protocol)
+        for label, key in (
+            ("interpolation", "interpolation"),
+            ("random walker", "random_walker"),
+            ("propagation (no training)", walk),
+        ):
+            ys = [_mean(r["zero_training"][key]["dice"] for r in group if r["k"] == k) for k in ks]
+            ax.plot(ks, ys, linestyle="--", marker="o", label=label)
+        budgets = CURRENT.get((dataset, protocol))
+        for i, minutes in enumerate(("2.0", "5.0")):
+            if not budgets:
+                break
             xs, ys = [], []
             for k in ks:
-                vals = []
-                for r in group:
-                    if r["k"] != k:
-                        continue
-                    try:
-                        vals.append(get(r))
-                    except KeyError:
-                        pass
-                if vals:
+                name = budgets[i][0] if k == CURRENT_K else None
+                if minutes == "5.0" and k != CURRENT_K:
+                    name = CURRENT_MORE_SLICES.get((dataset, k), (None,))[0]
+                found = _outputs([r for r in group if r["k"] == k], name, minutes) if name else []
+                if found:
                     xs.append(k)
-                    ys.append(np.mean(vals))
-            style = "--" if "min" not in label else "-"
-            if label.startswith("SDCL"):
-                style = "none"  # measured at k = 4 only: points, no line
-            ax.plot(xs, ys, linestyle=style, marker="o", label=label)
+                    ys.append(_mean(out for _, out in found))
+            ax.plot(xs, ys, linestyle="-", marker="o", label=f"the default, {minutes[0]} min")
         ax.set_title(f"{dataset}, {protocol} ({len({r['case'] for r in group})} volumes)")
         ax.set_xlabel("labeled slices k")
         ax.set_ylabel("Dice on the other slices")
@@ -542,7 +739,9 @@ def main() -> None:
     if not args.report:
         benchmark(args)
     print("\n".join(report_lines()))
+    print("\n".join(["", "Today's product:", ""] + current_lines()))
     plot()
+    plot_minutes()
 
 
 if __name__ == "__main__":

@@ -233,7 +233,7 @@ def sparse_section(lines: list[str]) -> None:
 
 def annotation_section(lines: list[str]) -> None:
     """Worth the wait? The default against the zero-training results (annotation_effort.py)."""
-    from annotation_effort import report_lines
+    from annotation_effort import current_lines, report_lines
 
     table = report_lines()
     if not table:
@@ -269,7 +269,18 @@ def annotation_section(lines: list[str]) -> None:
         "(below); the runs before it recorded `output` without (their results have no "
         "`smoothing` key), later ones `output` smoothed and `output_unsmoothed`.",
         "",
+        "**Today's product with 4 labeled slices** (the runs of `CURRENT` in "
+        "`annotation_effort.py`: the latest stop that trained what the product trains "
+        "today, or the stop named; the volumes at the goal count those at or above their "
+        "own bar), and with 5 and 6 against interpolation with 2 more slices:",
+        "",
+        *current_lines(),
+        "",
+        "![Dice against minutes](images/annotation_minutes.png)",
+        "",
         "![Dice against labeled slices](images/annotation_effort.png)",
+        "",
+        "Every row of every stop:",
         "",
         *table,
         "",
