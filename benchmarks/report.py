@@ -547,6 +547,26 @@ def correction_section(lines: list[str]) -> None:
             _correction_table(lines, cl, dataset, protocol, group)
 
 
+#: the README's block that :func:`refresh_readme` rewrites from the saved results
+README = ROOT / "README.md"
+README_BLOCK = ("<!-- annotation-current: benchmarks/report.py -->", "<!-- /annotation-current -->")
+
+
+def refresh_readme() -> None:
+    """Rewrite the README's table of today's product (between :data:`README_BLOCK`'s
+    markers) from the saved results, so the README says what the results say."""
+    from annotation_effort import current_lines
+
+    start, end = README_BLOCK
+    text = README.read_text()
+    if start not in text or end not in text:
+        return
+    head, _, rest = text.partition(start)
+    _, _, tail = rest.partition(end)
+    README.write_text("\n".join([head + start, "", *current_lines(), "", end]) + tail)
+    print(f"refreshed {README.name}")
+
+
 def main() -> None:
     lines = [
         "# Benchmarks",
@@ -570,6 +590,7 @@ def main() -> None:
         lines += [NOTES.read_text().strip(), ""]
     OUT.write_text("\n".join(lines) + "\n")
     print(f"wrote {OUT}")
+    refresh_readme()
 
 
 if __name__ == "__main__":
