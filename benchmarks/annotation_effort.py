@@ -490,12 +490,26 @@ def plot_minutes() -> None:
         for name, marker in (("interpolation", "s"), ("random walker", "^"), ("propagation", "D")):
             dice, seconds = row["zero"][name]
             ax.plot([seconds / 60], [dice], marker=marker, linestyle="none", label=name)
-        ax.plot(
-            [0.0, 2.0, 5.0],
-            [row["zero"]["propagation"][0], row["2.0"]["dice"], row["5.0"]["dice"]],
-            marker="o",
-            label="the default (fused with the propagation)",
-        )
+        xs, ys, older = [0.0], [row["zero"]["propagation"][0]], []
+        for minutes in ("2.0", "5.0"):
+            cell = row[minutes]
+            # a run of an older recipe (CURRENT's "before stop 33"): a hollow point, off the line
+            target = older if cell["stop"].startswith("before") else None
+            if target is None:
+                xs.append(float(minutes))
+                ys.append(cell["dice"])
+            else:
+                target.append((float(minutes), cell["dice"]))
+        ax.plot(xs, ys, marker="o", color="C3", label="the default (fused with the propagation)")
+        if older:
+            ax.plot(
+                *zip(*older, strict=True),
+                marker="o",
+                linestyle="none",
+                markerfacecolor="none",
+                color="C3",
+                label="the default, an older recipe",
+            )
         plus_two = [
             r["zero_training"]["interpolation"]["dice"]
             for r in runs
@@ -513,8 +527,12 @@ def plot_minutes() -> None:
         ax.set_xlabel("minutes (2 CPU cores)")
         ax.set_ylabel(f"Dice, {CURRENT_K} labeled slices")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=6.5, loc="lower right")
-    fig.tight_layout()
+    legend = {}  # every panel's entries once, under the panels
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=len(legend), fontsize=7)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(MINUTES_PLOT, dpi=110)
     print(f"wrote {MINUTES_PLOT}")
 
