@@ -30,12 +30,12 @@ With ``ends_labeled`` (the user labeled the structure's first and last slices) n
 beyond the outer labeled slices is suggested: those slices are known background.
 The default is ``strided-then-uncertainty-distance`` (stop 38): in
 ``benchmarks/correction_loop.py`` (both arms in the same runs, whole-slice corrections) it is
-at or above ``strided`` at every round of all four groups with the product of stop 38 (the
+at or above ``strided`` at every round of all four groups with today's product (the
 hippocampus with the ends, 5 volumes: 0.949 against 0.945 after round 5; the left atrium
 with the ends, 3: 0.951 against 0.939; strictly inside, the hippocampus, 3: 0.946 against
-0.933, and the left atrium's 3 of stop 32: 0.945 against 0.925) and reaches interpolation
-with 10 evenly spaced slices on three of them (0.949 / 0.946 / 0.945 against 0.948 / 0.942 /
-0.943; the left atrium with the ends 0.951 against 0.953). Until stop 37 the default was
+0.933, run in stop 38, and the left atrium, 3: 0.940 against 0.923, run in stop 39) and
+reaches interpolation with 10 evenly spaced slices on the hippocampus (0.949 / 0.946 against
+0.948 / 0.942; the left atrium 0.951 / 0.940 against 0.953 / 0.943). Until stop 37 the default was
 ``strided``, when no score was at or above it at every round. ``uncertainty-distance`` (stop 31)
 ends higher on all four after 5 rounds (+0.9, +1.2, +0.6, +2.3 points: hippocampus / left
 atrium with the ends, then strictly inside) but is below it in the first rounds (left
