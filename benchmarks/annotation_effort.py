@@ -317,11 +317,12 @@ INSIDE_ROWS = {
 }
 
 
-#: the runs that are today's product, per (dataset, protocol) at k = 4: the method row the
-#: default (``auto``) trained at each budget, the propagation it is fused with, and the stop
-#: that measured it. Left atrium with the ends: stop 36's supervised runs and stop 37's SDCL
-#: runs are today's product there (4 slices 17-20 apart keep the walk's edge weight at 400
-#: and leave the areas out); strictly inside, the 5-minute runs are an older product's.
+#: the runs that are today's product, per (dataset, protocol) at k = 4: for 2 and 5 minutes,
+#: the method row of what the default (``auto``) trains at that budget and the stop that
+#: measured it (:func:`_walk_of` says which propagation it is fused with). Left atrium with
+#: the ends: stop 36's supervised runs and stop 37's SDCL runs are today's product there (4
+#: slices 17-20 apart keep the walk's edge weight at 400 and leave the areas out); the
+#: hippocampus strictly inside at 5 minutes is an older recipe's ("before stop 33").
 CURRENT = {
     ("hippocampus", "ends"): (("supervised+beta", "stop 39"), ("sdcl+beta", "stop 39")),
     ("hippocampus", "inside"): (("supervised+beta", "stop 38"), ("supervised", "before stop 33")),
@@ -346,6 +347,11 @@ def _walk_of(protocol: str) -> str:
     return "propagation_ends" if protocol == "ends" else "propagation"
 
 
+def _runs_at(runs: list[dict], dataset: str, protocol: str, k: int) -> list[dict]:
+    """The runs of ``runs`` on ``dataset`` with ``k`` slices of ``protocol``."""
+    return [r for r in runs if (r["dataset"], r["protocol"], r["k"]) == (dataset, protocol, k)]
+
+
 def _outputs(runs: list[dict], name: str, minutes: str) -> list[tuple[dict, float]]:
     """(run, output Dice) of the runs of ``runs`` with method row ``name`` at ``minutes``."""
     found = []
@@ -362,10 +368,7 @@ def current_summary(runs: list[dict]) -> list[dict]:
     stop that measured them), the goals and the volumes meeting them."""
     rows = []
     for (dataset, protocol), budgets in CURRENT.items():
-        group = [
-            r for r in runs
-            if (r["dataset"], r["protocol"], r["k"]) == (dataset, protocol, CURRENT_K)
-        ]  # fmt: skip
+        group = _runs_at(runs, dataset, protocol, CURRENT_K)
         if not group:
             continue
         walk = _walk_of(protocol)
@@ -390,33 +393,14 @@ def current_summary(runs: list[dict]) -> list[dict]:
                 "hits": hits,
             }
         more = {}
-        for k in (CURRENT_K, 5, 6):
-            if protocol != "ends":
-                break
+        for k in (CURRENT_K, 5, 6) if protocol == "ends" else ():
             name, stop = (
-                budgets[1]
-                if k == CURRENT_K
-                else CURRENT_MORE_SLICES.get((dataset, k), (None, None))
+                budgets[1] if k == CURRENT_K else CURRENT_MORE_SLICES.get((dataset, k), ("", ""))
             )
-            found = (
-                _outputs(
-                    [
-                        r
-                        for r in runs
-                        if (r["dataset"], r["protocol"], r["k"]) == (dataset, protocol, k)
-                    ],
-                    name,
-                    "5.0",
-                )
-                if name
-                else []
-            )
-            if not found:
-                continue
+            found = _outputs(_runs_at(runs, dataset, protocol, k), name, "5.0")
             plus_two = {
                 r["case"]: r["zero_training"]["interpolation"]["dice"]
-                for r in runs
-                if (r["dataset"], r["protocol"], r["k"]) == (dataset, protocol, k + 2)
+                for r in _runs_at(runs, dataset, protocol, k + 2)
             }
             paired = [(out, plus_two[r["case"]]) for r, out in found if r["case"] in plus_two]
             if paired:
@@ -493,13 +477,11 @@ def plot_minutes() -> None:
         xs, ys, older = [0.0], [row["zero"]["propagation"][0]], []
         for minutes in ("2.0", "5.0"):
             cell = row[minutes]
-            # a run of an older recipe (CURRENT's "before stop 33"): a hollow point, off the line
-            target = older if cell["stop"].startswith("before") else None
-            if target is None:
+            if cell["stop"].startswith("before"):  # an older recipe: a hollow point, off the line
+                older.append((float(minutes), cell["dice"]))
+            else:
                 xs.append(float(minutes))
                 ys.append(cell["dice"])
-            else:
-                target.append((float(minutes), cell["dice"]))
         ax.plot(xs, ys, marker="o", color="C3", label="the default (fused with the propagation)")
         if older:
             ax.plot(
@@ -512,9 +494,7 @@ def plot_minutes() -> None:
             )
         plus_two = [
             r["zero_training"]["interpolation"]["dice"]
-            for r in runs
-            if (r["dataset"], r["protocol"], r["k"])
-            == (row["dataset"], row["protocol"], CURRENT_K + 2)
+            for r in _runs_at(runs, row["dataset"], row["protocol"], CURRENT_K + 2)
         ]
         if plus_two:
             ax.axhline(
