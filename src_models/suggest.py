@@ -35,12 +35,13 @@ hippocampus with the ends, 5 volumes: 0.949 against 0.945 after round 5; the lef
 with the ends, 3: 0.951 against 0.939; strictly inside, the hippocampus, 3: 0.946 against
 0.933, run in stop 38, and the left atrium, 3: 0.940 against 0.923, run in stop 39) and
 reaches interpolation with 10 evenly spaced slices on the hippocampus (0.949 / 0.946 against
-0.948 / 0.942; the left atrium 0.951 / 0.940 against 0.953 / 0.943). Until stop 37 the default was
-``strided``, when no score was at or above it at every round. ``uncertainty-distance`` (stop 31)
-ends higher on all four after 5 rounds (+0.9, +1.2, +0.6, +2.3 points: hippocampus / left
-atrium with the ends, then strictly inside) but is below it in the first rounds (left
-atrium: -1.2 at round 1 with the ends, -1.7 and -0.9 at rounds 1-2 strictly inside): with 3
-labeled slices, spacing wins; with 6 and more, where the model is unsure does.
+0.948 / 0.942; the left atrium 0.951 / 0.940 against 0.953 / 0.943). Until stop 37 the
+default was ``strided``, when no score was at or above it at every round.
+``uncertainty-distance`` (stop 31) ends higher on all four after 5 rounds (+0.9, +1.2,
++0.6, +2.3 points: hippocampus / left atrium with the ends, then strictly inside) but is
+below it in the first rounds (left atrium: -1.2 at round 1 with the ends, -1.7 and -0.9 at
+rounds 1-2 strictly inside): with 3 labeled slices, spacing wins; with 6 and more, where the
+model is unsure does.
 ``strided-then-uncertainty-distance`` (stop 32) ends higher on all four (+0.2, +1.1, +1.3,
 +2.0) and is at or above ``strided`` at every round on three, but 0.18 and 0.29 points below
 it at rounds 3 and 4 on the hippocampus with the ends (5 volumes); re-run there with the

@@ -186,7 +186,7 @@ class ReviewDock(QWidget):
             "the middle of the largest gap between labeled slices; uncertainty: where the "
             "networks disagree most (least confident for single-network methods); "
             "uncertainty-distance: that times the distance to the nearest labeled slice; "
-            f"strided-then-uncertainty-distance (default): strided while fewer than "
+            "strided-then-uncertainty-distance (default): strided while fewer than "
             f"{STRIDED_UNTIL} slices are labeled, then uncertainty-distance. "
             "Measured with a simulated user in benchmarks/correction_loop.py (README)"
         )
