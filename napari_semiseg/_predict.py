@@ -71,6 +71,7 @@ def predict_layers(
     labeled: list[int] | None = None,
     maps: Sequence[str] | None = None,
     smoothing: float = DEFAULT_SMOOTHING,
+    spacing: Sequence[float] | None = None,
 ) -> VolumePrediction:
     """Labels and the ``maps`` (default: every map of the method) of a whole volume (worker
     side).
@@ -85,7 +86,8 @@ def predict_layers(
     an in-memory prediction is fused with their propagation, as ``semiseg predict --labels``
     (:func:`src_models.inference.predict_volume` ``prior=``). ``smoothing``: across slices,
     in slices (the dock's default: :func:`~src_models.slice_smoothing.smoothing_for_spacing`
-    of the layer's scale)."""
+    of the layer's scale); ``spacing``: the voxel size (Z, Y, X, the layer's scale) the
+    propagation's rules count the gaps between labeled slices in (None: isotropic)."""
     maps = tuple(bundle.method.map_names if maps is None else maps)
     try:
         view = lazy_image(image, rgb)
@@ -94,7 +96,7 @@ def predict_layers(
             values = LabelValues.from_info(bundle.info, bundle.num_classes)
             prior = areas = None
             if view is None and labels is not None and labeled:
-                prior, areas = _fusion_prior(bundle, source, labels, labeled)
+                prior, areas = _fusion_prior(bundle, source, labels, labeled, spacing)
             pred = predict_volume(
                 bundle, source, maps=maps, prior=prior, smoothing=smoothing, areas=areas
             )
@@ -134,8 +136,15 @@ def predict_layers(
         raise _friendly(exc) from None
 
 
-def _fusion_prior(bundle: ModelBundle, image: np.ndarray, labels: Any, labeled: list[int]):
-    """The propagation prior (K, Z, Y, X) of ``labels`` for a fused prediction and the
+def _fusion_prior(
+    bundle: ModelBundle,
+    image: np.ndarray,
+    labels: Any,
+    labeled: list[int],
+    spacing: Sequence[float] | None = None,
+):
+    """The propagation prior (K, Z, Y, X) of ``labels`` for a fused prediction of an image
+    of voxel ``spacing`` and the
     structure's area they say on the slices between them
     (:func:`~src_models.area_profile.volume_area_profile`), or (None, None) when the labels
     do not fit the model or the propagation is not affordable."""
@@ -149,8 +158,9 @@ def _fusion_prior(bundle: ModelBundle, image: np.ndarray, labels: Any, labeled: 
     ends = bundle.ends_labeled  # as the model was trained
     if not affordable(np.moveaxis(labels, bundle.axis, 0).shape, labeled, ends):
         return None, None
-    prior = propagation_prior(image, labels, labeled, bundle.axis, bundle.num_classes, ends)
-    return prior, volume_area_profile(labels, labeled, bundle.axis)
+    axis, k = bundle.axis, bundle.num_classes
+    prior = propagation_prior(image, labels, labeled, axis, k, ends, spacing=spacing)
+    return prior, volume_area_profile(labels, labeled, axis, spacing=spacing)
 
 
 def _lazy_pseudo(array: Any) -> Any:

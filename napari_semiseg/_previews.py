@@ -16,7 +16,7 @@ starts.
 from __future__ import annotations
 
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from typing import Any
 
 import numpy as np
@@ -75,11 +75,13 @@ def propagate_labels(
     num_classes: int | None = None,
     values: LabelValues | None = None,
     ends_labeled: bool = False,
+    spacing: Sequence[float] | None = None,
 ) -> InterpolationPreview | None:
     """The random-walker propagation of the sparse ``labels`` over ``image`` (the better
     zero-training result, :mod:`src_models.propagation`), or None when the image is larger
     than memory or the labeled range too large for it (the interpolation stays).
-    ``ends_labeled``: the outer labeled slices are the structure's ends (nothing beyond)."""
+    ``ends_labeled``: the outer labeled slices are the structure's ends (nothing beyond);
+    ``spacing``: the voxel size (Z, Y, X; None: isotropic)."""
     if lazy_image(image, rgb) is not None:
         return None
     img = image_channels_first(image, rgb)
@@ -97,6 +99,7 @@ def propagate_labels(
             used,
             axis,
             values.num_classes,
+            spacing,
             ends_labeled=ends_labeled,
         )
     except MemoryError as exc:
@@ -114,17 +117,25 @@ def zero_training_previews(
     rgb: bool = False,
     ignore: int | None = None,
     ends_labeled: bool = False,
+    spacing: Sequence[float] | None = None,
 ) -> Generator[InterpolationPreview, None, None]:
     """The interpolation at once, then the propagation when it is affordable (worker side);
     ``ignore``: the value of unannotated voxels (region corrections); ``ends_labeled``: the
-    outer labeled slices are the structure's ends."""
+    outer labeled slices are the structure's ends; ``spacing``: the voxel size."""
     values = label_values(labels, ignore)
     yield interpolate_labels(labels, axis, labeled, values=values)
     propagated = (
         None
         if image is None
         else propagate_labels(
-            image, labels, axis, labeled, rgb, values=values, ends_labeled=ends_labeled
+            image,
+            labels,
+            axis,
+            labeled,
+            rgb,
+            values=values,
+            ends_labeled=ends_labeled,
+            spacing=spacing,
         )
     )
     if propagated is not None:

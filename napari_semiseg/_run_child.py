@@ -94,6 +94,7 @@ def train_job(
                 spec.axis,
                 [spec.labeled],
                 num_classes=values.num_classes,
+                spacings=[spec.info.get("spacing")],
             )
         volume = volumes[0]
         recipe = req.recipe(spec.axis)

@@ -212,6 +212,7 @@ def training_events(
                 job.rgb,
                 values=values,
                 ends_labeled=req.ends_labeled,
+                spacing=job.info.get("spacing"),
             )
             if propagated is not None:
                 yield propagated

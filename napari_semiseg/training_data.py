@@ -69,7 +69,7 @@ def load_training_data(
     unannotated voxels (it decides which lazy slices count as labeled)."""
     check_axis(axis)
     chosen = list(chosen) if chosen is not None else [None] * len(label_paths)
-    images, raw, metas, spacing = [], [], [], ()
+    images, raw, metas, spacings = [], [], [], []
     for i, (img_path, lbl_path) in enumerate(zip(image_paths, label_paths, strict=True)):
         img, meta = io.open_image(img_path)
         if is_lazy(img):
@@ -95,10 +95,12 @@ def load_training_data(
         images.append(img)
         raw.append(lbl)
         metas.append(lbl_meta)
-        spacing = spacing or tuple(meta.spacing)
+        spacings.append(tuple(meta.spacing))
     for path in unlabeled_paths or []:
-        images.append(io.open_image(path)[0])
+        img, meta = io.open_image(path)
+        images.append(img)
         raw.append(None)
+        spacings.append(tuple(meta.spacing))
     given = [
         np.stack(list(r.values())) if isinstance(r, dict) else r
         for r in raw
@@ -118,6 +120,7 @@ def load_training_data(
             [chosen[i] if i < len(chosen) else None for i in eager],
             num_classes=k,
             require_labeled=len(eager) == len(images),
+            spacings=[spacings[i] for i in eager],
         )
         volumes.update(zip(eager, vols, strict=True))
     for i, img in enumerate(images):
@@ -131,4 +134,4 @@ def load_training_data(
         raise SemisegError(f"the images have different channel counts {sorted(channels)}")
     if not any(v.labeled for v in ordered):
         raise SemisegError(_NO_LABELED_SLICE)
-    return TrainingData(ordered, values, metas, spacing)
+    return TrainingData(ordered, values, metas, spacings[0] if spacings else ())

@@ -58,6 +58,7 @@ from src_models.area_profile import area_profile
 from src_models.area_profile import match_areas as area_matched
 from src_models.flow_interpolation import DEFAULT_WEIGHT as FLOW_WEIGHT
 from src_models.flow_interpolation import flow_applies, flow_interpolate
+from src_models.slice_spacing import slice_ratio
 
 #: the random walker's edge weight on intensities scaled to [0, 1], for labeled slices
 #: (DEFAULT_BETA / BETA_PER_GAP2) ** 0.5 = 9.4 or more slices apart on average
@@ -81,17 +82,19 @@ def walk_extend(ends_labeled: bool = False) -> int:
     return 0 if ends_labeled else DEFAULT_EXTEND
 
 
-def walk_beta(labeled: Sequence[int]) -> float:
+def walk_beta(labeled: Sequence[int], ratio: float = 1.0) -> float:
     """The walk's edge weight for ``labeled`` slices: :data:`BETA_PER_GAP2` times the square
-    of their mean spacing in slices, between :data:`MIN_BETA` and :data:`DEFAULT_BETA` (one
-    labeled slice: the latter). Across a long gap the walk needs sharp edges to hold it;
-    between close slices the seeds themselves hold it, and sharp edges only let it stop at
-    noise (hippocampus, 10 volumes, the mean spacing 3.1 / 4.3 / 5.4 / 7.2 slices: beta 50 /
-    100 / 130 / 300 were best)."""
+    of their mean spacing in pixels (slices times ``ratio``, a slice's spacing over its
+    pixel's: :func:`~src_models.slice_spacing.slice_ratio`), between :data:`MIN_BETA` and
+    :data:`DEFAULT_BETA` (one labeled slice: the latter). Across a long gap the walk needs
+    sharp edges to hold it; between close slices the seeds themselves hold it, and sharp
+    edges only let it stop at noise (hippocampus, 10 volumes, the mean spacing 3.1 / 4.3 /
+    5.4 / 7.2 slices: beta 50 / 100 / 130 / 300 were best). Counted in slices on thick
+    slices the rule chose 50 where 400-700 measured best (:mod:`src_models.slice_spacing`)."""
     done = sorted({int(s) for s in labeled})
     if len(done) < 2:
         return DEFAULT_BETA
-    gap = (done[-1] - done[0]) / (len(done) - 1)
+    gap = ratio * (done[-1] - done[0]) / (len(done) - 1)
     return float(np.clip(BETA_PER_GAP2 * gap * gap, MIN_BETA, DEFAULT_BETA))
 
 
@@ -147,6 +150,7 @@ def propagate(
     tol: float = 1e-3,
     flow_weight: float = FLOW_WEIGHT,
     match_areas: bool = True,
+    ratio: float = 1.0,
 ) -> Propagation:
     """Random-walker propagation of ``labels`` (N, H, W) from its ``labeled`` slices over the
     image ``slices`` (N, C, H, W), with edge weight ``beta`` (None: :func:`walk_beta` of the
@@ -155,7 +159,9 @@ def propagate(
     registration-guided interpolation (weight ``flow_weight``; 0, or slices too small for
     the flow (:func:`~src_models.flow_interpolation.flow_applies`): the walk alone).
     ``match_areas``: the mask of each slice between two labeled ones leans towards the area
-    they say (:mod:`src_models.area_profile`); the probabilities stay the walk's."""
+    they say (:mod:`src_models.area_profile`); the probabilities stay the walk's. ``ratio``:
+    the slices' spacing over their pixels' (:func:`~src_models.slice_spacing.slice_ratio`),
+    which the edge weight's rule and the areas' longest gap count in."""
     import warnings
 
     from skimage.segmentation import random_walker
@@ -190,7 +196,7 @@ def propagate(
             full = random_walker(
                 scaled,
                 markers,
-                beta=walk_beta(done) if beta is None else beta,
+                beta=walk_beta(done, ratio) if beta is None else beta,
                 mode="cg_j",
                 tol=tol,
                 return_full_prob=True,
@@ -209,7 +215,7 @@ def propagate(
             probs[:, between] += flow_weight * flow.probabilities[:, flow.covered]
     ids = probs.argmax(axis=0).astype(np.int64)
     if match_areas:
-        ids = area_matched(np.moveaxis(probs, 0, 1), ids, area_profile(labels, done))
+        ids = area_matched(np.moveaxis(probs, 0, 1), ids, area_profile(labels, done, ratio=ratio))
     return Propagation(ids, probs, covered)
 
 
@@ -228,12 +234,14 @@ def propagate_volume(
     labeled: Sequence[int],
     axis: int = 0,
     num_classes: int | None = None,
+    spacing: Sequence[float] | None = None,
     **options,
 ) -> np.ndarray:
-    """Propagated label volume (Z, Y, X) of ``image`` (Z, Y, X) or (C, Z, Y, X) from the
-    labeled slices along ``axis``."""
+    """Propagated label volume (Z, Y, X) of ``image`` (Z, Y, X) or (C, Z, Y, X) of voxel
+    ``spacing`` (Z, Y, X; None: isotropic) from the labeled slices along ``axis``."""
     slices, lbl = _slices_first(image, labels_zyx, axis)
-    result = propagate(slices, lbl, labeled, num_classes, **options).labels
+    ratio = slice_ratio(spacing, axis)
+    result = propagate(slices, lbl, labeled, num_classes, ratio=ratio, **options).labels
     return np.ascontiguousarray(np.moveaxis(result, 0, axis))
 
 
@@ -245,12 +253,17 @@ def propagation_prior(
     num_classes: int,
     ends_labeled: bool = False,
     beta: float | None = None,
+    spacing: Sequence[float] | None = None,
 ) -> np.ndarray:
     """Class probabilities (K, Z, Y, X) of the propagation of ``labels_zyx``'s ``labeled``
-    slices over ``image`` (Z, Y, X) or (C, Z, Y, X): the prior a prediction is fused with
+    slices over ``image`` (Z, Y, X) or (C, Z, Y, X) of voxel ``spacing`` (Z, Y, X; None:
+    isotropic): the prior a prediction is fused with
     (:func:`src_models.inference.predict_volume`; with the prior's weight at least 0.5 the
     fused mask is background wherever the walk did not reach, beyond its range)."""
     slices, lbl = _slices_first(image, labels_zyx, axis)
-    walk = propagate(slices, lbl, labeled, num_classes, ends_labeled=ends_labeled, beta=beta)
+    ratio = slice_ratio(spacing, axis)
+    walk = propagate(
+        slices, lbl, labeled, num_classes, ends_labeled=ends_labeled, beta=beta, ratio=ratio
+    )
     probs = walk.probabilities
     return np.ascontiguousarray(np.moveaxis(probs, 1, axis + 1))

@@ -33,6 +33,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
 from src_models.errors import SemisegError
+from src_models.slice_spacing import slice_ratio
 
 #: the product's default, in slices
 DEFAULT_SMOOTHING = 1.0
@@ -44,14 +45,11 @@ def smoothing_for_spacing(
     spacing: Sequence[float] | None, axis: int, sigma: float = DEFAULT_SMOOTHING
 ) -> float:
     """The default smoothing, in slices along ``axis``, for voxels of ``spacing`` (the last 3
-    values: Z, Y, X): ``sigma`` times the finest in-plane pixel over the slice spacing, at
-    most ``sigma`` (the measured default is for isotropic voxels: thicker slices get fewer
-    of them, the same physical width). ``sigma`` itself when the spacing is unknown."""
-    values = [float(s) for s in spacing][-3:] if spacing is not None else []
-    if len(values) < 3 or not all(math.isfinite(s) and s > 0 for s in values):
-        return sigma
-    in_plane = min(s for a, s in enumerate(values) if a != axis)
-    return sigma * min(1.0, in_plane / values[axis])
+    values: Z, Y, X): ``sigma`` times the finest in-plane pixel over the slice spacing
+    (:func:`~src_models.slice_spacing.slice_ratio`), at most ``sigma`` (the measured default
+    is for isotropic voxels: thicker slices get fewer of them, the same physical width).
+    ``sigma`` itself when the spacing is unknown."""
+    return sigma * min(1.0, 1.0 / slice_ratio(spacing, axis))
 
 
 def check_smoothing(sigma: float) -> float:

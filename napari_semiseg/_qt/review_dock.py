@@ -472,6 +472,7 @@ class ReviewDock(QWidget):
             labels=sparse,
             labeled=labeled,
             smoothing=smoothing_for_spacing(image.scale[-3:], bundle.axis),
+            spacing=tuple(image.scale[-3:]),
             _start_thread=False,
             _connect={
                 "returned": lambda pred: self._show_prediction(image, pred, stamp),

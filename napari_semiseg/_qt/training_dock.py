@@ -550,6 +550,7 @@ class TrainingDock(QWidget):
                 "labels": labels.name,
                 "source": image.metadata.get("source") or getattr(image.source, "path", None),
                 "parent_run": str(parent) if parent else None,
+                "spacing": [float(s) for s in image.scale[-3:]],
             },
         )
 
@@ -672,6 +673,7 @@ class TrainingDock(QWidget):
             rgb=bool(image.rgb) if pixels is not None else False,
             ignore=self.session.ignore_label,
             ends_labeled=self.session.ends_labeled,
+            spacing=tuple(image.scale[-3:]) if pixels is not None else None,
             _start_thread=False,
             _connect={
                 "yielded": partial(self.show_interpolation, source=labels),

@@ -60,7 +60,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             "--largest-component needs the whole mask in memory: this volume is larger; drop it"
         )
     values = LabelValues.from_info(bundle.info, bundle.num_classes)
-    fusion = _fused_prior(args, bundle, img) if args.labels else None
+    fusion = _fused_prior(args, bundle, img, meta.spacing) if args.labels else None
     if lazy and volume_format(args.out) == ".zarr":
         counts = _predict_streaming(args, bundle, img, meta, maps, targets, values)
         written = targets
@@ -128,11 +128,13 @@ def _default_smoothing(meta, axis: int) -> float:
     return sigma
 
 
-def _labels_prior(args, bundle, img, instead: str = "") -> tuple[np.ndarray, list[int], np.ndarray]:
-    """The propagation of the labeled slices of ``--labels`` over ``img`` (K, Z, Y, X), the
-    prior a prediction is fused with (``predict --labels``, ``suggest --labels``), those
-    slices and the labels as class ids; ``instead`` ends the message refusing a volume too
-    large for memory."""
+def _labels_prior(
+    args, bundle, img, spacing, instead: str = ""
+) -> tuple[np.ndarray, list[int], np.ndarray]:
+    """The propagation of the labeled slices of ``--labels`` over ``img`` (K, Z, Y, X) of
+    voxel ``spacing``, the prior a prediction is fused with (``predict --labels``, ``suggest
+    --labels``), those slices and the labels as class ids; ``instead`` ends the message
+    refusing a volume too large for memory."""
     from src_models.data.lazy import is_lazy
     from src_models.propagation import propagation_prior
 
@@ -143,12 +145,18 @@ def _labels_prior(args, bundle, img, instead: str = "") -> tuple[np.ndarray, lis
         )
     ids, labeled = _model_labels(args, bundle, img)
     prior = propagation_prior(
-        np.asarray(img), ids, labeled, bundle.axis, bundle.num_classes, bundle.ends_labeled
+        np.asarray(img),
+        ids,
+        labeled,
+        bundle.axis,
+        bundle.num_classes,
+        bundle.ends_labeled,
+        spacing=spacing,
     )
     return prior, labeled, ids
 
 
-def _fused_prior(args, bundle, img) -> tuple[np.ndarray, np.ndarray]:
+def _fused_prior(args, bundle, img, spacing) -> tuple[np.ndarray, np.ndarray]:
     """:func:`_labels_prior` for ``predict``, which says how long it took and the prior's
     share in the blend, with the structure's area the labeled slices say on the slices
     between them (:mod:`src_models.area_profile`)."""
@@ -157,14 +165,14 @@ def _fused_prior(args, bundle, img) -> tuple[np.ndarray, np.ndarray]:
 
     _refuse_overlap("--out", args.out, [args.labels])
     t0 = time.perf_counter()
-    prior, labeled, ids = _labels_prior(args, bundle, img)
+    prior, labeled, ids = _labels_prior(args, bundle, img, spacing)
     fit = recorded_fit(bundle)
     why = f": the model fits its labeled slices with Dice {fit:.2f}" if fit is not None else ""
     print(
         f"fused with the propagation of {len(labeled)} labeled slice(s) of {args.labels} "
         f"({time.perf_counter() - t0:.1f} s), its share {prior_weight_for_fit(fit):.2f}{why}"
     )
-    areas = volume_area_profile(ids, labeled, bundle.axis)
+    areas = volume_area_profile(ids, labeled, bundle.axis, spacing=spacing)
     if np.isfinite(areas).any():
         print(
             f"the masks of {int(np.isfinite(areas).sum())} slice(s) between labeled ones lean "

@@ -35,9 +35,9 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     prior = areas = None
     if args.labels:  # the prediction fused with their propagation, as predict --labels, the dock
         prior, labeled, ids = _labels_prior(
-            args, bundle, img, " (the model's labeled slices are used)"
+            args, bundle, img, meta.spacing, " (the model's labeled slices are used)"
         )
-        areas = volume_area_profile(ids, labeled, axis)
+        areas = volume_area_profile(ids, labeled, axis, spacing=meta.spacing)
     else:
         labeled = bundle.info.get("labeled_slices")
         if not isinstance(labeled, list) or not all(isinstance(s, int) for s in labeled):

@@ -86,6 +86,7 @@ def _zero_training(args: argparse.Namespace, volumes, label_metas, values) -> in
                 vol.labeled,
                 values.num_classes,
                 ends_labeled=args.ends_labeled,
+                ratio=vol.slice_ratio,
             )
         else:
             result = interpolate_slices(labels, vol.labeled, values.num_classes)

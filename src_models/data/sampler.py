@@ -82,6 +82,7 @@ def propagation_targets(
         num_classes,
         ends_labeled=ends_labeled,
         match_areas=False,
+        ratio=volume.slice_ratio,
     )
     weights = sure_weights(result.probabilities.max(axis=0))
     weights[~result.covered] = 0.0

@@ -16,6 +16,7 @@ import numpy as np
 from src_models.data.label_values import IGNORE, MAX_CLASSES
 from src_models.data.normalization import Normalization, fit_normalization
 from src_models.errors import SemisegError
+from src_models.slice_spacing import slice_ratio
 
 #: The smallest slice side the networks accept (inputs are padded to a multiple of 16).
 MIN_SLICE_SIZE = 8
@@ -32,6 +33,9 @@ class Volume:
         normalization: the statistics used on this volume.
         axis: the spatial axis (0, 1 or 2 of Z, Y, X) the slices were cut along.
         background: the normalised value of the darkest clipped intensity (the pad value).
+        slice_ratio: the slices' spacing over their finest pixel (1: isotropic or unknown;
+            :func:`~src_models.slice_spacing.slice_ratio`), which the propagation's rules
+            count the gaps between labeled slices in.
     """
 
     slices: np.ndarray
@@ -40,6 +44,7 @@ class Volume:
     normalization: Normalization
     axis: int
     background: float
+    slice_ratio: float = 1.0
 
     @property
     def unlabeled(self) -> list[int]:
@@ -118,6 +123,7 @@ def make_volumes(
     num_classes: int | None = None,
     percentiles: tuple[float, float] = (0.5, 99.5),
     require_labeled: bool = True,
+    spacings: Sequence[Sequence[float] | None] | None = None,
 ) -> tuple[list[Volume], int]:
     """Validate, normalise and slice volumes; return them and the class count (K + 1).
 
@@ -130,6 +136,7 @@ def make_volumes(
         num_classes: class count including background; default max label + 1 (at least 2).
         require_labeled: refuse volumes without any labeled slice (off when other, lazy
             volumes hold the labels).
+        spacings: per volume, its voxel spacing (Z, Y, X) or None (isotropic).
     """
     check_axis(axis)
     if len(images) == 0:
@@ -137,6 +144,10 @@ def make_volumes(
     if len(labels) != len(images):
         raise SemisegError(
             f"{len(images)} image(s) but {len(labels)} label volume(s): give one labels per image"
+        )
+    if spacings is not None and len(spacings) != len(images):
+        raise SemisegError(
+            f"{len(images)} image(s) but {len(spacings)} voxel spacing(s): give one per image"
         )
     if labeled_slices is None:
         labeled_slices = [None] * len(images)
@@ -203,7 +214,8 @@ def make_volumes(
                     f"(it has {slices.shape[0]} slices along axis {axis})"
                 )
         background = min((norm.low[c] - norm.mean[c]) / norm.std[c] for c in range(channels))
-        volumes.append(Volume(slices, lbl_slices, labeled, norm, axis, float(background)))
+        ratio = slice_ratio(spacings[i] if spacings is not None else None, axis)
+        volumes.append(Volume(slices, lbl_slices, labeled, norm, axis, float(background), ratio))
     if require_labeled and not any(v.labeled for v in volumes):
         raise SemisegError(
             "no labeled slice: paint at least one slice of the labels "

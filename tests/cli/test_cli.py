@@ -354,6 +354,26 @@ def test_propagate_method_writes_the_random_walk_and_refuses_two_outputs_of_one_
     assert not two.exists()
 
 
+def test_propagate_counts_the_gaps_between_labeled_slices_in_pixels_on_thick_slices(
+    tmp_path, capsys, tiny_volume
+):
+    from src_models.propagation import propagate_volume
+
+    image, labels = tiny_volume
+    sparse = np.zeros_like(labels)
+    sparse[[3, 8]] = labels[[3, 8]]
+    thick = np.diag([3.2, 0.8, 0.8, 1.0])  # slices along the first axis, 4 pixels apart
+    for name, arr in [("image", image), ("labels", sparse)]:
+        nib.save(nib.Nifti1Image(arr, thick), tmp_path / f"{name}.nii.gz")
+    out = tmp_path / "prop"
+    args = ("train", "--method", "propagate", "--image", tmp_path / "image.nii.gz")
+    assert run(*args, "--labels", tmp_path / "labels.nii.gz", "--out", out) == 0
+    data = np.asarray(nib.load(out / "labels_propagation.nii.gz").dataobj)
+    expected = propagate_volume(image, sparse, [3, 8], 0, 3, spacing=(3.2, 0.8, 0.8))
+    np.testing.assert_array_equal(data, expected)
+    assert not np.array_equal(data, propagate_volume(image, sparse, [3, 8], 0, 3))
+
+
 def test_predict_with_labels_fuses_the_model_with_their_propagation(files, tmp_path, capsys):
     run_dir = tmp_path / "run"
     assert train_tiny(files, run_dir) == 0

@@ -844,6 +844,25 @@ def test_ends_labeled_box_stops_the_preview_and_the_run_at_the_outer_slices(dock
     assert train.ends_labeled.isChecked() and train.session.ends_labeled
 
 
+def test_thick_slices_walk_with_the_gaps_counted_in_the_layers_pixels(docks, qtbot):
+    """A volume whose slices are 4 of its pixels apart (the layers' scale): the preview and
+    the training run count the gaps between labeled slices in pixels, as the CLI does with
+    the file's spacing."""
+    viewer, train, _, _ = docks
+    labels = use_growing_disc(viewer, train)
+    for name in ("vol", "labels"):
+        viewer.layers[name].scale = (4.0, 1.0, 1.0)
+    image = viewer.layers["vol"].data
+    train.interpolate_button.click()
+    qtbot.waitUntil(lambda: train.interpolation_worker is None, timeout=TIMEOUT)
+    shown = viewer.layers[NO_TRAINING_LAYER].data
+    thick = propagate_volume(image, labels, [2, 9], 0, 2, spacing=(4.0, 1.0, 1.0))
+    np.testing.assert_array_equal(shown, thick)
+    assert not np.array_equal(thick, propagate_volume(image, labels, [2, 9], 0, 2))
+    job = train._make_job(resume=False, iterations=None)
+    assert job.info["spacing"] == [4.0, 1.0, 1.0]  # the training process's volume's ratio
+
+
 def test_a_killed_training_process_leaves_the_viewer_and_its_labels_working(docks, qtbot, errors):
     """SIGKILL the training process mid-run (what the out-of-memory killer does; a native
     crash ends it the same way): the viewer lives on, the error names the signal, the
