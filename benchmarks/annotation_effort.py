@@ -80,7 +80,7 @@ def zero_training(image, labels, axis, labeled) -> dict:
             k,
             beta=130.0,
             extend=0,
-            flow_weight=0.0,
+            flow_share=0.0,
             match_areas=False,
         ),
         "propagation": lambda: propagate_volume(image, given, labeled, axis, k),

@@ -27,12 +27,14 @@ Choices, measured on 5 left-atrium and 5 hippocampus volumes, both sparse-slice 
   and training takes the slices beyond them as background
   (:attr:`src_models.recipe.RunRecipe.background_beyond_ends`).
 - Between labeled slices the walk's probabilities are blended (weight
-  :data:`~src_models.flow_interpolation.DEFAULT_WEIGHT`, 0.2) with the registration-guided
-  interpolation (:mod:`src_models.flow_interpolation`: the labeled outlines carried along
-  the optical flow between neighbouring slices): the walk follows edges voxel by voxel, the
-  flow keeps the labeled shape, and they fail on different volumes (left atrium, 4 / 5 / 6
-  slices with the ends: 0.881 / 0.888 / 0.913 walk alone, 0.896 / 0.898 / 0.919 blended);
-  not on slices with a side under 64 pixels (the hippocampus: −2.1 to +0.6 per volume).
+  :data:`~src_models.flow_interpolation.DEFAULT_WEIGHT`, 0.2; 0.4 on slices twice their
+  pixels apart or more, :func:`~src_models.flow_interpolation.flow_weight`) with the
+  registration-guided interpolation (:mod:`src_models.flow_interpolation`: the labeled
+  outlines carried along the optical flow between neighbouring slices): the walk follows
+  edges voxel by voxel, the flow keeps the labeled shape, and they fail on different
+  volumes (left atrium, 4 / 5 / 6 slices with the ends: 0.881 / 0.888 / 0.913 walk alone,
+  0.896 / 0.898 / 0.919 blended); not on slices with a side under 64 pixels (the
+  hippocampus: −2.1 to +0.6 per volume).
 - The mask (not the probabilities) of each slice between two labeled ones moves halfway
   towards the area a curve through the labeled slices' areas gives there
   (:mod:`src_models.area_profile`): the walk, like shape interpolation, shrinks a structure
@@ -56,8 +58,7 @@ import numpy as np
 
 from src_models.area_profile import area_profile
 from src_models.area_profile import match_areas as area_matched
-from src_models.flow_interpolation import DEFAULT_WEIGHT as FLOW_WEIGHT
-from src_models.flow_interpolation import flow_applies, flow_interpolate
+from src_models.flow_interpolation import flow_applies, flow_interpolate, flow_weight
 from src_models.slice_spacing import slice_ratio
 
 #: the random walker's edge weight on intensities scaled to [0, 1], for labeled slices
@@ -148,7 +149,7 @@ def propagate(
     extend: int | None = None,
     ends_labeled: bool = False,
     tol: float = 1e-3,
-    flow_weight: float = FLOW_WEIGHT,
+    flow_share: float | None = None,
     match_areas: bool = True,
     ratio: float = 1.0,
 ) -> Propagation:
@@ -156,8 +157,9 @@ def propagate(
     image ``slices`` (N, C, H, W), with edge weight ``beta`` (None: :func:`walk_beta` of the
     labeled slices), within the labeled range widened by ``extend`` slices
     (None: :func:`walk_extend` of ``ends_labeled``), blended between labeled slices with the
-    registration-guided interpolation (weight ``flow_weight``; 0, or slices too small for
-    the flow (:func:`~src_models.flow_interpolation.flow_applies`): the walk alone).
+    registration-guided interpolation (weight ``flow_share``, None:
+    :func:`~src_models.flow_interpolation.flow_weight` of ``ratio``; 0, or slices too small
+    for the flow (:func:`~src_models.flow_interpolation.flow_applies`): the walk alone).
     ``match_areas``: the mask of each slice between two labeled ones leans towards the area
     they say (:mod:`src_models.area_profile`); the probabilities stay the walk's. ``ratio``:
     the slices' spacing over their pixels' (:func:`~src_models.slice_spacing.slice_ratio`),
@@ -208,11 +210,12 @@ def propagate(
         full /= np.maximum(full.sum(axis=0, keepdims=True), 1e-12)
         for i, value in enumerate(present):
             probs[int(value) - 1, window] = full[i]
-        if flow_weight > 0 and flow_applies(labels.shape[1:]):
+        share = flow_weight(ratio) if flow_share is None else flow_share
+        if share > 0 and flow_applies(labels.shape[1:]):
             flow = flow_interpolate(scaled.mean(axis=-1), labels[window], [s - lo for s in done], k)
             between = np.flatnonzero(flow.covered) + lo
-            probs[:, between] *= 1.0 - flow_weight
-            probs[:, between] += flow_weight * flow.probabilities[:, flow.covered]
+            probs[:, between] *= 1.0 - share
+            probs[:, between] += share * flow.probabilities[:, flow.covered]
     ids = probs.argmax(axis=0).astype(np.int64)
     if match_areas:
         ids = area_matched(np.moveaxis(probs, 0, 1), ids, area_profile(labels, done, ratio=ratio))

@@ -358,7 +358,7 @@ def test_the_propagation_blends_the_walk_with_the_flow_between_labeled_slices():
     image, truth = wobbly_blob(size=64)
     labeled = [3, 7, 11]
     sparse = np.where(np.isin(np.arange(15), labeled)[:, None, None], truth, 0)
-    walk = propagate(image, sparse, labeled, 2, flow_weight=0.0)
+    walk = propagate(image, sparse, labeled, 2, flow_share=0.0)
     both = propagate(image, sparse, labeled, 2)
     assert not np.array_equal(both.probabilities, walk.probabilities)
     flow = flow_interpolate(_scaled(image)[..., 0], sparse, labeled, 2)
@@ -378,5 +378,5 @@ def test_the_propagation_blends_the_walk_with_the_flow_between_labeled_slices():
     small = np.where(np.isin(np.arange(15), labeled)[:, None, None], small_truth, 0)
     np.testing.assert_array_equal(
         propagate(small_image, small, labeled, 2).probabilities,
-        propagate(small_image, small, labeled, 2, flow_weight=0.0).probabilities,
+        propagate(small_image, small, labeled, 2, flow_share=0.0).probabilities,
     )

@@ -11,6 +11,7 @@ from src_models.area_profile import MAX_GAP, area_profile, volume_area_profile
 from src_models.data import make_volumes
 from src_models.data.sampler import propagation_targets
 from src_models.errors import SemisegError
+from src_models.flow_interpolation import DEFAULT_WEIGHT, THICK_WEIGHT, flow_weight
 from src_models.propagation import (
     DEFAULT_BETA,
     MIN_BETA,
@@ -115,3 +116,22 @@ def test_volumes_carry_their_ratio_to_the_training_prior():
     assert np.abs(walk.probabilities - plain.probabilities).max() > 0.05
     with pytest.raises(SemisegError, match="voxel spacing"):
         make_volumes([image[:, 0]], [sparse], 0, [labeled], spacings=[None, None])
+
+
+def test_the_flow_takes_a_larger_share_between_thick_slices():
+    assert flow_weight(1.0) == DEFAULT_WEIGHT and flow_weight(0.25) == DEFAULT_WEIGHT
+    assert flow_weight(2.0) == pytest.approx(THICK_WEIGHT) == flow_weight(6.0)
+    assert DEFAULT_WEIGHT < flow_weight(1.5) < THICK_WEIGHT
+    image, labels = noisy_tube(size=64)  # slices large enough for the flow
+    labeled = [0, 4, 8, 11]
+    sparse = np.where(np.isin(np.arange(12), labeled)[:, None, None], labels, 0)
+    walk = propagate(image, sparse, labeled, 2, ratio=4.0, flow_share=0.0)
+    flow = propagate(image, sparse, labeled, 2, ratio=4.0, flow_share=1.0)
+    thick = propagate(image, sparse, labeled, 2, ratio=4.0)
+    between = [1, 2, 3, 5, 6, 7, 9, 10]
+    np.testing.assert_allclose(
+        thick.probabilities[:, between],
+        (1 - THICK_WEIGHT) * walk.probabilities[:, between]
+        + THICK_WEIGHT * flow.probabilities[:, between],
+        atol=1e-5,
+    )
