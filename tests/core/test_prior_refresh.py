@@ -16,7 +16,7 @@ from src_models.inference import (
     prior_weight_for_fit,
 )
 from src_models.metrics import dice
-from src_models.propagation import DEFAULT_EXTEND
+from src_models.propagation import walk_extend
 from src_models.recipe import RunRecipe, build_run
 from src_models.slice_smoothing import smooth_across_slices
 from src_models.training import TrainConfig, train
@@ -116,7 +116,7 @@ def test_beyond_the_walks_reach_only_when_the_ends_are_labeled(monkeypatch, ends
     vols, k = make_volumes([image[:, 0]], [sparse], labeled_slices=[[5, 9]])
     data = SliceSampler(vols, patch_size=48, prior_fraction=0.5, ends_labeled=ends,
                         keep_prior_probabilities=True)  # fmt: skip
-    lo, hi = 5 - DEFAULT_EXTEND, 9 + DEFAULT_EXTEND
+    lo, hi = 5 - walk_extend([5, 9]), 9 + walk_extend([5, 9])
     reach = [lo <= s <= hi for s in range(15)] if not ends else [True] * 15
     assert data.prior_reach[0].tolist() == reach
     _perfect_network(truth, monkeypatch)
@@ -125,7 +125,7 @@ def test_beyond_the_walks_reach_only_when_the_ends_are_labeled(monkeypatch, ends
     assert refresh_module.refresh_prior(bundle.method, data) == 1
     _, weights = data.prior_targets[0]
     trained = weights.reshape(15, -1).max(1) > 0
-    # without the ends the walk reaches DEFAULT_EXTEND slices beyond the labeled ones: the
+    # without the ends the walk reaches walk_extend slices beyond the labeled ones: the
     # fused output is background beyond them by construction, so nothing is taught there;
     # with the ends the user said there is nothing beyond them: background is taught there
     assert trained.tolist() == [r and s not in (5, 9) for s, r in enumerate(reach)]

@@ -22,6 +22,7 @@ from src_models.propagation import (
     BETA_PER_GAP2,
     DEFAULT_BETA,
     DEFAULT_EXTEND,
+    EXTEND_SHARE,
     MAX_VOXELS,
     MIN_BETA,
     affordable,
@@ -253,14 +254,34 @@ def test_the_prior_weight_rises_as_the_model_fits_its_labeled_slices_worse():
     assert prior_weight_for_fit(0.83) == pytest.approx(0.5 + 2.0 * 0.10)  # 0.7
 
 
+def test_the_walk_reaches_beyond_the_outer_slices_by_a_share_of_their_spacing():
+    assert walk_extend([10, 30]) == round(EXTEND_SHARE * 20)
+    assert walk_extend([10, 20, 30]) == round(EXTEND_SHARE * 10)
+    assert walk_extend([30, 10, 20, 20]) == walk_extend([10, 20, 30])  # order, repeats
+    assert walk_extend([4, 5, 6]) == 1  # at least one slice
+    assert walk_extend([7]) == walk_extend([]) == DEFAULT_EXTEND
+    assert walk_extend([10, 30], ends_labeled=True) == 0
+    # the propagation reaches that far and no further
+    image, truth = wobbly_blob(n=40)
+    labeled = [14, 20, 26]
+    sparse = np.where(np.isin(np.arange(40), labeled)[:, None, None], truth, 0)
+    result = propagate(image, sparse, labeled, 2)
+    beyond = walk_extend(labeled)
+    assert beyond == 4 and np.flatnonzero(result.covered).tolist() == list(range(10, 31))
+    np.testing.assert_array_equal(
+        result.probabilities, propagate(image, sparse, labeled, 2, extend=beyond).probabilities
+    )
+
+
 def test_ends_labeled_stops_the_walk_the_targets_and_the_fused_prediction_at_the_ends():
     image, truth = wobbly_blob()
     labeled = [5, 9]
     sparse = np.where(np.isin(np.arange(15), labeled)[:, None, None], truth, 0)
-    assert walk_extend(True) == 0 and walk_extend(False) == DEFAULT_EXTEND > 0
+    reach = walk_extend(labeled)
+    assert walk_extend(labeled, ends_labeled=True) == 0 and reach == 3  # 0.7 of 4 slices
     # the walk's size (what decides whether it is affordable) follows the range it solves
     assert propagation_voxels((15, 48, 48), labeled, ends_labeled=True) == 5 * 48 * 48
-    assert propagation_voxels((15, 48, 48), labeled) == (5 + 2 * DEFAULT_EXTEND) * 48 * 48
+    assert propagation_voxels((15, 48, 48), labeled) == (5 + 2 * reach) * 48 * 48
     ends = propagation_prior(image[:, 0], sparse, labeled, 0, 2, ends_labeled=True)
     wide = propagation_prior(image[:, 0], sparse, labeled, 0, 2)
     outside = np.ones(15, bool)
@@ -294,7 +315,8 @@ def test_the_recipe_records_ends_labeled_in_the_model():
         assert run.bundle.info["ends_labeled"] is ends
         trained = {s for _, s in run.sampler.prior_index}
         # with the ends: the walk's slices between them, and every slice beyond as background
-        reach = range(15) if ends else range(5 - DEFAULT_EXTEND, 10 + DEFAULT_EXTEND)
+        beyond = walk_extend(labeled)
+        reach = range(15) if ends else range(5 - beyond, 10 + beyond)
         assert trained == set(reach) - {5, 9}
         targets, weights = run.sampler.prior_targets[0]
         if ends:
