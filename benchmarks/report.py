@@ -248,7 +248,7 @@ def annotation_section(lines: list[str]) -> None:
         "labeled slices (skimage, beta 130, restricted to the labeled range: the issue's "
         "baseline) and the product's propagation (beta 400, from stop 38 lower between "
         "labeled slices closer than 9.4 slices on average; 3 slices beyond the outer "
-        "labeled ones). The default method (`supervised` with the propagation prior, its "
+        "labeled ones, from stop 40 0.7 of their mean spacing). The default method (`supervised` with the propagation prior, its "
         "prediction fused with the propagation) trained once per volume for 5 minutes, "
         "weights scored at 2 and 5 minutes of training; the `ends, --ends-labeled` rows "
         "(the user says the outer labeled slices are the structure's ends: the propagation "
