@@ -95,7 +95,7 @@ class DataTab(FormTab):
             "structure appears (as for Slicer's 'fill between slices'): the propagation, "
             "training and prediction then stop there, and the slices beyond them train as "
             "background. Untick when the structure goes on beyond them: the propagation "
-            "reaches 3 slices further."
+            "reaches further, 0.7 of the labeled slices' mean spacing."
         )
         form.addRow("Image", self.image_combo)
         form.addRow("Labels", self.labels_combo)

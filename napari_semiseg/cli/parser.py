@@ -135,8 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="the outer labeled slices are the first and last slices where the structure "
         "appears (as for Slicer's 'fill between slices'): the propagation, as training "
         "target and in 'predict --labels', stops there and the slices beyond them train "
-        "as background (default: it may reach 3 slices beyond them, for labeled slices "
-        "strictly inside the structure)",
+        "as background (default: it may reach 0.7 of the labeled slices' mean spacing "
+        "beyond them, for labeled slices strictly inside the structure)",
     )
     t.add_argument(
         "--context-slices",

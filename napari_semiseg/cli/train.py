@@ -39,7 +39,7 @@ ZERO_TRAINING = {
         "propagation",
         "no training, seconds: a random walker seeded by the labeled slices follows the "
         "image's edges from one labeled slice to the next (Biomedisa's 'smart "
-        "interpolation'; up to 3 slices beyond the outer labeled ones, none with "
+        "interpolation'; beyond the outer labeled ones by 0.7 of their mean spacing, none with "
         "--ends-labeled), blended between labeled slices with the labeled outlines carried "
         "along the image's optical flow; the best zero-training result and the bar every "
         "method must beat. "
