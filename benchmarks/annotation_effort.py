@@ -328,7 +328,7 @@ CURRENT = {
     ("hippocampus", "ends"): (("supervised+beta", "stop 39"), ("sdcl+beta", "stop 39")),
     ("hippocampus", "inside"): (("supervised+beta", "stop 38"), ("supervised", "before stop 33")),
     ("la", "ends"): (("supervised+fitw", "stop 36"), ("sdcl+area", "stops 37, 39")),
-    ("la", "inside"): (("supervised+reach", "stop 40"), ("supervised+beta", "stop 39")),
+    ("la", "inside"): (("supervised+reach", "stop 40"), ("supervised+reach", "stop 40")),
 }
 #: goal 3 (k labeled slices with the ends, the default at 5 minutes, against interpolation
 #: with k + 2): the runs of each k beyond 4 and their stop
