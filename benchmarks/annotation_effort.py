@@ -8,9 +8,9 @@ between, what Slicer / ITK-SNAP users do; ``inside``: k slices strictly inside, 
 - zero-training rows: ``interpolation`` (shape-based, "fill between slices"),
   ``random_walker`` (skimage's, beta 130, seeded by the labeled slices, restricted to the
   labeled range: the issue's baseline, its own mask) and ``propagation`` (the product's:
-  beta 400 or lower between close labeled slices, 3 slices beyond the outer labeled ones
-  (from stop 40 0.7 of their mean spacing),
-  blended with the flow, its mask leaning towards the labeled areas;
+  beta 400 or lower between close labeled slices, reaching 3 slices beyond the outer
+  labeled ones (from stop 40 0.7 of their mean spacing), blended with the flow, its mask
+  leaning towards the labeled areas;
   :mod:`src_models.propagation`), with seconds;
 - each trained method, one run of ``max(--budgets)`` wall-clock minutes with the product's
   defaults (the recipe the CLI and the plugin use); the weights are copied when the clock
