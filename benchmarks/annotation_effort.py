@@ -60,7 +60,7 @@ from src_models.propagation import (
 from src_models.recipe import RunRecipe, build_run
 from src_models.slice_smoothing import DEFAULT_SMOOTHING, smooth_across_slices
 from src_models.training import train
-from src_models.training.fit import mean_slice_dice
+from src_models.training.fit import labeled_fit, mean_slice_dice
 
 FOLDER = RESULTS / "annotation_effort"
 PLOT = ROOT / "docs" / "images" / "annotation_effort.png"
@@ -99,6 +99,15 @@ def zero_training(image, labels, axis, labeled) -> dict:
             "seconds": time.perf_counter() - t,
         }
     return rows
+
+
+def predict_along_axis(bundle, image, **options):
+    """``predict_volume`` of a multi-planar model along its own axis only."""
+    bundle.info["planes"] = 1
+    try:
+        return predict_volume(bundle, image, **options)
+    finally:
+        bundle.info["planes"] = 3
 
 
 def trained(
@@ -175,9 +184,16 @@ def trained_run(method, image, labels, axis, labeled, budgets, seed, overrides, 
             )
 
         # the product's prior weight follows the network's fit on its labeled slices (the
-        # trainer records it at the end of a run; a snapshot's is scored here alike)
+        # trainer records it at the end of a run; a snapshot's is scored here alike: a
+        # multi-planar network's along its axis, as the trainer looks at it)
         ids = model.argmax(0)
-        fit = mean_slice_dice((np.take(ids, s, axis), np.take(labels, s, axis)) for s in labeled)
+        if bundle.planes == 3:
+            fit = labeled_fit(bundle.method, run.sampler)
+            along_axis = predict_along_axis(bundle, image, **net).probabilities
+        else:
+            fit = mean_slice_dice(
+                (np.take(ids, s, axis), np.take(labels, s, axis)) for s in labeled
+            )
         weight = prior_weight_for_fit(fit)
 
         def fused(network, weight=weight, walk=prior, sigma=DEFAULT_SMOOTHING, profile=areas):
@@ -214,6 +230,12 @@ def trained_run(method, image, labels, axis, labeled, budgets, seed, overrides, 
             "output_" + ("extended" if recipe.ends_labeled else "ends"): output(model, walk=other),
             "smoothing": DEFAULT_SMOOTHING,
         }
+        if bundle.planes == 3:  # the network along its axis alone, and fused
+            rows[str(minutes)]["planes"] = 3
+            rows[str(minutes)]["model_axis"] = scored_dice(
+                along_axis.argmax(0), labels, axis, labeled
+            )
+            rows[str(minutes)]["output_axis"] = output(along_axis)
     return {"budgets": rows, "setup_seconds": setup, "prior_seconds": prior_seconds}
 
 

@@ -24,6 +24,7 @@ from src_models.class_ids import class_ids
 from src_models.data.context import context_of, slice_with_context, stack_context
 from src_models.data.lazy import ChannelsFirst
 from src_models.data.normalization import fit_normalization
+from src_models.data.planes import averaged_axes
 from src_models.data.volumes import MIN_SLICE_SIZE, as_channels_first, from_slices, to_slices
 from src_models.errors import SemisegError
 from src_models.methods.base import Method
@@ -199,15 +200,26 @@ def predict_training_slice(method: Method, volume, index: int) -> np.ndarray:
         return probs[0].argmax(dim=0).to(torch.uint8).cpu().numpy()
 
 
-def predict_training_volume(method: Method, volume, batch_size: int = 16) -> np.ndarray:
+def predict_training_volume(
+    method: Method, volume, batch_size: int = 16, indices: Sequence[int] | None = None
+) -> np.ndarray:
     """Class probabilities (K, N, H, W) float32 of every slice of a normalised, in-memory
-    training :class:`~src_models.data.volumes.Volume`, in the middle of training (as
-    :func:`predict_training_slice`)."""
+    training :class:`~src_models.data.volumes.Volume` (of its slices ``indices`` only:
+    (K, len(indices), H, W)), in the middle of training (as :func:`predict_training_slice`)."""
     with _looking_mid_training(method):
         slices = volume.slices
         n, _, h, w = slices.shape
         context = context_of(method.in_channels, slices.shape[1])
         batch = max(1, min(batch_size, BATCH_PIXELS // (_round_up(h) * _round_up(w))))
+        if indices is not None:
+            out = np.empty((method.num_classes, len(indices), h, w), np.float32)
+            for start in range(0, len(indices), batch):
+                part = indices[start : start + batch]
+                stacked = np.stack([slice_with_context(slices, i, context) for i in part])
+                x = torch.from_numpy(np.ascontiguousarray(stacked)).to(method.device)
+                probs, _ = predict_slices(method, x, volume.background, ())
+                out[:, start : start + len(part)] = probs.float().permute(1, 0, 2, 3).cpu().numpy()
+            return out
         out = np.empty((method.num_classes, n, h, w), np.float32)
         for start in range(0, n, batch):
             stop = min(n, start + batch)
@@ -217,6 +229,70 @@ def predict_training_volume(method: Method, volume, batch_size: int = 16) -> np.
             probs, _ = predict_slices(method, x, volume.background, ())
             out[:, start:stop] = probs.float().permute(1, 0, 2, 3).cpu().numpy()
         return out
+
+
+def _add_network_along(
+    method: Method,
+    img: np.ndarray,
+    norm,
+    axis: int,
+    fill: float,
+    context: int,
+    slab_size: int,
+    batch_size: int,
+    tile_size: int,
+    flips: bool,
+    total: np.ndarray,
+) -> None:
+    """Add the network's class probabilities of the in-memory ``img`` (C, Z, Y, X) cut
+    along ``axis`` to ``total`` (K, Z, Y, X), slab by slab."""
+    n = img.shape[1 + axis]
+    for s0 in range(0, n, slab_size):
+        s1 = min(n, s0 + slab_size)
+        h0, h1 = max(0, s0 - context), min(n, s1 + context)
+        index = [slice(None)] * 4
+        index[axis + 1] = slice(h0, h1)
+        slab = np.ascontiguousarray(to_slices(norm.apply(img[tuple(index)]), axis))
+        slab = stack_context(slab, context, s0 - h0, h1 - s1)
+        parts = []
+        for b0 in range(0, slab.shape[0], batch_size):
+            x = torch.from_numpy(slab[b0 : b0 + batch_size]).to(method.device)
+            with torch.no_grad(), method.autocast():
+                p, _ = predict_slices(method, x, fill, (), tile_size, flips=flips)
+            parts.append(p.float().cpu().numpy())
+        index[axis + 1] = slice(s0, s1)
+        total[tuple(index)] += from_slices(np.concatenate(parts), axis)
+
+
+def cross_probabilities(
+    bundle: ModelBundle,
+    img: np.ndarray,
+    norm,
+    fill: float,
+    slab_size: int,
+    batch_size: int,
+    tile_size: int,
+    flips: bool,
+) -> tuple[np.ndarray | None, int]:
+    """The sum of the network's class probabilities (K, Z, Y, X) over the axes other than
+    the model's it fits well enough (:func:`~src_models.data.planes.averaged_axes`), and
+    how many axes were summed, for a model trained on all three (:attr:`ModelBundle.planes`,
+    :mod:`src_models.data.planes`); ``(None, 0)`` otherwise."""
+    fits = bundle.info.get("plane_fits")
+    axes = averaged_axes(bundle.axis, img.shape[1:], fits) if bundle.planes == 3 else []
+    if not axes:
+        return None, 0
+    method = bundle.method
+    total = np.zeros((method.num_classes, *img.shape[1:]), np.float32)
+    for a in axes:
+        plane = int(np.prod([n for b, n in enumerate(img.shape[1:]) if b != a]))
+        per_slice = 4 * plane * (method.in_channels + method.num_classes)
+        slab = max(1, min(slab_size, SLAB_BYTES // per_slice))
+        batch = max(1, min(batch_size, BATCH_PIXELS // min(plane, tile_size * tile_size)))
+        _add_network_along(
+            method, img, norm, a, fill, bundle.context_slices, slab, batch, tile_size, flips, total
+        )
+    return total, len(axes)
 
 
 def predict_volume(
@@ -263,6 +339,12 @@ def predict_volume(
             labeled slices): the mask of each such slice moves halfway towards it
             (:func:`~src_models.area_profile.match_area`); the probabilities stay as they
             are.
+
+    A model trained on all three axes (``bundle.planes`` 3) predicts an in-memory image
+    also along the other axes it fits its labeled slices along, and averages them
+    (:func:`cross_probabilities`; before the fusion with ``prior``; maps stay those along its
+    axis); a lazy image is predicted along the model's axis only.
+
     Returns:
         VolumePrediction whose arrays are the ``out`` arrays when given.
     """
@@ -333,6 +415,11 @@ def predict_volume(
     }
     method.eval()
     device = method.device
+    cross, n_cross = (None, 0)
+    if isinstance(img, np.ndarray):
+        cross, n_cross = cross_probabilities(
+            bundle, img, norm, fill, slab_size, batch_size, tile_size, flips
+        )
     # a slab's float32 slices, probabilities and maps stay within SLAB_BYTES whatever the
     # volume (they exist twice while a slab is assembled)
     plane = int(np.prod([n for a, n in enumerate(spatial) if a != axis]))
@@ -359,11 +446,16 @@ def predict_volume(
         index[axis + 1] = slice(s0, s1)
         if prior is not None:  # (K, Z, Y, X) -> the slab's (n, K, H, W)
             prior_slab = torch.from_numpy(to_slices(np.asarray(prior[tuple(index)]), axis).copy())
+        if cross is not None:
+            cross_slab = torch.from_numpy(to_slices(cross[tuple(index)], axis).copy())
         slab_probs, slab_maps = [], {m: [] for m in maps}
         for b0 in range(0, slab.shape[0], batch_size):
             x = torch.from_numpy(slab[b0 : b0 + batch_size]).to(device)
             with torch.no_grad(), method.autocast():
                 p, mp = predict_slices(method, x, fill, maps, tile_size, flips=flips)
+            if cross is not None:  # the mean over the three axes
+                q = cross_slab[b0 : b0 + x.shape[0]].to(p.device)
+                p = (p.float() + q) / (1 + n_cross)
             if prior is not None:
                 q = prior_slab[b0 : b0 + x.shape[0]].to(p.device)
                 p = (1.0 - prior_weight) * p.float() + prior_weight * q

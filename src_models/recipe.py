@@ -19,6 +19,7 @@ import torch
 
 from src_models.data import SliceSampler, Volume, make_volumes
 from src_models.data.context import check_context, context_channels
+from src_models.data.planes import check_planes
 from src_models.data.sampler import PRIORS
 from src_models.errors import SemisegError
 from src_models.method_choice import AUTO, resolve_method
@@ -42,6 +43,19 @@ DEFAULT_PRIOR_FRACTION = 0.5
 #: 5 minutes (docs/benchmarks.md)
 DEFAULT_PRIOR_REFRESH = 0.5
 
+#: the methods that train on all three axes by default when the labeled slices include the
+#: structure's ends (``planes`` 3, :mod:`src_models.data.planes`): measured for the
+#: supervised default only
+MULTI_PLANAR_METHODS = ("supervised",)
+
+
+def default_planes(method: str, ends_labeled: bool) -> int:
+    """The axes ``method`` trains on and predicts along when the user does not say: 3 for
+    :data:`MULTI_PLANAR_METHODS` with ``ends_labeled`` (every cross-section then shows the
+    structure's whole extent between labeled rows, and background beyond them), else 1
+    (strictly inside its ends are the walk's guesses; not measured)."""
+    return 3 if method in MULTI_PLANAR_METHODS and ends_labeled else 1
+
 
 #: the fields :meth:`RunRecipe.check` refuses bad values of
 _CHECKED = (
@@ -58,6 +72,7 @@ _CHECKED = (
     "prior_refresh",
     "foreground_crops",
     "context_slices",
+    "planes",
 )
 
 
@@ -88,6 +103,10 @@ class RunRecipe:
     #: neighbouring slices on each side the network takes as channels ("2.5D",
     #: :mod:`src_models.data.context`); a continued run keeps its model's
     context_slices: int = 0
+    #: the axes the network trains on and predicts along: 1 (the labeled slices') or 3 (all
+    #: three, :mod:`src_models.data.planes`); None: :func:`default_planes` of the method and
+    #: ``ends_labeled``; a continued run keeps its model's
+    planes: int | None = None
     warmup: float = 0.4
     warmup_plateau: float = 0.0
     prior_final: float = 0.5
@@ -100,6 +119,8 @@ class RunRecipe:
 
     def __post_init__(self) -> None:
         self.method = resolve_method(self.method, self.minutes, self.ends_labeled)
+        if self.planes is None:
+            self.planes = default_planes(self.method, self.ends_labeled)
 
     def check(self, names: dict[str, str] | None = None) -> Any:
         """Refuse values no run can use (one rule for the CLI and the plugin), before any
@@ -141,6 +162,7 @@ class RunRecipe:
         if self.prior not in PRIORS:
             raise SemisegError(f"prior must be one of {', '.join(PRIORS)}, not {self.prior!r}")
         check_context(self.context_slices, name["context_slices"])
+        check_planes(self.planes, name["planes"])
         return config
 
     def train_config(self, device: torch.device | str = "cpu") -> TrainConfig:
@@ -202,7 +224,9 @@ def build_run(
     if resume is not None:
         bundle = resume
         context = bundle.context_slices
+        planes = bundle.planes
     else:
+        planes = recipe.planes
         context = check_context(recipe.context_slices)
         bundle = create_model(
             recipe.method,
@@ -234,7 +258,10 @@ def build_run(
         context=context,
         keep_prior_probabilities=recipe.prior_refresh > 0,
         background_beyond_ends=recipe.background_beyond_ends,
+        planes=planes,
     )
+    # predictions average the three axes only when the network trained on them
+    bundle.info["planes"] = 3 if sampler.cross_volumes else 1
     if len(volumes) == 1:  # what `semiseg suggest` starts from without --labels
         bundle.info["labeled_slices"] = list(volumes[0].labeled)
     return Run(volumes, sampler, bundle, recipe.train_config(device))

@@ -147,6 +147,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume keeps the model's",
     )
     t.add_argument(
+        "--planes",
+        type=int,
+        choices=(1, 3),
+        default=None,
+        help="3: the network also trains on the volume cut along the two other axes (the "
+        "labeled voxels and the propagation's sure ones as targets) and predictions average "
+        "the three axes it fits; 1: the labeled slices' axis only (default: 3 for "
+        "supervised with --ends-labeled, else 1); --resume keeps the model's",
+    )
+    t.add_argument(
         "--prior-final",
         type=float,
         default=0.5,

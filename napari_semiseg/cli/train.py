@@ -119,6 +119,7 @@ RECIPE_FLAGS = {
     "prior_refresh": "--prior-refresh",
     "foreground_crops": "--foreground-crops",
     "context_slices": "--context-slices",
+    "planes": "--planes",
 }
 
 
@@ -149,6 +150,7 @@ def _recipe(args: argparse.Namespace, params: dict[str, str]):
         checkpoint_every=args.checkpoint_every,
         ends_labeled=args.ends_labeled,
         context_slices=args.context_slices,
+        planes=args.planes,
     )
 
 

@@ -32,6 +32,7 @@ import torch
 from src_models.augment import weak_geometric
 from src_models.data.context import check_context, context_channels, slice_with_context
 from src_models.data.lazy import LazySlices, UnlabeledWindow
+from src_models.data.planes import check_planes, cross_sections
 from src_models.data.volumes import Volume
 from src_models.errors import SemisegError
 from src_models.interpolation import interpolate_slices, prior_weights
@@ -146,6 +147,9 @@ class SliceSampler:
             (:mod:`src_models.data.context`); targets stay the middle slice's.
         keep_prior_probabilities: keep the propagation's class probabilities (float16) for
             the refresh of its targets mid-run (:mod:`src_models.training.prior_refresh`).
+        planes: 3: the prior's crops come from the volumes cut along all three axes
+            (:mod:`src_models.data.planes`; appended to :attr:`volumes` after the given
+            ones, unlabeled, :attr:`cross_volumes` of them), 1: along the given axis only.
     """
 
     def __init__(
@@ -165,7 +169,9 @@ class SliceSampler:
         context: int = 0,
         keep_prior_probabilities: bool = False,
         background_beyond_ends: bool = False,
+        planes: int = 1,
     ) -> None:
+        planes = check_planes(planes)
         if prior not in PRIORS:
             raise SemisegError(f"prior must be one of {', '.join(PRIORS)}, not {prior!r}")
         if not (0.0 <= foreground_crops <= 1.0 and 0.0 <= prior_fraction < 1.0):
@@ -175,7 +181,8 @@ class SliceSampler:
             )
         if patch_size < 16 or patch_size % 16:
             raise SemisegError(f"patch size {patch_size} must be a multiple of 16 (>= 16)")
-        self.volumes = volumes
+        #: the given volumes, then the cross-sections of those with a prior (``planes`` 3)
+        self.volumes = list(volumes)
         #: a crop larger than every slice would only add padding: capped at the largest
         #: slice side rounded up to 16 (hippocampus slices of 51 x 35 pixels train at 64)
         self.patch_size = min(patch_size, fitted_patch_size(volumes))
@@ -253,6 +260,28 @@ class SliceSampler:
                 if ends_labeled and background_beyond_ends:
                     background_beyond(targets, weights, vol.labeled)
                 self.set_prior_targets(v, targets, weights)
+        #: how many of :attr:`volumes` are cross-sections (``planes`` 3), and for each of
+        #: them (by index in :attr:`volumes`) the volume it was cut from and its axis
+        self.cross_volumes = 0
+        self.cross_sources: dict[int, tuple[int, int]] = {}
+        if planes > 1:
+            self._add_cross_sections(held)
+
+    def _add_cross_sections(self, held: set[tuple[int, int]]) -> None:
+        """Append the cross-sections of every volume with prior targets
+        (:func:`~src_models.data.planes.cross_sections`): their slices become prior crops
+        (and unlabeled crops of the semi-supervised methods)."""
+        for v in sorted(self.prior_targets):
+            volume = self.volumes[v]
+            targets, weights = self.prior_targets[v]
+            trained = [s for s in volume.labeled if (v, s) not in held]
+            for cross in cross_sections(volume, targets, weights, trained):
+                c = len(self.volumes)
+                self.volumes.append(cross.volume)
+                self.cross_volumes += 1
+                self.cross_sources[c] = (v, cross.volume.axis)
+                self.set_prior_targets(c, cross.targets, cross.weights)
+                self.unlabeled_index += [(c, s) for s in range(cross.volume.slices.shape[0])]
 
     def set_prior_targets(self, v: int, targets: np.ndarray, weights: np.ndarray) -> None:
         """The prior's targets (N, H, W) and weights (N, H, W, set to 0 in place where the

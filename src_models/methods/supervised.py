@@ -53,10 +53,10 @@ class Supervised(Method):
     name = "supervised"
     description = (
         "What the default (auto) trains, except from 5 minutes with the labeled ends: one "
-        "U-Net trained on the labeled "
-        "slices (CE + Dice) and on the "
-        "confident voxels of their propagation along the image; its prediction is fused with "
-        "the propagation."
+        "U-Net trained on the labeled slices (CE + Dice) and on the confident voxels of "
+        "their propagation along the image (with the labeled ends: cut along all three "
+        "axes, its prediction averaged over the axes it fits the labeled slices along); its "
+        "prediction is fused with the propagation."
     )
     Config = SupervisedConfig
 

@@ -76,6 +76,13 @@ class ModelBundle:
         return int(self.info.get("context_slices", 0))
 
     @property
+    def planes(self) -> int:
+        """The axes the network trained on and predicts along: 3 (all,
+        :mod:`src_models.data.planes`) or 1 (its ``axis``; models saved before there was a
+        choice)."""
+        return 3 if self.info.get("planes") == 3 else 1
+
+    @property
     def image_channels(self) -> int:
         """Channels of the images the model predicts (its input channels without context)."""
         return slice_channels(self.method.in_channels, self.context_slices)

@@ -35,7 +35,7 @@ from src_models.files import atomic_write
 from src_models.training import distributed
 from src_models.training.checkpoint import ModelBundle, save_model
 from src_models.training.control import TrainingControl
-from src_models.training.fit import HAND_BACK_DROP, labeled_fit
+from src_models.training.fit import HAND_BACK_DROP, labeled_fit, plane_fits
 from src_models.training.prior_refresh import refresh_prior
 from src_models.training.threads import ThreadGovernor
 from src_models.training.warmup import LossPlateau
@@ -317,6 +317,9 @@ def train(
                 )
                 fit = warm_fit
             bundle.info["labeled_fit"] = None if math.isnan(fit) else round(fit, 4)
+            if data.cross_volumes:  # which other axes the predictions may average
+                fits = plane_fits(method, data)
+                bundle.info["plane_fits"] = {str(a): round(f, 4) for a, f in fits.items()}
             bundle.info["handed_back"] = note or None
         checkpoint()
         stopped = it < total
