@@ -347,9 +347,9 @@ INSIDE_ROWS = {
 #: slices 17-20 apart keep the walk's edge weight at 400 and leave the areas out); the
 #: hippocampus strictly inside at 5 minutes is an older recipe's ("before stop 33").
 CURRENT = {
-    ("hippocampus", "ends"): (("supervised+beta", "stop 39"), ("sdcl+beta", "stop 39")),
+    ("hippocampus", "ends"): (("supervised+planes", "stop 41"), ("sdcl+beta", "stop 39")),
     ("hippocampus", "inside"): (("supervised+beta", "stop 38"), ("supervised", "before stop 33")),
-    ("la", "ends"): (("supervised+fitw", "stop 36"), ("sdcl+area", "stops 37, 39")),
+    ("la", "ends"): (("supervised+planes", "stop 41"), ("sdcl+area", "stops 37, 39")),
     ("la", "inside"): (("supervised+reach", "stop 40"), ("supervised+reach", "stop 40")),
 }
 #: goal 3 (k labeled slices with the ends, the default at 5 minutes, against interpolation

@@ -149,7 +149,6 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--planes",
         type=int,
-        choices=(1, 3),
         default=None,
         help="3: the network also trains on the volume cut along the two other axes (the "
         "labeled voxels and the propagation's sure ones as targets) and predictions average "

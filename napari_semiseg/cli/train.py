@@ -449,5 +449,9 @@ def _train(args: argparse.Namespace) -> int:
             f"from iteration {refreshed} the prior's targets were the model's own output (the "
             "network fused with the propagation, smoothed across slices; --prior-refresh)"
         )
+    if bundle.planes == 3:
+        from src_models.data.planes import describe_planes
+
+        print(describe_planes(bundle.axis, bundle.info.get("plane_fits")))
     print(f"model written to {out} (iteration {bundle.iteration})")
     return 0

@@ -74,6 +74,25 @@ def averaged_axes(axis: int, shape: tuple[int, ...], fits: dict[str, float] | No
     return [a for a in cross_axes(axis, shape) if fits.get(str(a), 0.0) >= PLANE_MIN_FIT]
 
 
+def describe_planes(axis: int, fits: dict[str, float] | None) -> str:
+    """One line for the user on a multi-planar model: its fit along each cross axis and
+    which axes its predictions average."""
+    fits = {int(a): float(f) for a, f in (fits or {}).items()}
+    if not fits:
+        return f"trained along all three axes; predictions use axis {axis} only"
+    scores = " and ".join(f"{f:.2f} along axis {a}" for a, f in sorted(fits.items()))
+    joined = [a for a, f in sorted(fits.items()) if f >= PLANE_MIN_FIT]
+    used = (
+        f"predictions average axis {axis} with axis {' and '.join(map(str, joined))}"
+        if joined
+        else f"predictions use axis {axis} only"
+    )
+    return (
+        f"trained along all three axes: it fits the labeled slices with Dice {scores}; {used} "
+        f"(a cross axis joins from {PLANE_MIN_FIT})"
+    )
+
+
 @dataclass
 class CrossSection:
     """A volume cut along another axis than its labeled slices' (``volume``: no labels, no

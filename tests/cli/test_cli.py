@@ -413,7 +413,16 @@ def test_ends_labeled_stops_the_propagation_training_and_fusion_at_the_outer_sli
     # a trained run records it, and predict --labels fuses with the propagation it trained on
     run_dir = tmp_path / "run"
     assert train_tiny(files, run_dir, "--ends-labeled") == 0
-    assert json.loads((run_dir / "model.json").read_text())["info"]["ends_labeled"] is True
+    info = json.loads((run_dir / "model.json").read_text())["info"]
+    assert info["ends_labeled"] is True
+    # with the ends, the supervised default trains along all three axes and says how well
+    assert info["planes"] == 3 and set(info["plane_fits"]) == {"1", "2"}
+    assert "trained along all three axes: it fits the labeled slices" in capsys.readouterr().out
+    assert train_tiny(files, tmp_path / "one", "--ends-labeled", "--planes", "1") == 0
+    assert json.loads((tmp_path / "one" / "model.json").read_text())["info"]["planes"] == 1
+    assert "three axes" not in capsys.readouterr().out
+    assert train_tiny(files, tmp_path / "bad", "--planes", "2") == 2
+    assert "--planes" in capsys.readouterr().err
     fused = tmp_path / "fused.nii.gz"
     base = ("predict", "--model", run_dir, "--image", files["image"], "--labels")
     assert run(*base, files["labels"], "--out", fused) == 0, capsys.readouterr().err

@@ -6,7 +6,13 @@ import torch
 
 from src_models.data import SliceSampler, make_volumes
 from src_models.data.label_values import IGNORE
-from src_models.data.planes import averaged_axes, check_planes, cross_axes, cross_sections
+from src_models.data.planes import (
+    averaged_axes,
+    check_planes,
+    cross_axes,
+    cross_sections,
+    describe_planes,
+)
 from src_models.errors import SemisegError
 from src_models.inference import predict_volume
 from src_models.recipe import RunRecipe, build_run, default_planes
@@ -190,3 +196,9 @@ def test_the_fit_along_a_cross_axis_scores_its_rows_on_the_labeled_slices(tiny_v
     # a network that has not learned the cross axes is not averaged with them
     assert averaged_axes(0, labels.shape, {"1": 0.59, "2": 0.61}) == [2]
     assert averaged_axes(0, labels.shape, None) == []
+    said = describe_planes(0, {"1": 0.59, "2": 0.61})
+    assert "Dice 0.59 along axis 1 and 0.61 along axis 2" in said
+    assert "average axis 0 with axis 2" in said
+    assert describe_planes(0, {"1": 0.3}).endswith(
+        "predictions use axis 0 only (a cross axis joins from 0.6)"
+    )
