@@ -12,15 +12,18 @@ batch stays the labeled slices themselves), and :func:`~src_models.inference.pre
 averages the network's class probabilities over the three orientations before the fusion
 with the propagation.
 
-Measured (``benchmarks/annotation_notes.md``, "multi-planar"): hippocampus with the ends,
-4 slices, the supervised default at 2 minutes, 5 volumes: 0.868 → 0.872 (4 of 5 volumes
-better, the network trained on the three orientations and predicting along the labeled
-axis alone: 0.867, so the gain is the three views averaged).
+Measured (``benchmarks/annotation_notes.md``, "multi-planar"; 4 slices with the ends, the
+supervised default at 2 minutes, 5 volumes each): hippocampus 0.872 against 0.868 on one
+axis (4 of 5 volumes at issue 18's bar against 3; the same weights predicted along the
+labeled axis alone 0.871); left atrium 0.906 against 0.909 (no cross axis reached
+:data:`PLANE_MIN_FIT` after its ~350 iterations, so the prediction stayed on one axis). The
+default with the ends for the supervised run only (:func:`src_models.recipe.default_planes`).
 
 The cross-sections are views of the volume (no copy of the image); their targets are one
 copy of the prior's (compact integers and float32 weights) shared by both orientations.
 Volumes larger than memory and volumes with fewer than two labeled slices (no prior) keep
-their slicing axis only.
+their slicing axis only; ``--prior-refresh`` renews the targets along the labeled axis, the
+cross-sections keep the walk's.
 """
 
 from __future__ import annotations
