@@ -211,24 +211,37 @@ def predict_training_volume(
         n, _, h, w = slices.shape
         context = context_of(method.in_channels, slices.shape[1])
         batch = max(1, min(batch_size, BATCH_PIXELS // (_round_up(h) * _round_up(w))))
-        if indices is not None:
-            out = np.empty((method.num_classes, len(indices), h, w), np.float32)
-            for start in range(0, len(indices), batch):
-                part = indices[start : start + batch]
-                stacked = np.stack([slice_with_context(slices, i, context) for i in part])
-                x = torch.from_numpy(np.ascontiguousarray(stacked)).to(method.device)
-                probs, _ = predict_slices(method, x, volume.background, ())
-                out[:, start : start + len(part)] = probs.float().permute(1, 0, 2, 3).cpu().numpy()
-            return out
-        out = np.empty((method.num_classes, n, h, w), np.float32)
-        for start in range(0, n, batch):
-            stop = min(n, start + batch)
-            before, after = min(context, start), min(context, n - stop)
-            slab = np.asarray(slices[start - before : stop + after])
-            x = torch.from_numpy(stack_context(slab, context, before, after)).to(method.device)
+        order = range(n) if indices is None else indices
+        out = np.empty((method.num_classes, len(order), h, w), np.float32)
+        for start in range(0, len(order), batch):
+            part = order[start : start + batch]
+            stacked = np.stack([slice_with_context(slices, i, context) for i in part])
+            x = torch.from_numpy(stacked).to(method.device)
             probs, _ = predict_slices(method, x, volume.background, ())
-            out[:, start:stop] = probs.float().permute(1, 0, 2, 3).cpu().numpy()
+            out[:, start : start + len(part)] = probs.float().permute(1, 0, 2, 3).cpu().numpy()
         return out
+
+
+def _slab_and_batch(
+    method: Method,
+    spatial: Sequence[int],
+    axis: int,
+    n_maps: int,
+    slab_size: int,
+    batch_size: int,
+    tile_size: int,
+) -> tuple[int, int]:
+    """Slices per slab and per forward pass of a volume of ``spatial`` shape cut along
+    ``axis``, at most ``slab_size`` and ``batch_size``."""
+    # a slab's float32 slices, probabilities and maps stay within SLAB_BYTES whatever the
+    # volume (they exist twice while a slab is assembled)
+    plane = int(np.prod([n for a, n in enumerate(spatial) if a != axis]))
+    per_slice = 4 * plane * (method.in_channels + method.num_classes + n_maps)  # neighbours in
+    slab = max(1, min(slab_size, SLAB_BYTES // per_slice))
+    # and a forward pass's activations grow with the pixels of its batch: large slices go a
+    # few at a time (16 slices of 512 x 512 took 3 GB in a UNet of 32 base channels)
+    batch = max(1, min(batch_size, BATCH_PIXELS // min(plane, tile_size * tile_size)))
+    return slab, batch
 
 
 def _add_network_along(
@@ -285,10 +298,7 @@ def cross_probabilities(
     method = bundle.method
     total = np.zeros((method.num_classes, *img.shape[1:]), np.float32)
     for a in axes:
-        plane = int(np.prod([n for b, n in enumerate(img.shape[1:]) if b != a]))
-        per_slice = 4 * plane * (method.in_channels + method.num_classes)
-        slab = max(1, min(slab_size, SLAB_BYTES // per_slice))
-        batch = max(1, min(batch_size, BATCH_PIXELS // min(plane, tile_size * tile_size)))
+        slab, batch = _slab_and_batch(method, img.shape[1:], a, 0, slab_size, batch_size, tile_size)
         _add_network_along(
             method, img, norm, a, fill, bundle.context_slices, slab, batch, tile_size, flips, total
         )
@@ -420,15 +430,9 @@ def predict_volume(
         cross, n_cross = cross_probabilities(
             bundle, img, norm, fill, slab_size, batch_size, tile_size, flips
         )
-    # a slab's float32 slices, probabilities and maps stay within SLAB_BYTES whatever the
-    # volume (they exist twice while a slab is assembled)
-    plane = int(np.prod([n for a, n in enumerate(spatial) if a != axis]))
-    per_slice = 4 * plane * (method.in_channels + k + len(maps))  # neighbours included
-    slab_size = max(1, min(slab_size, SLAB_BYTES // per_slice))
-    # and a forward pass's activations grow with the pixels of its batch: large slices go a
-    # few at a time (16 slices of 512 x 512 took 3 GB in a UNet of 32 base channels)
-    tile_plane = min(plane, tile_size * tile_size)
-    batch_size = max(1, min(batch_size, BATCH_PIXELS // tile_plane))
+    slab_size, batch_size = _slab_and_batch(
+        method, spatial, axis, len(maps), slab_size, batch_size, tile_size
+    )
     # the smoothing across slices needs ``halo`` slices of raw probabilities on each side of
     # a slice: each slab's are kept (``raw``, from slice ``r0``) until the next slab has
     # come, and a slice's mask is written once its right-hand neighbours are known (the

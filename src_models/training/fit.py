@@ -80,14 +80,17 @@ def plane_fits(method: Method, data: SliceSampler) -> dict[int, float]:
 
     held = set(data.holdout)
     pairs: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+    sources: dict[int, tuple[np.ndarray, list[int], np.ndarray]] = {}  # per volume cut
     for c, (v, axis) in data.cross_sources.items():
         source = data.volumes[v]
-        used = [s for s in source.labeled if (v, s) not in held]
-        truth = from_slices(np.asarray(source.labels), source.axis)  # (Z, Y, X)
-        seen = np.take(truth, used, axis=source.axis) > 0
+        if v not in sources:
+            used = [s for s in source.labeled if (v, s) not in held]
+            truth = from_slices(np.asarray(source.labels), source.axis)  # (Z, Y, X)
+            sources[v] = (truth, used, np.take(truth, used, axis=source.axis) > 0)
+        truth, used, seen = sources[v]
         others = tuple(b for b in range(3) if b != axis)
         along = np.flatnonzero(seen.any(axis=others))  # cross-sections through the structure
-        if not used or not len(along):
+        if not len(along):
             continue
         first, last = along[0] - FIT_MARGIN, along[-1] + FIT_MARGIN + 1
         picks = list(range(max(0, first), min(truth.shape[axis], last)))
