@@ -44,8 +44,8 @@ DEFAULT_PRIOR_FRACTION = 0.5
 DEFAULT_PRIOR_REFRESH = 0.5
 
 #: the methods that train on all three axes by default when the labeled slices include the
-#: structure's ends (``planes`` 3, :mod:`src_models.data.planes`): measured for the
-#: supervised default only
+#: structure's ends (``planes`` 3, :mod:`src_models.data.planes`): the supervised default
+#: (2 minutes) gains there; SDCL (5 minutes) measured level to worse, so it keeps one axis
 MULTI_PLANAR_METHODS = ("supervised",)
 
 

@@ -17,7 +17,9 @@ supervised default at 2 minutes, 5 volumes each): hippocampus 0.872 against 0.86
 axis (4 of 5 volumes at issue 18's bar against 3; the same weights predicted along the
 labeled axis alone 0.871); left atrium 0.906 against 0.909 (no cross axis reached
 :data:`PLANE_MIN_FIT` after its ~350 iterations, so the prediction stayed on one axis). The
-default with the ends for the supervised run only (:func:`src_models.recipe.default_planes`).
+default with the ends for the supervised run only (:func:`src_models.recipe.default_planes`):
+SDCL, the 5-minute default with the ends, measured level to worse on three axes (hippocampus
+0.874 against 0.876, left atrium 0.911 against 0.913, the one-axis runs on a faster machine).
 
 The cross-sections are views of the volume (no copy of the image); their targets are one
 copy of the prior's (compact integers and float32 weights) shared by both orientations.
