@@ -103,11 +103,11 @@ def zero_training(image, labels, axis, labeled) -> dict:
 
 def predict_along_axis(bundle, image, **options):
     """``predict_volume`` of a multi-planar model along its own axis only."""
-    bundle.info["planes"] = 1
+    planes, bundle.info["planes"] = bundle.info.get("planes"), 1
     try:
         return predict_volume(bundle, image, **options)
     finally:
-        bundle.info["planes"] = 3
+        bundle.info["planes"] = planes
 
 
 def trained(

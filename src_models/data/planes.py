@@ -71,12 +71,17 @@ def cross_axes(axis: int, shape: tuple[int, ...]) -> list[int]:
     return axes
 
 
+def fitting_axes(fits: dict | None) -> list[int]:
+    """The axes, ascending, whose recorded ``fits`` (spatial axis as a string -> fit) reach
+    :data:`PLANE_MIN_FIT`; none when the fits are unknown (a checkpoint saved mid-run)."""
+    return sorted(int(a) for a, f in (fits or {}).items() if float(f) >= PLANE_MIN_FIT)
+
+
 def averaged_axes(axis: int, shape: tuple[int, ...], fits: dict[str, float] | None) -> list[int]:
     """The cross axes a prediction of a (Z, Y, X) volume of ``shape`` averages with its
-    ``axis``: those whose recorded ``fits`` (spatial axis as a string -> fit) reach
-    :data:`PLANE_MIN_FIT`; none when the fits are unknown (a checkpoint saved mid-run)."""
-    fits = fits or {}
-    return [a for a in cross_axes(axis, shape) if fits.get(str(a), 0.0) >= PLANE_MIN_FIT]
+    ``axis``: those of :func:`fitting_axes`."""
+    fitting = fitting_axes(fits)
+    return [a for a in cross_axes(axis, shape) if a in fitting]
 
 
 def describe_planes(axis: int, fits: dict[str, float] | None) -> str:
@@ -86,7 +91,7 @@ def describe_planes(axis: int, fits: dict[str, float] | None) -> str:
     if not fits:
         return f"trained along all three axes; predictions use axis {axis} only"
     scores = " and ".join(f"{f:.2f} along axis {a}" for a, f in sorted(fits.items()))
-    joined = [a for a, f in sorted(fits.items()) if f >= PLANE_MIN_FIT]
+    joined = fitting_axes(fits)
     used = (
         f"predictions average axis {axis} with axis {' and '.join(map(str, joined))}"
         if joined
