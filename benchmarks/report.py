@@ -548,6 +548,28 @@ def correction_section(lines: list[str]) -> None:
             _correction_table(lines, cl, dataset, protocol, group)
 
 
+def pick_ceiling_section(lines: list[str]) -> None:
+    """The correction loop replayed with the walk alone (pick_ceiling.py), when it was run."""
+    import pick_ceiling as pc
+
+    if not any(pc.FOLDER.glob("*.json")):
+        return
+    lines += [
+        "### Suggestion strategies against a greedy oracle (the walk alone, no training)",
+        "",
+        "`benchmarks/pick_ceiling.py`: the loop above replayed without training (on the left "
+        "atrium its output after 5 rounds is the walk of the slices it picked, stop 43): k0 = 3, "
+        "5 rounds of pick a slice -> add its truth -> walk again; whole-volume Dice after round "
+        "5 (mean over the volumes). The strategies are fed with the walk's uncertainty; the "
+        "greedy oracle picks, each round, the slice whose walk scores best against the truth "
+        "(with the ends only). Beside them the issue's goal line (interpolation of 10 evenly "
+        "spaced slices), the walk of those 10 and the walk of 8 evenly spaced slices.",
+        "",
+        pc.report(),
+        "",
+    ]
+
+
 #: the README's block that :func:`refresh_readme` rewrites from the saved results
 README = ROOT / "README.md"
 README_BLOCK = ("<!-- annotation-current: benchmarks/report.py -->", "<!-- /annotation-current -->")
@@ -580,6 +602,7 @@ def main() -> None:
     load_section(lines)
     predict_memory_section(lines)
     correction_section(lines)
+    pick_ceiling_section(lines)
     sparse_section(lines)
     speed_section(lines)
     accuracy_section(lines)
