@@ -30,14 +30,17 @@ With ``ends_labeled`` (the user labeled the structure's first and last slices) n
 beyond the outer labeled slices is suggested: those slices are known background.
 The default is ``strided-then-uncertainty-distance`` (stop 38): in
 ``benchmarks/correction_loop.py`` (both arms in the same runs, whole-slice corrections) it is
-at or above ``strided`` at every round of all four groups with today's product (the
-hippocampus with the ends, 5 volumes: 0.948 against 0.945 after round 5; the left atrium
-with the ends, 3: 0.950 against 0.938, both run in stop 42 with the three-axis default;
-strictly inside, the hippocampus, 3: 0.946 against 0.933, run in stop 38, and the left
-atrium, 3: 0.939 against 0.928, run in stop 40) and reaches interpolation with 10 evenly
-spaced slices on the hippocampus strictly inside (0.946 against 0.942), ties it with the
-ends (0.9479 against 0.9480), and stays under it on the left atrium (0.950 / 0.939 against
-0.953 / 0.943; stop 43: there the loop's output is the walk of its picks). Until stop 37 the
+at or above ``strided`` at every round of all four groups with today's product (5 volumes
+each but the left atrium strictly inside, 3; after round 5: the hippocampus with the ends
+0.948 against 0.945, run in stop 42; the left atrium with the ends 0.952 against 0.940, stops
+42 and 44; strictly inside, both re-run in stop 44, the hippocampus 0.945 against 0.930 and
+the left atrium 0.938 against 0.927) and reaches interpolation with 10 evenly spaced
+slices on the hippocampus strictly inside (0.945 against 0.942), ties it with the ends
+(0.9479 against 0.9480), and stays under it on the left atrium (0.952 / 0.938 against
+0.954 / 0.943; stop 43: there the loop's output is the walk of its picks; stop 44, the
+loop replayed with the walk alone in ``benchmarks/pick_ceiling.py``: a greedy oracle that
+knows the truth ends 0.7 points above the default's picks and 0.2 above that
+interpolation). Until stop 37 the
 default was ``strided``, when no score was at or above it at every round.
 ``uncertainty-distance`` (stop 31) ends higher on all four after 5 rounds (+0.9, +1.2,
 +0.6, +2.3 points: hippocampus / left atrium with the ends, then strictly inside) but is
