@@ -55,6 +55,11 @@ def scored_dice(pred: np.ndarray, truth: np.ndarray, axis: int, labeled: list[in
     return float(np.mean([dice(p == c, t == c) for c in range(1, int(truth.max()) + 1)]))
 
 
+def whole_dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Mean foreground Dice over the whole volume (every slice, labeled ones too)."""
+    return scored_dice(pred, truth, 0, [])
+
+
 def sparse(labels: np.ndarray, axis: int, labeled: list[int]) -> np.ndarray:
     """``labels`` with every slice but the ``labeled`` ones set to 0."""
     out = np.zeros_like(labels)

@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from _common import RESULTS, ROOT, machine, write_json
-from _protocol import PROTOCOLS, load_case, protocol_slices, scored_dice, sparse
+from _protocol import PROTOCOLS, load_case, protocol_slices, sparse, whole_dice
 from scipy import ndimage
 
 from src_models.area_profile import volume_area_profile
@@ -73,11 +73,6 @@ KINDS = ("slice", "region")
 REFERENCE_ARM = "strided/slice"
 #: slices of the "interpolation with 10 slices" reference (the issue's goal line)
 REFERENCE_K = 10
-
-
-def whole_dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Mean foreground Dice over the whole volume (every slice, labeled ones too)."""
-    return scored_dice(pred, truth, 0, [])
 
 
 def uncertainty_map(pred) -> np.ndarray:

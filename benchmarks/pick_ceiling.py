@@ -46,7 +46,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _common import RESULTS, write_json  # noqa: E402
-from _protocol import PROTOCOLS, load_case, protocol_slices, scored_dice, sparse  # noqa: E402
+from _protocol import PROTOCOLS, load_case, protocol_slices, sparse, whole_dice  # noqa: E402
 
 from src_models.interpolation import interpolate_volume  # noqa: E402
 from src_models.propagation import propagation_prior  # noqa: E402
@@ -56,10 +56,6 @@ FOLDER = RESULTS / "pick_ceiling"
 STRATEGIES = ("strided", "strided-then-uncertainty-distance", "oracle")
 #: gaps wider than this are searched every second slice by the oracle
 DENSE_GAP = 6
-
-
-def whole_dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    return scored_dice(pred, truth, 0, [])
 
 
 def walk(image, truth, axis, done, k, ends) -> np.ndarray:
